@@ -1,0 +1,133 @@
+# POST: stack, interrupt vectors, PICs, BIOS data areas, then the boot descriptor decides.
+        .code16
+        .intel_syntax noprefix
+        .text
+        .globl post
+        .include "layout.inc"
+post:
+        cli
+        cld
+        xor     ax, ax
+        mov     ss, ax
+        mov     sp, STACK_TOP
+        mov     es, ax                          # ES: low RAM, for the whole firmware
+        mov     ax, cs
+        mov     ds, ax                          # DS: the ROM (strings)
+
+        # IVT: every vector to an IRET, the PIC vectors to handlers that acknowledge.
+        xor     di, di
+        mov     cx, 256
+1:      mov     ax, offset default_isr
+        stosw
+        mov     ax, cs
+        stosw
+        loop    1b
+        mov     di, 0x08 * 4
+        mov     dx, offset irq_master_isr
+        call    set_eight_vectors
+        mov     di, 0x70 * 4
+        mov     dx, offset irq_slave_isr
+        call    set_eight_vectors
+
+        call    pic_init
+
+        # The boot descriptor from fw_cfg.
+        mov     si, offset boot_file
+        call    fw_cfg_find
+        jc      no_descriptor
+        cmp     ecx, BOOT_DESC_MAX
+        jbe     2f
+        mov     ecx, BOOT_DESC_MAX
+2:      mov     edi, BOOT_DESC
+        call    fw_cfg_read
+        jc      no_descriptor
+        cmp     dword ptr es:[BOOT_DESC + BD_MAGIC], BOOT_MAGIC
+        jne     no_descriptor
+
+        # BDA: COM1, equipment word, base memory; EBDA: its size in KiB.
+        mov     word ptr es:[0x400], 0x3F8
+        mov     word ptr es:[0x410], 0x0200     # one serial port
+        mov     ax, es:[BOOT_DESC + BD_BASE_KIB]
+        mov     es:[0x413], ax
+        mov     ax, es:[BOOT_DESC + BD_EBDA_SEG]
+        mov     es:[0x40E], ax
+        push    es
+        mov     es, ax
+        mov     byte ptr es:[0], 1
+        pop     es
+
+        mov     ax, es:[BOOT_DESC + BD_KIND]
+        cmp     ax, BOOT_KIND_DEMO
+        je      demo
+        mov     si, offset msg_bad_kind
+        jmp     fatal
+
+no_descriptor:
+        mov     si, offset msg_no_desc
+        # fall through
+
+# Prints the NUL-terminated string at DS:SI and halts for good.
+        .globl fatal
+fatal:
+        call    puts
+        .globl halt_forever
+halt_forever:
+        cli
+        hlt
+        jmp     halt_forever
+
+# Points the eight vectors at ES:DI onward to CS:DX.
+set_eight_vectors:
+        mov     cx, 8
+1:      mov     ax, dx
+        stosw
+        mov     ax, cs
+        stosw
+        loop    1b
+        ret
+
+# The 8259 pair as a PC BIOS leaves it: vectors 08h and 70h, cascade on IRQ 2, all masked
+# but the cascade.
+pic_init:
+        mov     al, 0x11
+        out     0x20, al
+        out     0xA0, al
+        mov     al, 0x08
+        out     0x21, al
+        mov     al, 0x70
+        out     0xA1, al
+        mov     al, 0x04
+        out     0x21, al
+        mov     al, 0x02
+        out     0xA1, al
+        mov     al, 0x01
+        out     0x21, al
+        out     0xA1, al
+        mov     al, 0xFB
+        out     0x21, al
+        mov     al, 0xFF
+        out     0xA1, al
+        ret
+
+default_isr:
+        iret
+
+irq_master_isr:
+        push    ax
+        mov     al, 0x20
+        out     0x20, al
+        pop     ax
+        iret
+
+irq_slave_isr:
+        push    ax
+        mov     al, 0x20
+        out     0xA0, al
+        out     0x20, al
+        pop     ax
+        iret
+
+        .section .rodata
+boot_file:      .asciz "opt/minipc/boot"
+msg_no_desc:    .asciz "minipc firmware: no boot descriptor in fw_cfg\r\n"
+msg_bad_kind:   .asciz "minipc firmware: unknown boot kind\r\n"

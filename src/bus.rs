@@ -1,0 +1,167 @@
+//! Port-I/O and MMIO buses: dispatch an access by address range to the device behind it.
+//!
+//! Unclaimed addresses read as all-ones at every width and swallow writes (logged at debug
+//! level), as on a PC with nothing decoding the address.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use crate::exit::ExitReason;
+use crate::log;
+
+/// A device on a bus. `offset` is relative to the base the device was inserted at.
+pub trait BusDevice: Send {
+    fn read(&mut self, offset: u64, data: &mut [u8]);
+    /// A write may end the VM (debug-exit, power-off, reset).
+    fn write(&mut self, offset: u64, data: &[u8]) -> Option<ExitReason>;
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BusError {
+    #[error("bus range {base:#x}+{len:#x} overlaps a device already present")]
+    Overlap { base: u64, len: u64 },
+    #[error("bus range {base:#x}+{len:#x} is empty or wraps")]
+    BadRange { base: u64, len: u64 },
+}
+
+struct Entry {
+    len: u64,
+    device: Arc<Mutex<dyn BusDevice>>,
+}
+
+/// A set of devices keyed by non-overlapping address ranges.
+pub struct Bus {
+    name: &'static str,
+    devices: BTreeMap<u64, Entry>,
+}
+
+impl Bus {
+    pub fn new(name: &'static str) -> Self {
+        Bus {
+            name,
+            devices: BTreeMap::new(),
+        }
+    }
+
+    pub fn insert(
+        &mut self,
+        base: u64,
+        len: u64,
+        device: Arc<Mutex<dyn BusDevice>>,
+    ) -> Result<(), BusError> {
+        let end = base
+            .checked_add(len)
+            .filter(|_| len > 0)
+            .ok_or(BusError::BadRange { base, len })?;
+        if let Some((b, e)) = self.devices.range(..end).next_back() {
+            if b + e.len > base {
+                return Err(BusError::Overlap { base, len });
+            }
+        }
+        self.devices.insert(base, Entry { len, device });
+        Ok(())
+    }
+
+    fn find(&self, addr: u64) -> Option<(u64, &Entry)> {
+        let (base, e) = self.devices.range(..=addr).next_back()?;
+        (addr - base < e.len).then_some((*base, e))
+    }
+
+    /// Reads `data.len()` bytes at `addr`; returns false (and all-ones) when nothing is there.
+    pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
+        match self.find(addr) {
+            Some((base, e)) => {
+                lock(&e.device).read(addr - base, data);
+                true
+            }
+            None => {
+                data.fill(0xFF);
+                log::debug(format_args!(
+                    "{}: read of {} bytes at unassigned {:#x}",
+                    self.name,
+                    data.len(),
+                    addr
+                ));
+                false
+            }
+        }
+    }
+
+    pub fn write(&self, addr: u64, data: &[u8]) -> Option<ExitReason> {
+        match self.find(addr) {
+            Some((base, e)) => lock(&e.device).write(addr - base, data),
+            None => {
+                log::debug(format_args!(
+                    "{}: write of {:02x?} at unassigned {:#x} ignored",
+                    self.name, data, addr
+                ));
+                None
+            }
+        }
+    }
+}
+
+/// Locks a device. A device never panics while holding its lock (the release build aborts
+/// on panic), so a poisoned lock still guards consistent state.
+pub fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Echo {
+        last: Vec<u8>,
+    }
+    impl BusDevice for Echo {
+        fn read(&mut self, offset: u64, data: &mut [u8]) {
+            for (i, b) in data.iter_mut().enumerate() {
+                *b = offset as u8 + i as u8;
+            }
+        }
+        fn write(&mut self, _offset: u64, data: &[u8]) -> Option<ExitReason> {
+            self.last = data.to_vec();
+            None
+        }
+    }
+
+    fn echo() -> Arc<Mutex<dyn BusDevice>> {
+        Arc::new(Mutex::new(Echo { last: vec![] }))
+    }
+
+    #[test]
+    fn dispatches_by_range_with_offsets() {
+        let mut bus = Bus::new("test");
+        bus.insert(0x3F8, 8, echo()).unwrap();
+        let mut d = [0u8; 2];
+        assert!(bus.read(0x3FA, &mut d));
+        assert_eq!(d, [2, 3]);
+        assert!(!bus.read(0x400, &mut d));
+        assert_eq!(d, [0xFF, 0xFF]);
+        assert!(!bus.read(0x3F7, &mut d));
+    }
+
+    #[test]
+    fn unassigned_reads_are_all_ones_at_every_width() {
+        let bus = Bus::new("test");
+        for w in [1, 2, 4, 8] {
+            let mut d = vec![0u8; w];
+            assert!(!bus.read(0x1234, &mut d));
+            assert!(d.iter().all(|b| *b == 0xFF));
+            assert_eq!(bus.write(0x1234, &d), None);
+        }
+    }
+
+    #[test]
+    fn overlaps_are_refused() {
+        let mut bus = Bus::new("test");
+        bus.insert(0x70, 2, echo()).unwrap();
+        assert!(bus.insert(0x71, 1, echo()).is_err());
+        assert!(bus.insert(0x6F, 2, echo()).is_err());
+        assert!(bus.insert(0x6F, 1, echo()).is_ok());
+        assert!(bus.insert(0x72, 1, echo()).is_ok());
+        assert!(bus.insert(0x100, 0, echo()).is_err());
+        assert!(bus.insert(u64::MAX, 2, echo()).is_err());
+    }
+}

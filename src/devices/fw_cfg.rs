@@ -1,0 +1,372 @@
+//! QEMU-compatible fw_cfg: selector at 0x510 (16-bit), data at 0x511 (8-bit), DMA at 0x514.
+//!
+//! Items are byte strings selected by a 16-bit key; named files get keys from 0x20 up and are
+//! listed in the file directory (key 0x19). The DMA interface takes the guest-physical address
+//! of a descriptor `{ be32 control, be32 length, be64 address }`, written big-endian as two
+//! 32-bit halves (high at 0x514, low at 0x518; the low write starts the transfer). Unknown keys
+//! read as zeros. A descriptor or buffer outside guest RAM sets the error bit; it never reaches
+//! host memory.
+
+use std::collections::BTreeMap;
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::bus::BusDevice;
+use crate::exit::ExitReason;
+use crate::log;
+
+pub const FW_CFG_PORT: u64 = 0x510;
+/// Selector (2 bytes), data (1), padding, DMA address (8 bytes at 0x514).
+pub const FW_CFG_LEN: u64 = 12;
+
+const SELECTOR_OFFSET: u64 = 0;
+const DATA_OFFSET: u64 = 1;
+const DMA_HIGH_OFFSET: u64 = 4;
+const DMA_LOW_OFFSET: u64 = 8;
+
+/// The well-known keys.
+pub mod key {
+    pub const SIGNATURE: u16 = 0x00;
+    pub const ID: u16 = 0x01;
+    pub const RAM_SIZE: u16 = 0x03;
+    pub const NOGRAPHIC: u16 = 0x04;
+    pub const NB_CPUS: u16 = 0x05;
+    pub const MAX_CPUS: u16 = 0x0F;
+    pub const FILE_DIR: u16 = 0x19;
+    pub const FILE_FIRST: u16 = 0x20;
+}
+
+/// ID bits: the traditional interface, and DMA.
+const ID_TRADITIONAL: u32 = 1;
+const ID_DMA: u32 = 2;
+/// What a read of the DMA port returns: "QEMU CFG", big-endian.
+const DMA_SIGNATURE: [u8; 8] = *b"QEMU CFG";
+
+/// DMA control bits.
+const DMA_CTL_ERROR: u32 = 1;
+const DMA_CTL_READ: u32 = 2;
+const DMA_CTL_SKIP: u32 = 4;
+const DMA_CTL_SELECT: u32 = 8;
+const DMA_CTL_WRITE: u32 = 0x10;
+
+/// Length of a file name in the directory, NUL included.
+const FILE_NAME_LEN: usize = 56;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FwCfgError {
+    #[error("fw_cfg file name {0:?} is empty or longer than 55 bytes")]
+    BadName(String),
+    #[error("fw_cfg file {0:?} is added twice")]
+    Duplicate(String),
+    #[error("fw_cfg has no key left for file {0:?}")]
+    Full(String),
+}
+
+pub struct FwCfg {
+    items: BTreeMap<u16, Vec<u8>>,
+    files: BTreeMap<String, u16>,
+    selected: u16,
+    offset: usize,
+    dma_high: u32,
+    mem: GuestMemoryMmap,
+}
+
+impl FwCfg {
+    /// A fw_cfg with the signature and ID items; the caller adds the machine's items.
+    pub fn new(mem: GuestMemoryMmap) -> Self {
+        let mut f = FwCfg {
+            items: BTreeMap::new(),
+            files: BTreeMap::new(),
+            selected: 0,
+            offset: 0,
+            dma_high: 0,
+            mem,
+        };
+        f.add_item(key::SIGNATURE, b"QEMU".to_vec());
+        f.add_item(key::ID, (ID_TRADITIONAL | ID_DMA).to_le_bytes().to_vec());
+        f.rebuild_directory();
+        f
+    }
+
+    pub fn add_item(&mut self, key: u16, data: Vec<u8>) {
+        self.items.insert(key, data);
+    }
+
+    pub fn add_file(&mut self, name: &str, data: Vec<u8>) -> Result<u16, FwCfgError> {
+        if name.is_empty() || name.len() >= FILE_NAME_LEN {
+            return Err(FwCfgError::BadName(name.to_string()));
+        }
+        if self.files.contains_key(name) {
+            return Err(FwCfgError::Duplicate(name.to_string()));
+        }
+        let k = key::FILE_FIRST
+            .checked_add(self.files.len() as u16)
+            .filter(|k| *k < 0x4000)
+            .ok_or_else(|| FwCfgError::Full(name.to_string()))?;
+        self.files.insert(name.to_string(), k);
+        self.items.insert(k, data);
+        self.rebuild_directory();
+        Ok(k)
+    }
+
+    /// The directory: be32 count, then `{ be32 size, be16 select, u16 reserved, name[56] }`
+    /// sorted by name.
+    fn rebuild_directory(&mut self) {
+        let mut dir = (self.files.len() as u32).to_be_bytes().to_vec();
+        for (name, k) in &self.files {
+            let size = self.items.get(k).map_or(0, |d| d.len()) as u32;
+            dir.extend_from_slice(&size.to_be_bytes());
+            dir.extend_from_slice(&k.to_be_bytes());
+            dir.extend_from_slice(&[0, 0]);
+            let mut n = [0u8; FILE_NAME_LEN];
+            n[..name.len()].copy_from_slice(name.as_bytes());
+            dir.extend_from_slice(&n);
+        }
+        self.items.insert(key::FILE_DIR, dir);
+    }
+
+    fn select(&mut self, k: u16) {
+        self.selected = k;
+        self.offset = 0;
+    }
+
+    fn current(&self) -> &[u8] {
+        self.items
+            .get(&self.selected)
+            .map_or(&[][..], |v| v.as_slice())
+    }
+
+    fn read_data(&mut self) -> u8 {
+        let b = self.current().get(self.offset).copied().unwrap_or(0);
+        if self.offset < self.current().len() {
+            self.offset += 1;
+        }
+        b
+    }
+
+    /// Runs the DMA descriptor at `addr` and writes its completion status back.
+    fn dma(&mut self, addr: u64) {
+        let desc_addr = GuestAddress(addr);
+        let mut desc = [0u8; 16];
+        if self.mem.read_slice(&mut desc, desc_addr).is_err() {
+            log::debug(format_args!(
+                "fw_cfg: DMA descriptor at {addr:#x} is outside RAM"
+            ));
+            return;
+        }
+        let control = u32::from_be_bytes([desc[0], desc[1], desc[2], desc[3]]);
+        let length = u32::from_be_bytes([desc[4], desc[5], desc[6], desc[7]]);
+        let address = u64::from_be_bytes([
+            desc[8], desc[9], desc[10], desc[11], desc[12], desc[13], desc[14], desc[15],
+        ]);
+        let status = match self.dma_transfer(control, length, address) {
+            Ok(()) => 0u32,
+            Err(why) => {
+                log::debug(format_args!("fw_cfg: DMA at {addr:#x}: {why}"));
+                DMA_CTL_ERROR
+            }
+        };
+        // The control word is the first field of the descriptor.
+        let _ = self.mem.write_slice(&status.to_be_bytes(), desc_addr);
+    }
+
+    fn dma_transfer(&mut self, control: u32, length: u32, address: u64) -> Result<(), String> {
+        if control & DMA_CTL_SELECT != 0 {
+            self.select((control >> 16) as u16);
+        }
+        let length = length as usize;
+        if control & DMA_CTL_READ != 0 {
+            let data = self.current();
+            let avail = data.len().saturating_sub(self.offset).min(length);
+            let src = &data[self.offset..self.offset + avail];
+            self.mem
+                .write_slice(src, GuestAddress(address))
+                .map_err(|e| format!("read into {address:#x}+{avail:#x}: {e}"))?;
+            // Past the end of the item the guest reads zeros.
+            let mut done = avail;
+            let zeros = [0u8; 4096];
+            while done < length {
+                let n = (length - done).min(zeros.len());
+                let at = address
+                    .checked_add(done as u64)
+                    .ok_or("buffer wraps around")?;
+                self.mem
+                    .write_slice(&zeros[..n], GuestAddress(at))
+                    .map_err(|e| format!("read into {at:#x}+{n:#x}: {e}"))?;
+                done += n;
+            }
+            self.offset += avail;
+        } else if control & DMA_CTL_SKIP != 0 {
+            self.offset = (self.offset + length).min(self.current().len());
+        } else if control & DMA_CTL_WRITE != 0 {
+            return Err("writes are not supported".into());
+        }
+        Ok(())
+    }
+}
+
+impl BusDevice for FwCfg {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        match offset {
+            DATA_OFFSET => {
+                for b in data.iter_mut() {
+                    *b = self.read_data();
+                }
+            }
+            o @ DMA_HIGH_OFFSET..=11 => {
+                for (i, b) in data.iter_mut().enumerate() {
+                    let at = (o - DMA_HIGH_OFFSET) as usize + i;
+                    *b = DMA_SIGNATURE.get(at).copied().unwrap_or(0);
+                }
+            }
+            _ => data.fill(0),
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> Option<ExitReason> {
+        match (offset, data.len()) {
+            (SELECTOR_OFFSET, 2) => self.select(u16::from_le_bytes([data[0], data[1]])),
+            (SELECTOR_OFFSET, 1) => self.select(data[0] as u16),
+            (DMA_HIGH_OFFSET, 4) => {
+                self.dma_high = u32::from_be_bytes([data[0], data[1], data[2], data[3]])
+            }
+            (DMA_LOW_OFFSET, 4) => {
+                let low = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
+                let addr = (self.dma_high as u64) << 32 | low as u64;
+                self.dma_high = 0;
+                self.dma(addr);
+            }
+            (DMA_HIGH_OFFSET, 8) => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(data);
+                self.dma(u64::from_be_bytes(b));
+            }
+            _ => log::debug(format_args!(
+                "fw_cfg: ignored write of {data:02x?} at offset {offset}"
+            )),
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::GuestMemoryMmap;
+
+    fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap()
+    }
+
+    fn read_item(f: &mut FwCfg, k: u16, n: usize) -> Vec<u8> {
+        f.write(SELECTOR_OFFSET, &k.to_le_bytes());
+        (0..n)
+            .map(|_| {
+                let mut b = [0u8];
+                f.read(DATA_OFFSET, &mut b);
+                b[0]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn signature_id_and_unknown_keys() {
+        let mut f = FwCfg::new(mem());
+        assert_eq!(read_item(&mut f, key::SIGNATURE, 4), b"QEMU");
+        assert_eq!(read_item(&mut f, key::ID, 4), vec![3, 0, 0, 0]);
+        assert_eq!(read_item(&mut f, 0x1234, 4), vec![0; 4]);
+        // Reading past the end of an item gives zeros.
+        assert_eq!(read_item(&mut f, key::SIGNATURE, 6), b"QEMU\0\0");
+        let mut sig = [0u8; 8];
+        for (i, b) in sig.iter_mut().enumerate() {
+            let mut x = [0u8];
+            f.read(DMA_HIGH_OFFSET + i as u64, &mut x);
+            *b = x[0];
+        }
+        assert_eq!(&sig, b"QEMU CFG");
+    }
+
+    #[test]
+    fn file_directory_lists_files_sorted_big_endian() {
+        let mut f = FwCfg::new(mem());
+        assert_eq!(f.add_file("etc/e820", vec![1; 40]).unwrap(), 0x20);
+        assert_eq!(f.add_file("bootorder", vec![]).unwrap(), 0x21);
+        assert!(f.add_file("bootorder", vec![]).is_err());
+        assert!(f.add_file(&"x".repeat(56), vec![]).is_err());
+        let dir = read_item(&mut f, key::FILE_DIR, 4 + 2 * 64);
+        assert_eq!(&dir[0..4], &[0, 0, 0, 2]);
+        // "bootorder" sorts first.
+        assert_eq!(&dir[4..8], &[0, 0, 0, 0]);
+        assert_eq!(&dir[8..10], &[0, 0x21]);
+        assert_eq!(&dir[12..21], b"bootorder");
+        assert_eq!(&dir[68..72], &[0, 0, 0, 40]);
+        assert_eq!(&dir[72..74], &[0, 0x20]);
+        assert_eq!(&dir[76..84], b"etc/e820");
+    }
+
+    fn dma_desc(m: &GuestMemoryMmap, at: u64, control: u32, len: u32, addr: u64) {
+        let mut d = Vec::new();
+        d.extend_from_slice(&control.to_be_bytes());
+        d.extend_from_slice(&len.to_be_bytes());
+        d.extend_from_slice(&addr.to_be_bytes());
+        m.write_slice(&d, GuestAddress(at)).unwrap();
+    }
+
+    fn kick(f: &mut FwCfg, at: u64) {
+        f.write(DMA_HIGH_OFFSET, &((at >> 32) as u32).to_be_bytes());
+        f.write(DMA_LOW_OFFSET, &(at as u32).to_be_bytes());
+    }
+
+    #[test]
+    fn dma_select_skip_and_read() {
+        let m = mem();
+        let mut f = FwCfg::new(m.clone());
+        f.add_file("opt/test", (0u8..32).collect()).unwrap();
+        dma_desc(
+            &m,
+            0x1000,
+            (0x20 << 16) | DMA_CTL_SELECT | DMA_CTL_SKIP,
+            4,
+            0,
+        );
+        kick(&mut f, 0x1000);
+        assert_eq!(m.read_obj::<u32>(GuestAddress(0x1000)).unwrap(), 0);
+        dma_desc(&m, 0x1000, DMA_CTL_READ, 8, 0x2000);
+        kick(&mut f, 0x1000);
+        assert_eq!(m.read_obj::<u32>(GuestAddress(0x1000)).unwrap(), 0);
+        let mut buf = [0u8; 8];
+        m.read_slice(&mut buf, GuestAddress(0x2000)).unwrap();
+        assert_eq!(buf, [4, 5, 6, 7, 8, 9, 10, 11]);
+        // A read past the end pads with zeros.
+        m.write_slice(&[0xAA; 32], GuestAddress(0x3000)).unwrap();
+        dma_desc(&m, 0x1000, DMA_CTL_READ, 32, 0x3000);
+        kick(&mut f, 0x1000);
+        let mut buf = [0u8; 32];
+        m.read_slice(&mut buf, GuestAddress(0x3000)).unwrap();
+        assert_eq!(buf[0], 12);
+        assert_eq!(buf[19], 31);
+        assert!(buf[20..].iter().all(|b| *b == 0));
+    }
+
+    #[test]
+    fn dma_to_bad_addresses_sets_the_error_bit() {
+        let m = mem();
+        let mut f = FwCfg::new(m.clone());
+        dma_desc(&m, 0x1000, DMA_CTL_READ | DMA_CTL_SELECT, 4, 0xFFFF_0000);
+        kick(&mut f, 0x1000);
+        let ctl = u32::from_be_bytes(m.read_obj::<[u8; 4]>(GuestAddress(0x1000)).unwrap());
+        assert_eq!(ctl, DMA_CTL_ERROR);
+        // A huge length that runs off the end of RAM.
+        dma_desc(&m, 0x1000, DMA_CTL_READ, u32::MAX, 0xF000);
+        kick(&mut f, 0x1000);
+        let ctl = u32::from_be_bytes(m.read_obj::<[u8; 4]>(GuestAddress(0x1000)).unwrap());
+        assert_eq!(ctl, DMA_CTL_ERROR);
+        // A descriptor outside RAM is ignored.
+        kick(&mut f, 0x1_0000_0000);
+        // Writes are refused.
+        dma_desc(&m, 0x1000, DMA_CTL_WRITE, 4, 0x2000);
+        kick(&mut f, 0x1000);
+        let ctl = u32::from_be_bytes(m.read_obj::<[u8; 4]>(GuestAddress(0x1000)).unwrap());
+        assert_eq!(ctl, DMA_CTL_ERROR);
+    }
+}

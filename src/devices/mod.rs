@@ -1,0 +1,5 @@
+//! Platform devices, one per file, each behind the `BusDevice` trait.
+
+pub mod debug_exit;
+pub mod fw_cfg;
+pub mod serial;

@@ -1,0 +1,141 @@
+//! Noticing that the guest has halted for good.
+//!
+//! With the in-kernel LAPIC, KVM keeps `HLT` inside `KVM_RUN`: no exit reaches user space, so
+//! a guest that ends with `cli; hlt` would sit there forever. Each vCPU's binary statistics
+//! file (`KVM_GET_STATS_FD`) has a `blocking` counter that becomes 1 within microseconds of
+//! the vCPU halting, and it can be read with `pread` while the vCPU is inside `KVM_RUN`.
+//!
+//! The monitor reads `blocking` for every vCPU on a short tick (one `pread` per vCPU). When
+//! all of them block, it kicks each vCPU out of `KVM_RUN` (see `vcpu.rs`); each one then
+//! reports its MP state and RFLAGS.IF. Halted with IF clear (or waiting for a SIPI that no
+//! running vCPU can send) on every vCPU means nothing can ever wake the guest: it is dead,
+//! and the VM exits 0. Otherwise the guest is only idle (a Linux idle loop halts with IF set):
+//! the vCPUs resume and the next kick waits twice as long (up to `MAX_BACKOFF`), so an idle
+//! guest costs a few syscalls a second.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::fs::FileExt;
+use std::time::Duration;
+
+use kvm_ioctls::VcpuFd;
+
+/// KVM_GET_STATS_FD = _IO(KVMIO, 0xce).
+const KVM_GET_STATS_FD: libc::c_ulong = 0xAECE;
+
+/// How often `blocking` is sampled.
+pub const TICK: Duration = Duration::from_micros(500);
+/// The first wait after a kick that found the guest alive; it doubles up to `MAX_BACKOFF`.
+pub const MIN_BACKOFF: Duration = Duration::from_millis(1);
+pub const MAX_BACKOFF: Duration = Duration::from_millis(500);
+/// Without a statistics fd (older kernels), vCPUs are kicked on this period instead.
+pub const FALLBACK_PERIOD: Duration = Duration::from_millis(20);
+
+/// One vCPU's `blocking` statistic.
+pub struct BlockingStat {
+    file: File,
+    offset: u64,
+}
+
+impl BlockingStat {
+    /// Opens the vCPU's statistics fd and finds `blocking`; None if the kernel has neither.
+    pub fn open(vcpu: &VcpuFd) -> Option<BlockingStat> {
+        // SAFETY: KVM_GET_STATS_FD takes no argument and returns a new fd or -1.
+        let fd = unsafe { libc::ioctl(vcpu.as_raw_fd(), KVM_GET_STATS_FD, 0) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: fd is a fresh descriptor that we own from here on.
+        let file = unsafe { File::from_raw_fd(fd) };
+        let offset = find_stat(&file, "blocking")?;
+        Some(BlockingStat { file, offset })
+    }
+
+    pub fn blocking(&self) -> bool {
+        let mut b = [0u8; 8];
+        matches!(self.file.read_at(&mut b, self.offset), Ok(8)) && u64::from_ne_bytes(b) != 0
+    }
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// Finds the file offset of a statistic's first value in a KVM binary statistics file.
+fn find_stat(file: &File, name: &str) -> Option<u64> {
+    let mut header = [0u8; 24];
+    file.read_exact_at(&mut header, 0).ok()?;
+    let name_size = u32_at(&header, 4)? as usize;
+    let num_desc = u32_at(&header, 8)? as usize;
+    let desc_offset = u32_at(&header, 16)? as u64;
+    let data_offset = u32_at(&header, 20)? as u64;
+    let stride = 16 + name_size;
+    if num_desc > 4096 || name_size > 4096 {
+        return None;
+    }
+    let mut descs = vec![0u8; stride * num_desc];
+    file.read_exact_at(&mut descs, desc_offset).ok()?;
+    parse_descriptors(&descs, stride, name).map(|off| data_offset + off as u64)
+}
+
+/// Descriptors: `{ u32 flags, s16 exponent, u16 size, u32 offset, u32 bucket_size, name }`.
+fn parse_descriptors(descs: &[u8], stride: usize, name: &str) -> Option<u32> {
+    descs.chunks_exact(stride).find_map(|d| {
+        let n = &d[16..];
+        let len = n.iter().position(|b| *b == 0).unwrap_or(n.len());
+        (&n[..len] == name.as_bytes())
+            .then(|| u32_at(d, 8))
+            .flatten()
+    })
+}
+
+/// When to sample and when to kick.
+pub struct Backoff {
+    pub next_kick_after: Duration,
+}
+
+impl Backoff {
+    pub fn new() -> Self {
+        Backoff {
+            next_kick_after: Duration::ZERO,
+        }
+    }
+    /// The guest was found alive: wait longer before the next kick.
+    pub fn alive(&mut self) {
+        self.next_kick_after = (self.next_kick_after * 2).clamp(MIN_BACKOFF, MAX_BACKOFF);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desc(name: &str, offset: u32, name_size: usize) -> Vec<u8> {
+        let mut d = vec![0u8; 16 + name_size];
+        d[8..12].copy_from_slice(&offset.to_ne_bytes());
+        d[16..16 + name.len()].copy_from_slice(name.as_bytes());
+        d
+    }
+
+    #[test]
+    fn descriptors_are_found_by_exact_name() {
+        let mut all = desc("halt_exits", 0, 48);
+        all.extend(desc("blocking_x", 8, 48));
+        all.extend(desc("blocking", 16, 48));
+        assert_eq!(parse_descriptors(&all, 64, "blocking"), Some(16));
+        assert_eq!(parse_descriptors(&all, 64, "nothing"), None);
+    }
+
+    #[test]
+    fn backoff_doubles_and_saturates() {
+        let mut b = Backoff::new();
+        b.alive();
+        assert_eq!(b.next_kick_after, MIN_BACKOFF);
+        b.alive();
+        assert_eq!(b.next_kick_after, MIN_BACKOFF * 2);
+        for _ in 0..20 {
+            b.alive();
+        }
+        assert_eq!(b.next_kick_after, MAX_BACKOFF);
+    }
+}

@@ -1,0 +1,369 @@
+//! The guest-physical memory map of the PC: the one source of truth for RAM placement,
+//! the firmware windows, the E820 table and every number derived from them.
+//!
+//! | range                         | what                                                  |
+//! |-------------------------------|-------------------------------------------------------|
+//! | 0x0000_0000 - 0x0009_FBFF     | low RAM                                               |
+//! | 0x0009_FC00 - 0x0009_FFFF     | EBDA (RAM, reserved in E820)                          |
+//! | 0x000A_0000 - 0x000B_FFFF     | VGA hole (unmapped)                                   |
+//! | 0x000C_0000 - 0x000D_FFFF     | option-ROM area (RAM, reserved in E820)               |
+//! | 0x000E_0000 - 0x000F_FFFF     | firmware window, read-only                            |
+//! | 0x0010_0000 - low_ram_end     | RAM                                                   |
+//! | low_ram_end - 4 GiB           | PCI hole: MMIO, IOAPIC, LAPIC, firmware alias at top  |
+//! | 4 GiB -                       | RAM that did not fit below the hole                   |
+
+use vm_memory::GuestAddress;
+
+pub const KIB: u64 = 1 << 10;
+pub const MIB: u64 = 1 << 20;
+pub const GIB: u64 = 1 << 30;
+
+/// End of conventional memory (640 KiB).
+pub const LOW_RAM_END: u64 = 0xA_0000;
+/// The EBDA sits in the last KiB of conventional memory.
+pub const EBDA_START: u64 = 0x9_FC00;
+/// Start of the option-ROM area, which is RAM that the E820 map reserves.
+pub const OPTION_ROM_START: u64 = 0xC_0000;
+/// The firmware window below 1 MiB: 0xE0000-0xFFFFF.
+pub const BIOS_WINDOW_START: u64 = 0xE_0000;
+pub const BIOS_WINDOW_SIZE: u64 = 128 * KIB;
+/// First byte of extended memory.
+pub const HIGH_MEMORY_START: u64 = MIB;
+/// Where RAM continues above the 32-bit PCI hole.
+pub const RAM_ABOVE_4G_START: u64 = 4 * GIB;
+/// RAM sizes at or above this put the PCI hole at `PCI_HOLE_START_LARGE` (as a PC with an
+/// i440fx does); smaller guests keep all their RAM below 4 GiB.
+const LARGE_RAM_THRESHOLD: u64 = 0xE000_0000;
+const PCI_HOLE_START_LARGE: u64 = 0xC000_0000;
+/// The IOAPIC and LAPIC MMIO pages live in the PCI hole.
+pub const IOAPIC_START: u64 = 0xFEC0_0000;
+pub const LAPIC_START: u64 = 0xFEE0_0000;
+/// KVM's TSS (three pages) and identity-map page: in the PCI hole, clear of every device and
+/// of the largest firmware alias (256 KiB below 4 GiB).
+pub const KVM_IDENTITY_MAP_START: u64 = 0xFEFF_C000;
+pub const KVM_TSS_START: u64 = 0xFEFF_D000;
+
+/// The smallest guest: conventional memory, the option-ROM area, and one MiB above 1 MiB.
+pub const MIN_RAM_SIZE: u64 = 2 * MIB;
+/// The largest guest we accept (1 TiB): the address width every x86_64 host supports.
+pub const MAX_RAM_SIZE: u64 = 1 << 40;
+/// Firmware images: a multiple of 4 KiB, at most 256 KiB; the last 128 KiB of it also end at 1 MiB.
+pub const MAX_FIRMWARE_SIZE: u64 = 256 * KIB;
+
+/// E820 entry types (ACPI address range types).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum E820Type {
+    Ram = 1,
+    Reserved = 2,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct E820Entry {
+    pub addr: u64,
+    pub size: u64,
+    pub kind: E820Type,
+}
+
+impl E820Entry {
+    /// The 20-byte packed layout used by INT 15h E820, boot_params and QEMU's `etc/e820`.
+    pub fn to_bytes(self) -> [u8; 20] {
+        let mut b = [0u8; 20];
+        b[0..8].copy_from_slice(&self.addr.to_le_bytes());
+        b[8..16].copy_from_slice(&self.size.to_le_bytes());
+        b[16..20].copy_from_slice(&(self.kind as u32).to_le_bytes());
+        b
+    }
+}
+
+/// A RAM region backed by host memory: (guest address, size).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RamRegion {
+    pub start: GuestAddress,
+    pub size: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LayoutError {
+    #[error("memory size {0} bytes is too small (the minimum is 2M)")]
+    TooSmall(u64),
+    #[error("memory size {0} bytes is too large (the maximum is 1T)")]
+    TooLarge(u64),
+    #[error("memory size {0} bytes is not a multiple of 4 KiB")]
+    Unaligned(u64),
+}
+
+/// The memory map of one guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryLayout {
+    /// Total RAM, the holes below 1 MiB included (as on a PC, they shadow RAM).
+    pub ram_size: u64,
+    /// End of RAM below 4 GiB (start of the PCI hole).
+    pub low_ram_end: u64,
+    /// RAM mapped at 4 GiB and above.
+    pub high_ram_size: u64,
+}
+
+impl MemoryLayout {
+    pub fn new(ram_size: u64) -> Result<Self, LayoutError> {
+        if ram_size < MIN_RAM_SIZE {
+            return Err(LayoutError::TooSmall(ram_size));
+        }
+        if ram_size > MAX_RAM_SIZE {
+            return Err(LayoutError::TooLarge(ram_size));
+        }
+        if ram_size % (4 * KIB) != 0 {
+            return Err(LayoutError::Unaligned(ram_size));
+        }
+        let low_ram_end = if ram_size >= LARGE_RAM_THRESHOLD {
+            PCI_HOLE_START_LARGE
+        } else {
+            ram_size
+        };
+        Ok(MemoryLayout {
+            ram_size,
+            low_ram_end,
+            high_ram_size: ram_size - low_ram_end,
+        })
+    }
+
+    /// The RAM regions backed by host memory, sorted by address.
+    pub fn ram_regions(&self) -> Vec<RamRegion> {
+        let mut v = vec![
+            RamRegion {
+                start: GuestAddress(0),
+                size: LOW_RAM_END,
+            },
+            RamRegion {
+                start: GuestAddress(OPTION_ROM_START),
+                size: BIOS_WINDOW_START - OPTION_ROM_START,
+            },
+            RamRegion {
+                start: GuestAddress(HIGH_MEMORY_START),
+                size: self.low_ram_end - HIGH_MEMORY_START,
+            },
+        ];
+        if self.high_ram_size > 0 {
+            v.push(RamRegion {
+                start: GuestAddress(RAM_ABOVE_4G_START),
+                size: self.high_ram_size,
+            });
+        }
+        v
+    }
+
+    /// Extended memory between 1 MiB and the PCI hole, in bytes.
+    pub fn extended_ram(&self) -> u64 {
+        self.low_ram_end - HIGH_MEMORY_START
+    }
+
+    /// Conventional memory usable by a real-mode OS, in KiB (the BDA's word at 0x413).
+    pub fn base_memory_kib(&self) -> u16 {
+        (EBDA_START / KIB) as u16
+    }
+
+    /// The E820 map a guest is given (through fw_cfg, INT 15h and boot_params alike).
+    /// `firmware_size` is the size of the ROM aliased below 4 GiB.
+    pub fn e820(&self, firmware_size: u64) -> Vec<E820Entry> {
+        let mut v = vec![
+            E820Entry {
+                addr: 0,
+                size: EBDA_START,
+                kind: E820Type::Ram,
+            },
+            E820Entry {
+                addr: EBDA_START,
+                size: LOW_RAM_END - EBDA_START,
+                kind: E820Type::Reserved,
+            },
+            E820Entry {
+                addr: OPTION_ROM_START,
+                size: HIGH_MEMORY_START - OPTION_ROM_START,
+                kind: E820Type::Reserved,
+            },
+            E820Entry {
+                addr: HIGH_MEMORY_START,
+                size: self.extended_ram(),
+                kind: E820Type::Ram,
+            },
+            E820Entry {
+                addr: RAM_ABOVE_4G_START - firmware_size,
+                size: firmware_size,
+                kind: E820Type::Reserved,
+            },
+        ];
+        if self.high_ram_size > 0 {
+            v.push(E820Entry {
+                addr: RAM_ABOVE_4G_START,
+                size: self.high_ram_size,
+                kind: E820Type::Ram,
+            });
+        }
+        v
+    }
+
+    /// Where a firmware image of `size` bytes is mapped: (address below 4 GiB, and the address
+    /// and length of the window that aliases its end below 1 MiB).
+    pub fn firmware_windows(size: u64) -> (GuestAddress, GuestAddress, u64) {
+        let low_len = size.min(BIOS_WINDOW_SIZE);
+        (
+            GuestAddress(RAM_ABOVE_4G_START - size),
+            GuestAddress(HIGH_MEMORY_START - low_len),
+            low_len,
+        )
+    }
+}
+
+/// Parses a memory size: a number with an optional K, M, G or T suffix (binary units).
+/// A bare number means MiB, as QEMU's `-m` does.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (digits, shift) = match s.char_indices().last()? {
+        (i, 'K' | 'k') => (&s[..i], 10),
+        (i, 'M' | 'm') => (&s[..i], 20),
+        (i, 'G' | 'g') => (&s[..i], 30),
+        (i, 'T' | 't') => (&s[..i], 40),
+        (i, 'B' | 'b') if i > 0 => return parse_size(&s[..i]),
+        _ => (s, 20),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    n.checked_mul(1u64 << shift)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn total_ram(e820: &[E820Entry]) -> u64 {
+        e820.iter()
+            .filter(|e| e.kind == E820Type::Ram)
+            .map(|e| e.size)
+            .sum()
+    }
+
+    fn assert_sorted_disjoint(e820: &[E820Entry]) {
+        for w in e820.windows(2) {
+            assert!(w[0].addr + w[0].size <= w[1].addr, "{:x?}", w);
+        }
+    }
+
+    #[test]
+    fn tiny_ram() {
+        assert_eq!(MemoryLayout::new(MIB), Err(LayoutError::TooSmall(MIB)));
+        let l = MemoryLayout::new(MIN_RAM_SIZE).unwrap();
+        assert_eq!(l.low_ram_end, 2 * MIB);
+        assert_eq!(l.high_ram_size, 0);
+        assert_eq!(l.extended_ram(), MIB);
+        let e = l.e820(128 * KIB);
+        assert_sorted_disjoint(&e);
+        assert_eq!(total_ram(&e), EBDA_START + MIB);
+        assert_eq!(l.ram_regions().len(), 3);
+    }
+
+    #[test]
+    fn unaligned_and_huge_sizes_are_refused() {
+        assert_eq!(
+            MemoryLayout::new(256 * MIB + 1),
+            Err(LayoutError::Unaligned(256 * MIB + 1))
+        );
+        assert!(matches!(
+            MemoryLayout::new(2 << 40),
+            Err(LayoutError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn ram_just_below_the_large_threshold_stays_below_4g() {
+        let size = LARGE_RAM_THRESHOLD - 4 * KIB;
+        let l = MemoryLayout::new(size).unwrap();
+        assert_eq!(l.low_ram_end, size);
+        assert_eq!(l.high_ram_size, 0);
+    }
+
+    #[test]
+    fn ram_crossing_the_pci_hole_moves_above_4g() {
+        let l = MemoryLayout::new(4 * GIB).unwrap();
+        assert_eq!(l.low_ram_end, 3 * GIB);
+        assert_eq!(l.high_ram_size, GIB);
+        let regions = l.ram_regions();
+        let last = regions.last().unwrap();
+        assert_eq!(last.start, GuestAddress(4 * GIB));
+        assert_eq!(last.size, GIB);
+        let e = l.e820(256 * KIB);
+        assert_sorted_disjoint(&e);
+        // Every byte of RAM is accounted for once, minus the holes below 1 MiB.
+        assert_eq!(total_ram(&e), 4 * GIB - (HIGH_MEMORY_START - EBDA_START));
+    }
+
+    #[test]
+    fn large_ram_above_4g() {
+        let l = MemoryLayout::new(16 * GIB).unwrap();
+        assert_eq!(l.high_ram_size, 13 * GIB);
+        let e = l.e820(128 * KIB);
+        assert_eq!(e.last().unwrap().addr, 4 * GIB);
+        assert_eq!(e.last().unwrap().size, 13 * GIB);
+    }
+
+    #[test]
+    fn regions_never_overlap_the_holes() {
+        for size in [2 * MIB, 256 * MIB, 3 * GIB, 4 * GIB, 64 * GIB] {
+            let l = MemoryLayout::new(size).unwrap();
+            let regions = l.ram_regions();
+            for r in &regions {
+                let end = r.start.0 + r.size;
+                // Not in the VGA hole, not in the firmware window, not in the PCI hole.
+                assert!(end <= LOW_RAM_END || r.start.0 >= OPTION_ROM_START);
+                assert!(end <= BIOS_WINDOW_START || r.start.0 >= HIGH_MEMORY_START);
+                assert!(end <= l.low_ram_end || r.start.0 >= RAM_ABOVE_4G_START);
+            }
+            let sum: u64 = regions.iter().map(|r| r.size).sum();
+            assert_eq!(
+                sum,
+                size - (HIGH_MEMORY_START - LOW_RAM_END) + (BIOS_WINDOW_START - OPTION_ROM_START)
+            );
+        }
+    }
+
+    #[test]
+    fn firmware_windows_follow_the_bios_convention() {
+        let (hi, lo, len) = MemoryLayout::firmware_windows(64 * KIB);
+        assert_eq!(hi, GuestAddress(0xFFFF_0000));
+        assert_eq!(lo, GuestAddress(0xF_0000));
+        assert_eq!(len, 64 * KIB);
+        let (hi, lo, len) = MemoryLayout::firmware_windows(256 * KIB);
+        assert_eq!(hi, GuestAddress(0xFFFC_0000));
+        assert_eq!(lo, GuestAddress(0xE_0000));
+        assert_eq!(len, 128 * KIB);
+    }
+
+    #[test]
+    fn e820_bytes_are_packed_little_endian() {
+        let b = E820Entry {
+            addr: 0x1122_3344_5566_7788,
+            size: 0x10,
+            kind: E820Type::Reserved,
+        }
+        .to_bytes();
+        assert_eq!(&b[0..8], &0x1122_3344_5566_7788u64.to_le_bytes());
+        assert_eq!(b[8], 0x10);
+        assert_eq!(b[16], 2);
+    }
+
+    #[test]
+    fn sizes_parse_like_qemu() {
+        assert_eq!(parse_size("256"), Some(256 * MIB));
+        assert_eq!(parse_size("256M"), Some(256 * MIB));
+        assert_eq!(parse_size("2G"), Some(2 * GIB));
+        assert_eq!(parse_size("2g"), Some(2 * GIB));
+        assert_eq!(parse_size("512K"), Some(512 * KIB));
+        assert_eq!(parse_size("1GB"), Some(GIB));
+        assert_eq!(parse_size(""), None);
+        assert_eq!(parse_size("M"), None);
+        assert_eq!(parse_size("-1M"), None);
+        assert_eq!(parse_size("1.5G"), None);
+        assert_eq!(parse_size("99999999999999T"), None);
+    }
+}

@@ -1,0 +1,251 @@
+//! The main thread once the guest runs: a poll loop over the vCPUs' messages, stdin (to the
+//! serial port), SIGINT/SIGTERM, the `--timeout` deadline and the halt detector's tick.
+
+use std::io;
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::bus::lock;
+use crate::exit::ExitReason;
+use crate::halt::{Backoff, BlockingStat, FALLBACK_PERIOD, TICK};
+use crate::log;
+use crate::vcpu::{self, VcpuHandle, VcpuMsg, REQ_CHECK_HALT};
+use crate::vm::Machine;
+
+/// How the VM ended.
+pub struct Outcome {
+    pub reason: ExitReason,
+    /// The register dump of the vCPU that crashed.
+    pub dump: Option<String>,
+}
+
+/// A halt check in flight: the kick went out, answers are coming back.
+struct HaltCheck {
+    answers: Vec<Option<bool>>,
+}
+
+/// Blocks SIGINT and SIGTERM in the calling thread (and so in every thread it starts) and
+/// returns a signalfd that reports them.
+fn signal_fd() -> io::Result<libc::c_int> {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t for these calls.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // SAFETY: a new signalfd for `set`.
+    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+fn read_signal(fd: libc::c_int) -> Option<i32> {
+    // SAFETY: signalfd_siginfo is plain data.
+    let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+    let n = std::mem::size_of::<libc::signalfd_siginfo>();
+    // SAFETY: reading at most n bytes into `info`.
+    let r = unsafe { libc::read(fd, &mut info as *mut _ as *mut libc::c_void, n) };
+    (r as usize == n).then_some(info.ssi_signo as i32)
+}
+
+pub fn run(machine: &mut Machine, timeout: Option<Duration>, stdin_to_serial: bool) -> Outcome {
+    match run_inner(machine, timeout, stdin_to_serial) {
+        Ok(o) => o,
+        Err(e) => Outcome {
+            reason: ExitReason::HostError(e.to_string()),
+            dump: None,
+        },
+    }
+}
+
+fn run_inner(
+    machine: &mut Machine,
+    timeout: Option<Duration>,
+    stdin_to_serial: bool,
+) -> io::Result<Outcome> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let sigfd = signal_fd()?;
+    vcpu::install_kick_handler()?;
+    let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
+    let (tx, rx) = channel();
+
+    let stats: Option<Vec<BlockingStat>> = machine.vcpus.iter().map(BlockingStat::open).collect();
+    if stats.is_none() {
+        log::info(format_args!(
+            "no KVM vCPU statistics: halts are checked every {FALLBACK_PERIOD:?}"
+        ));
+    }
+    let mut handles: Vec<VcpuHandle> = Vec::new();
+    for (id, fd) in std::mem::take(&mut machine.vcpus).into_iter().enumerate() {
+        handles.push(vcpu::spawn(
+            id as u32,
+            fd,
+            machine.pio.clone(),
+            machine.mmio.clone(),
+            tx.clone(),
+            wake.clone(),
+        )?);
+    }
+    drop(tx);
+
+    let mut stdin_open = stdin_to_serial;
+    let mut pending_input: Vec<u8> = Vec::new();
+    let mut backoff = Backoff::new();
+    let mut next_kick = Instant::now();
+    let mut check: Option<HaltCheck> = None;
+
+    loop {
+        let now = Instant::now();
+        if let Some(d) = deadline {
+            if now >= d {
+                return Ok(Outcome {
+                    reason: ExitReason::Timeout,
+                    dump: None,
+                });
+            }
+        }
+
+        // The halt detector's tick.
+        if check.is_none() && now >= next_kick {
+            let all_blocking = match &stats {
+                Some(s) => s.iter().all(BlockingStat::blocking),
+                None => true,
+            };
+            if all_blocking {
+                for h in &handles {
+                    h.kick(REQ_CHECK_HALT);
+                }
+                check = Some(HaltCheck {
+                    answers: vec![None; handles.len()],
+                });
+            } else if stats.is_none() {
+                next_kick = now + FALLBACK_PERIOD;
+            }
+        }
+
+        let mut wait = TICK;
+        if stats.is_none() {
+            wait = next_kick.saturating_duration_since(now).max(TICK);
+        }
+        if let Some(d) = deadline {
+            wait = wait.min(d.saturating_duration_since(now));
+        }
+
+        let mut fds = vec![
+            libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(&*wake),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: sigfd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // Only read stdin when the UART can take what we read.
+        if stdin_open && pending_input.is_empty() {
+            fds.push(libc::pollfd {
+                fd: 0,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        let timeout_ms = wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+            continue;
+        }
+
+        if fds[1].revents & libc::POLLIN != 0 {
+            if let Some(sig) = read_signal(sigfd) {
+                return Ok(Outcome {
+                    reason: ExitReason::Signal(sig),
+                    dump: None,
+                });
+            }
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            let _ = wake.read();
+            if let Some(o) = drain(&rx, &mut check) {
+                return Ok(o);
+            }
+        }
+        if let Some(c) = &check {
+            if c.answers.iter().all(Option::is_some) {
+                if c.answers.iter().all(|a| *a == Some(true)) {
+                    return Ok(Outcome {
+                        reason: ExitReason::Halted,
+                        dump: None,
+                    });
+                }
+                backoff.alive();
+                next_kick = Instant::now() + backoff.next_kick_after;
+                check = None;
+            }
+        }
+        if let Some(p) = fds.get(2) {
+            if p.revents & (libc::POLLIN | libc::POLLHUP) != 0 {
+                stdin_open = read_stdin(&mut pending_input);
+            } else if p.revents & (libc::POLLNVAL | libc::POLLERR) != 0 {
+                stdin_open = false;
+            }
+        }
+        if !pending_input.is_empty() {
+            let mut serial = lock(&machine.serial);
+            let room = serial.input_room();
+            let take = room.min(pending_input.len());
+            if take > 0 {
+                let n = serial.enqueue_input(&pending_input[..take]);
+                pending_input.drain(..n);
+            }
+        }
+    }
+}
+
+/// Reads what stdin has; false at end of file or on error.
+fn read_stdin(buf: &mut Vec<u8>) -> bool {
+    let mut b = [0u8; 64];
+    // SAFETY: reading at most 64 bytes into `b`.
+    let r = unsafe { libc::read(0, b.as_mut_ptr() as *mut libc::c_void, b.len()) };
+    if r <= 0 {
+        return false;
+    }
+    buf.extend_from_slice(&b[..r as usize]);
+    true
+}
+
+/// Handles every message the vCPUs sent; an exit message ends the VM.
+fn drain(rx: &Receiver<VcpuMsg>, check: &mut Option<HaltCheck>) -> Option<Outcome> {
+    while let Ok(msg) = rx.try_recv() {
+        match msg {
+            VcpuMsg::Exit { id, reason, dump } => {
+                log::debug(format_args!("vCPU {id}: {reason}"));
+                return Some(Outcome { reason, dump });
+            }
+            VcpuMsg::HaltState { id, dead } => {
+                if let Some(c) = check.as_mut() {
+                    if let Some(slot) = c.answers.get_mut(id as usize) {
+                        *slot = Some(dead);
+                    }
+                }
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,96 @@
+//! Boot-phase timing and the `--stats` JSON line.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::exit::ExitReason;
+
+/// When the first vCPU came back to user space for the first time: the firmware's first port
+/// access, a few instructions after the reset vector.
+pub static FIRST_EXIT: OnceLock<Instant> = OnceLock::new();
+/// When the first vCPU entered KVM_RUN.
+pub static FIRST_RUN: OnceLock<Instant> = OnceLock::new();
+
+#[derive(Debug)]
+pub struct Phases {
+    pub start: Instant,
+    pub config: Duration,
+    pub kvm: Duration,
+    pub memory: Duration,
+    pub devices: Duration,
+    pub vcpus: Duration,
+}
+
+impl Phases {
+    pub fn new(start: Instant) -> Self {
+        Phases {
+            start,
+            config: Duration::ZERO,
+            kvm: Duration::ZERO,
+            memory: Duration::ZERO,
+            devices: Duration::ZERO,
+            vcpus: Duration::ZERO,
+        }
+    }
+
+    fn since_start(&self, t: Option<&Instant>) -> String {
+        t.map(|t| {
+            t.saturating_duration_since(self.start)
+                .as_micros()
+                .to_string()
+        })
+        .unwrap_or_else(|| "null".into())
+    }
+
+    /// One JSON object, times in microseconds since the VMM's `main` started.
+    pub fn json(&self, reason: &ExitReason, code: i32) -> String {
+        format!(
+            concat!(
+                "{{\"exit_reason\":\"{}\",\"exit_code\":{},\"detail\":{},",
+                "\"phases_us\":{{\"config\":{},\"kvm\":{},\"memory\":{},\"devices\":{},\"vcpus\":{}}},",
+                "\"first_run_us\":{},\"first_exit_us\":{},\"total_us\":{}}}"
+            ),
+            reason.name(),
+            code,
+            json_string(&reason.to_string()),
+            self.config.as_micros(),
+            self.kvm.as_micros(),
+            self.memory.as_micros(),
+            self.devices.as_micros(),
+            self.vcpus.as_micros(),
+            self.since_start(FIRST_RUN.get()),
+            self.since_start(FIRST_EXIT.get()),
+            self.start.elapsed().as_micros(),
+        )
+    }
+}
+
+pub fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_is_escaped_and_complete() {
+        assert_eq!(json_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+        let p = Phases::new(Instant::now());
+        let j = p.json(&ExitReason::DebugExit(1), 3);
+        assert!(j.starts_with("{\"exit_reason\":\"debug-exit\",\"exit_code\":3,"));
+        assert!(j.contains("\"phases_us\":{\"config\":0,"));
+        assert!(j.ends_with('}'));
+    }
+}

@@ -1,0 +1,320 @@
+//! Builds the machine, in the order that keeps KVM fast: VM -> memory slots -> irqchip ->
+//! PIT -> devices -> vCPUs (registering memory after the irqchip exists costs milliseconds).
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY,
+    KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use libc::{MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE, PROT_READ, PROT_WRITE};
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{
+    GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap, MmapRegion,
+};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::bus::Bus;
+use crate::config::{SerialMode, VmConfig};
+use crate::devices::debug_exit::{DebugExit, DEBUG_EXIT_LEN, DEBUG_EXIT_PORT};
+use crate::devices::fw_cfg::{key, FwCfg, FW_CFG_LEN, FW_CFG_PORT};
+use crate::devices::serial::{Serial, SerialOut, COM1_IRQ, COM1_LEN, COM1_PORT};
+use crate::firmware::{BootDescriptor, BootKind, Rom, BOOT_DESCRIPTOR_FILE};
+use crate::memory::{self, MemoryLayout};
+use crate::stats::Phases;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("cannot open /dev/kvm: {0} (is KVM enabled and are you in the kvm group?)")]
+    OpenKvm(kvm_ioctls::Error),
+    #[error("KVM API: {0}")]
+    Kvm(&'static str, #[source] kvm_ioctls::Error),
+    #[error("KVM lacks {0}, which minipc needs")]
+    MissingCap(&'static str),
+    #[error("cannot map {what}: {err}")]
+    Mmap {
+        what: &'static str,
+        err: vm_memory::mmap::MmapRegionError,
+    },
+    #[error("guest memory: {0}")]
+    GuestMemory(String),
+    #[error("device setup: {0}")]
+    Device(String),
+    #[error("{path}: cannot open serial output: {err}")]
+    SerialFile { path: String, err: std::io::Error },
+}
+
+/// Everything the running machine is made of.
+pub struct Machine {
+    pub vm: VmFd,
+    pub guest_mem: GuestMemoryMmap,
+    /// Kept alive for the lifetime of its KVM slots.
+    pub rom: Arc<MmapRegion>,
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    pub serial: Arc<Mutex<Serial>>,
+    pub vcpus: Vec<VcpuFd>,
+    pub layout: MemoryLayout,
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |e| VmError::Kvm(what, e)
+}
+
+fn anon_mapping(size: usize, what: &'static str) -> Result<MmapRegion, VmError> {
+    MmapRegionBuilder::new(size)
+        .with_mmap_prot(PROT_READ | PROT_WRITE)
+        .with_mmap_flags(MAP_ANONYMOUS | MAP_PRIVATE | MAP_NORESERVE)
+        .build()
+        .map_err(|err| VmError::Mmap { what, err })
+}
+
+/// Opens the serial output before anything else is built, so a bad path is a config error.
+pub fn open_serial_out(mode: &SerialMode) -> Result<SerialOut, VmError> {
+    Ok(match mode {
+        SerialMode::Stdio => SerialOut::Stdout,
+        SerialMode::None => SerialOut::Sink,
+        SerialMode::File(p) => SerialOut::File(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .open(p)
+                .map_err(|err| VmError::SerialFile {
+                    path: p.display().to_string(),
+                    err,
+                })?,
+        ),
+    })
+}
+
+pub fn build(
+    cfg: &VmConfig,
+    rom: &Rom,
+    serial_out: SerialOut,
+    phases: &mut Phases,
+) -> Result<Machine, VmError> {
+    let layout =
+        MemoryLayout::new(cfg.mem_size).map_err(|e| VmError::GuestMemory(e.to_string()))?;
+
+    // KVM and the VM.
+    let t = Instant::now();
+    let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+    if !kvm.check_extension(Cap::Irqchip) {
+        return Err(VmError::MissingCap("an in-kernel irqchip"));
+    }
+    if !kvm.check_extension(Cap::ReadonlyMem) {
+        return Err(VmError::MissingCap("read-only memory slots"));
+    }
+    if !kvm.check_extension(Cap::ImmediateExit) {
+        return Err(VmError::MissingCap("immediate_exit"));
+    }
+    let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
+    vm.set_tss_address(memory::KVM_TSS_START as usize)
+        .map_err(kvm_err("set TSS address"))?;
+    vm.set_identity_map_address(memory::KVM_IDENTITY_MAP_START)
+        .map_err(kvm_err("set identity map address"))?;
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("get supported CPUID"))?;
+    phases.kvm = t.elapsed();
+
+    // Memory: RAM regions, then the ROM at its two addresses. All slots before the irqchip.
+    let t = Instant::now();
+    let mut regions = Vec::new();
+    for r in layout.ram_regions() {
+        let m = anon_mapping(r.size as usize, "guest RAM")?;
+        regions.push(
+            GuestRegionMmap::new(m, r.start)
+                .ok_or_else(|| VmError::GuestMemory(format!("region at {:#x}", r.start.0)))?,
+        );
+    }
+    let guest_mem =
+        GuestMemoryMmap::from_regions(regions).map_err(|e| VmError::GuestMemory(e.to_string()))?;
+    let mut slot = 0u32;
+    for region in guest_mem.iter() {
+        let host = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|e| VmError::GuestMemory(e.to_string()))?;
+        set_slot(
+            &vm,
+            slot,
+            region.start_addr().0,
+            region.len(),
+            host as u64,
+            0,
+        )?;
+        slot += 1;
+    }
+    let rom_map = Arc::new(anon_mapping(rom.bytes.len(), "firmware ROM")?);
+    // SAFETY: the mapping is rom.bytes.len() bytes long, writable, and nothing else refers to
+    // it yet.
+    unsafe {
+        std::ptr::copy_nonoverlapping(rom.bytes.as_ptr(), rom_map.as_ptr(), rom.bytes.len());
+    }
+    let (high, low, low_len) = MemoryLayout::firmware_windows(rom.size());
+    let rom_host = rom_map.as_ptr() as u64;
+    set_slot(&vm, slot, high.0, rom.size(), rom_host, KVM_MEM_READONLY)?;
+    slot += 1;
+    set_slot(
+        &vm,
+        slot,
+        low.0,
+        low_len,
+        rom_host + rom.size() - low_len,
+        KVM_MEM_READONLY,
+    )?;
+    phases.memory = t.elapsed();
+
+    // Interrupt controllers, then devices (irqfds need the irqchip).
+    let t = Instant::now();
+    vm.create_irq_chip().map_err(kvm_err("create irqchip"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(kvm_err("create PIT"))?;
+
+    let mut pio = Bus::new("port I/O");
+    let mmio = Bus::new("MMIO");
+    let dev_err = |e: crate::bus::BusError| VmError::Device(e.to_string());
+
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Device(e.to_string()))?;
+    vm.register_irqfd(&irq, COM1_IRQ)
+        .map_err(kvm_err("register serial irqfd"))?;
+    let serial = Arc::new(Mutex::new(Serial::new(irq, serial_out)));
+    pio.insert(COM1_PORT, COM1_LEN, serial.clone())
+        .map_err(dev_err)?;
+    pio.insert(
+        DEBUG_EXIT_PORT,
+        DEBUG_EXIT_LEN,
+        Arc::new(Mutex::new(DebugExit)),
+    )
+    .map_err(dev_err)?;
+
+    let mut fw_cfg = FwCfg::new(guest_mem.clone());
+    fw_cfg.add_item(key::RAM_SIZE, layout.ram_size.to_le_bytes().to_vec());
+    fw_cfg.add_item(key::NOGRAPHIC, 1u16.to_le_bytes().to_vec());
+    fw_cfg.add_item(key::NB_CPUS, (cfg.cpus as u16).to_le_bytes().to_vec());
+    fw_cfg.add_item(key::MAX_CPUS, (cfg.cpus as u16).to_le_bytes().to_vec());
+    let e820: Vec<u8> = layout
+        .e820(rom.size())
+        .iter()
+        .flat_map(|e| e.to_bytes())
+        .collect();
+    let descriptor = BootDescriptor {
+        kind: BootKind::Demo,
+        base_memory_kib: layout.base_memory_kib(),
+        ebda_segment: (memory::EBDA_START >> 4) as u16,
+        cpus: cfg.cpus as u16,
+    };
+    let fw_err = |e: crate::devices::fw_cfg::FwCfgError| VmError::Device(e.to_string());
+    fw_cfg.add_file("etc/e820", e820).map_err(fw_err)?;
+    fw_cfg
+        .add_file(BOOT_DESCRIPTOR_FILE, descriptor.to_bytes())
+        .map_err(fw_err)?;
+    fw_cfg
+        .add_file("etc/sercon-port", (COM1_PORT as u16).to_le_bytes().to_vec())
+        .map_err(fw_err)?;
+    fw_cfg.add_file("bootorder", Vec::new()).map_err(fw_err)?;
+    pio.insert(FW_CFG_PORT, FW_CFG_LEN, Arc::new(Mutex::new(fw_cfg)))
+        .map_err(dev_err)?;
+    phases.devices = t.elapsed();
+
+    // vCPUs at the architectural reset state; the in-kernel LAPIC holds the APs until SIPI.
+    let t = Instant::now();
+    let mut vcpus = Vec::with_capacity(cfg.cpus as usize);
+    for id in 0..cfg.cpus {
+        let vcpu = vm.create_vcpu(id as u64).map_err(kvm_err("create vCPU"))?;
+        let mut c = cpuid.clone();
+        set_topology(&mut c, id, cfg.cpus);
+        vcpu.set_cpuid2(&c).map_err(kvm_err("set CPUID"))?;
+        vcpus.push(vcpu);
+    }
+    phases.vcpus = t.elapsed();
+
+    Ok(Machine {
+        vm,
+        guest_mem,
+        rom: rom_map,
+        pio: Arc::new(pio),
+        mmio: Arc::new(mmio),
+        serial,
+        vcpus,
+        layout,
+    })
+}
+
+fn set_slot(
+    vm: &VmFd,
+    slot: u32,
+    guest: u64,
+    size: u64,
+    host: u64,
+    flags: u32,
+) -> Result<(), VmError> {
+    let region = kvm_userspace_memory_region {
+        slot,
+        flags,
+        guest_phys_addr: guest,
+        memory_size: size,
+        userspace_addr: host,
+    };
+    // SAFETY: `host` points to a mapping of at least `size` bytes that lives as long as the VM
+    // (the Machine owns it), and slots never overlap (memory.rs keeps the map disjoint).
+    unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("set memory region"))
+}
+
+/// Fills in the APIC ID and the logical processor count the guest sees in CPUID.
+fn set_topology(cpuid: &mut CpuId, apic_id: u32, cpus: u32) {
+    for e in cpuid.as_mut_slice() {
+        match e.function {
+            1 => {
+                e.ebx = (e.ebx & 0x0000_FFFF) | (apic_id << 24) | ((cpus.min(255)) << 16);
+                if cpus > 1 {
+                    e.edx |= 1 << 28; // HTT: more than one logical processor
+                }
+            }
+            0xB | 0x1F => e.edx = apic_id,
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvm_bindings::kvm_cpuid_entry2;
+
+    #[test]
+    fn topology_sets_apic_ids() {
+        let mut c = CpuId::from_entries(&[
+            kvm_cpuid_entry2 {
+                function: 1,
+                ebx: 0xFFFF_0801,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 0xB,
+                ..Default::default()
+            },
+        ])
+        .unwrap();
+        set_topology(&mut c, 3, 4);
+        let s = c.as_slice();
+        assert_eq!(s[0].ebx, 0x0304_0801);
+        assert_ne!(s[0].edx & (1 << 28), 0);
+        assert_eq!(s[1].edx, 3);
+    }
+
+    #[test]
+    fn serial_file_errors_name_the_path() {
+        let e = open_serial_out(&SerialMode::File("/nonexistent/dir/x".into()))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.starts_with("/nonexistent/dir/x:"), "{e}");
+    }
+}
