@@ -1,0 +1,67 @@
+//! Bad arguments and bad files: one clear line on stderr, exit code 2, nothing started.
+
+mod common;
+use common::*;
+
+fn assert_config_error(args: &[&str], needle: &str) {
+    let r = minipc(args);
+    assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "{args:?}: {}", r.stderr);
+    assert!(r.stderr.contains(needle), "{args:?}: {}", r.stderr);
+    assert_eq!(r.stdout, "");
+}
+
+#[test]
+fn bad_arguments_exit_2_with_one_line() {
+    assert_config_error(&["--bogus"], "--bogus");
+    assert_config_error(&["--mem", "1M"], "too small");
+    assert_config_error(&["--mem", "12Q"], "12Q");
+    assert_config_error(&["--mem", "2T"], "too large");
+    assert_config_error(&["--cpus", "0"], "--cpus");
+    assert_config_error(&["--cpus", "1000"], "--cpus");
+    assert_config_error(&["--serial", "pty"], "--serial");
+    assert_config_error(&["--timeout", "soon"], "--timeout");
+    assert_config_error(&["--cpus"], "needs a value");
+    assert_config_error(&["stray"], "stray");
+}
+
+#[test]
+fn bad_firmware_files_are_named() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let odd = dir.join("odd-size.rom");
+    std::fs::write(&odd, vec![0u8; 1000]).unwrap();
+    assert_config_error(&["--firmware", path_str(&odd)], "odd-size.rom");
+    let big = dir.join("too-big.rom");
+    std::fs::write(&big, vec![0u8; 512 * 1024]).unwrap();
+    assert_config_error(&["--firmware", path_str(&big)], "256 KiB");
+    assert_config_error(
+        &["--firmware", "/nonexistent/bios.bin"],
+        "/nonexistent/bios.bin",
+    );
+    assert_config_error(
+        &["--serial", "file:/nonexistent/dir/serial.log"],
+        "/nonexistent/dir/serial.log",
+    );
+}
+
+#[test]
+fn help_lists_options_and_exit_codes() {
+    let r = minipc(&["--help"]);
+    assert_eq!(r.code, 0);
+    for s in [
+        "--firmware",
+        "--mem",
+        "--cpus",
+        "--serial",
+        "--timeout",
+        "--stats",
+        "124",
+    ] {
+        assert!(r.stdout.contains(s), "--help lacks {s}");
+    }
+    let r = minipc(&["--version"]);
+    assert_eq!(
+        r.stdout.trim(),
+        format!("minipc {}", env!("CARGO_PKG_VERSION"))
+    );
+}

@@ -1,0 +1,144 @@
+//! Test harness: builds the tiny guests under tests/guests/ with binutils and runs them through
+//! the real minipc binary.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const MINIPC: &str = env!("CARGO_BIN_EXE_minipc");
+
+/// True when /dev/kvm can be used. Outside CI a missing KVM skips the test loudly; in CI
+/// (CI=true) it fails it.
+pub fn kvm_available() -> bool {
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if !ok {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("/dev/kvm is not usable, and CI=true: KVM tests must run in CI");
+        }
+        eprintln!(
+            "\n*** SKIPPED: /dev/kvm is not usable on this machine; this test needs KVM ***\n"
+        );
+    }
+    ok
+}
+
+fn run_tool(cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Assembles tests/guests/NAME.s (with `--defsym` values) into a 4 KiB ROM image.
+pub fn guest(name: &str, defs: &[(&str, u64)]) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests");
+    let tag: String = defs.iter().map(|(k, v)| format!("-{k}{v}")).collect();
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guests");
+    std::fs::create_dir_all(&dir).expect("create guest dir");
+    let base = dir.join(format!("{name}{tag}"));
+    let obj = base.with_extension("o");
+    let elf = base.with_extension("elf");
+    let bin = base.with_extension("bin");
+    let mut asm = Command::new("as");
+    asm.arg("--32").arg("-I").arg(&src);
+    for (k, v) in defs {
+        asm.arg(format!("--defsym={k}={v}"));
+    }
+    run_tool(asm.arg("-o").arg(&obj).arg(src.join(format!("{name}.s"))));
+    run_tool(
+        Command::new("ld")
+            .args(["-m", "elf_i386", "-nostdlib", "-T"])
+            .arg(src.join("rom.ld"))
+            .arg("-o")
+            .arg(&elf)
+            .arg(&obj),
+    );
+    run_tool(
+        Command::new("objcopy")
+            .args(["-O", "binary"])
+            .arg(&elf)
+            .arg(&bin),
+    );
+    assert_eq!(
+        std::fs::metadata(&bin).unwrap().len(),
+        4096,
+        "{name}: ROM size"
+    );
+    bin
+}
+
+/// The result of one run of minipc.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub wall: Duration,
+}
+
+impl Run {
+    /// The `--stats` JSON line, if there is one.
+    pub fn stats(&self) -> Option<&str> {
+        self.stderr
+            .lines()
+            .find(|l| l.starts_with("{\"exit_reason\""))
+    }
+    pub fn reason(&self) -> Option<String> {
+        let s = self.stats()?;
+        let rest = s.strip_prefix("{\"exit_reason\":\"")?;
+        Some(rest[..rest.find('"')?].to_string())
+    }
+}
+
+fn finish(out: Output, start: Instant) -> Run {
+    let code = out.status.code().unwrap_or_else(|| {
+        use std::os::unix::process::ExitStatusExt;
+        128 + out.status.signal().unwrap_or(0)
+    });
+    Run {
+        code,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        wall: start.elapsed(),
+    }
+}
+
+/// Runs minipc with `args` and no input.
+pub fn minipc(args: &[&str]) -> Run {
+    minipc_with_input(args, None)
+}
+
+/// Runs minipc with `args`, feeding `input` on stdin when given.
+pub fn minipc_with_input(args: &[&str], input: Option<&[u8]>) -> Run {
+    let start = Instant::now();
+    let mut child = Command::new(MINIPC)
+        .args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start minipc");
+    if let Some(data) = input {
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(data).expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("wait for minipc");
+    finish(out, start)
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
