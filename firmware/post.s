@@ -17,11 +17,9 @@ post:
         # IVT: every vector to an IRET, the PIC vectors to handlers that acknowledge.
         xor     di, di
         mov     cx, 256
-1:      mov     ax, offset default_isr
-        stosw
-        mov     ax, cs
-        stosw
-        loop    1b
+        mov     eax, 0xF0000000                 # F000:default_isr
+        mov     ax, offset default_isr
+        rep     stosd
         mov     di, 0x08 * 4
         mov     dx, offset irq_master_isr
         call    set_eight_vectors

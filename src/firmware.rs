@@ -55,7 +55,7 @@ impl Rom {
         if size > MAX_FIRMWARE_SIZE {
             return Err(FirmwareError::TooLarge { path: p, size });
         }
-        if size % (4 * KIB) != 0 {
+        if !size.is_multiple_of(4 * KIB) {
             return Err(FirmwareError::Unaligned { path: p, size });
         }
         let bytes = std::fs::read(path).map_err(|err| FirmwareError::Read { path: p, err })?;

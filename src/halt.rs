@@ -5,7 +5,8 @@
 //! file (`KVM_GET_STATS_FD`) has a `blocking` counter that becomes 1 within microseconds of
 //! the vCPU halting, and it can be read with `pread` while the vCPU is inside `KVM_RUN`.
 //!
-//! The monitor reads `blocking` for every vCPU on a short tick (one `pread` per vCPU). When
+//! The monitor reads `blocking` for every vCPU on a short tick (one `pread` per vCPU; the tick
+//! lengthens as the guest ages, see `tick`). When
 //! all of them block, it kicks each vCPU out of `KVM_RUN` (see `vcpu.rs`); each one then
 //! reports its MP state and RFLAGS.IF. Halted with IF clear (or waiting for a SIPI that no
 //! running vCPU can send) on every vCPU means nothing can ever wake the guest: it is dead,
@@ -23,8 +24,18 @@ use kvm_ioctls::VcpuFd;
 /// KVM_GET_STATS_FD = _IO(KVMIO, 0xce).
 const KVM_GET_STATS_FD: libc::c_ulong = 0xAECE;
 
-/// How often `blocking` is sampled.
-pub const TICK: Duration = Duration::from_micros(500);
+/// How often `blocking` is sampled, by the guest's age: short-lived guests (tests, jobs) are
+/// noticed within a fraction of a millisecond; long-lived ones cost a few hundred syscalls a
+/// second.
+pub fn tick(age: Duration) -> Duration {
+    if age < Duration::from_millis(100) {
+        Duration::from_micros(200)
+    } else if age < Duration::from_secs(2) {
+        Duration::from_millis(1)
+    } else {
+        Duration::from_millis(5)
+    }
+}
 /// The first wait after a kick that found the guest alive; it doubles up to `MAX_BACKOFF`.
 pub const MIN_BACKOFF: Duration = Duration::from_millis(1);
 pub const MAX_BACKOFF: Duration = Duration::from_millis(500);
@@ -124,6 +135,13 @@ mod tests {
         all.extend(desc("blocking", 16, 48));
         assert_eq!(parse_descriptors(&all, 64, "blocking"), Some(16));
         assert_eq!(parse_descriptors(&all, 64, "nothing"), None);
+    }
+
+    #[test]
+    fn tick_slows_down_with_age() {
+        assert!(tick(Duration::ZERO) < tick(Duration::from_millis(500)));
+        assert!(tick(Duration::from_millis(500)) < tick(Duration::from_secs(10)));
+        assert!(tick(Duration::from_secs(3600)) <= Duration::from_millis(5));
     }
 
     #[test]

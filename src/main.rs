@@ -11,11 +11,11 @@ mod log;
 mod memory;
 mod monitor;
 mod stats;
+mod supervisor;
 mod terminal;
 mod vcpu;
 mod vm;
 
-use std::io::Write;
 use std::time::Instant;
 
 use config::{Command, SerialMode, VmConfig};
@@ -48,8 +48,9 @@ fn main() {
     if let Some(l) = cfg.log_level {
         log::set_level(l);
     }
+    let reporter = supervisor::split();
     let code = run(&cfg, start);
-    finish(code);
+    reporter.exit(code);
 }
 
 /// One line on stderr, exit code 2, nothing started.
@@ -99,30 +100,8 @@ fn run(cfg: &VmConfig, start: Instant) -> i32 {
     if cfg.stats {
         eprintln!("{}", phases.json(&reason, exit_code));
     }
-    // The machine is deliberately not dropped: vCPU threads may still be inside KVM_RUN, and
-    // `finish` hands the VM's teardown to a child so that the caller does not wait for it.
+    // The machine is deliberately not dropped: vCPU threads may still be inside KVM_RUN. The
+    // process exits without destructors (see supervisor.rs).
     std::mem::forget(machine);
     exit_code
-}
-
-/// Exits with `code` at once. Closing the last descriptor of a VM with an in-kernel irqchip
-/// and PIT costs milliseconds; a forked child that holds copies of the descriptors pays that
-/// after this process has already reported its exit status.
-fn finish(code: i32) -> ! {
-    let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().flush();
-    // SAFETY: fork in a multi-threaded process; the child only calls async-signal-safe
-    // functions (close, _exit) before exiting.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        // SAFETY: closing our copies of stdio so nobody waits on them, then leaving.
-        unsafe {
-            libc::close(0);
-            libc::close(1);
-            libc::close(2);
-            libc::_exit(0);
-        }
-    }
-    // SAFETY: leaving without running destructors (vCPU threads are still alive).
-    unsafe { libc::_exit(code) }
 }

@@ -35,9 +35,6 @@ pub const RAM_ABOVE_4G_START: u64 = 4 * GIB;
 /// i440fx does); smaller guests keep all their RAM below 4 GiB.
 const LARGE_RAM_THRESHOLD: u64 = 0xE000_0000;
 const PCI_HOLE_START_LARGE: u64 = 0xC000_0000;
-/// The IOAPIC and LAPIC MMIO pages live in the PCI hole.
-pub const IOAPIC_START: u64 = 0xFEC0_0000;
-pub const LAPIC_START: u64 = 0xFEE0_0000;
 /// KVM's TSS (three pages) and identity-map page: in the PCI hole, clear of every device and
 /// of the largest firmware alias (256 KiB below 4 GiB).
 pub const KVM_IDENTITY_MAP_START: u64 = 0xFEFF_C000;
@@ -112,7 +109,7 @@ impl MemoryLayout {
         if ram_size > MAX_RAM_SIZE {
             return Err(LayoutError::TooLarge(ram_size));
         }
-        if ram_size % (4 * KIB) != 0 {
+        if !ram_size.is_multiple_of(4 * KIB) {
             return Err(LayoutError::Unaligned(ram_size));
         }
         let low_ram_end = if ram_size >= LARGE_RAM_THRESHOLD {

@@ -10,7 +10,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::lock;
 use crate::exit::ExitReason;
-use crate::halt::{Backoff, BlockingStat, FALLBACK_PERIOD, TICK};
+use crate::halt::{self, Backoff, BlockingStat, FALLBACK_PERIOD};
 use crate::log;
 use crate::vcpu::{self, VcpuHandle, VcpuMsg, REQ_CHECK_HALT};
 use crate::vm::Machine;
@@ -103,6 +103,7 @@ fn run_inner(
     let mut backoff = Backoff::new();
     let mut next_kick = Instant::now();
     let mut check: Option<HaltCheck> = None;
+    let started = Instant::now();
 
     loop {
         let now = Instant::now();
@@ -133,9 +134,10 @@ fn run_inner(
             }
         }
 
-        let mut wait = TICK;
+        let tick = halt::tick(now - started);
+        let mut wait = tick;
         if stats.is_none() {
-            wait = next_kick.saturating_duration_since(now).max(TICK);
+            wait = next_kick.saturating_duration_since(now).max(tick);
         }
         if let Some(d) = deadline {
             wait = wait.min(d.saturating_duration_since(now));
@@ -161,9 +163,19 @@ fn run_inner(
                 revents: 0,
             });
         }
-        let timeout_ms = wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-        // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        let ts = libc::timespec {
+            tv_sec: wait.as_secs() as libc::time_t,
+            tv_nsec: wait.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: `fds` is a valid array of pollfd and `ts` a valid timespec for the call.
+        let n = unsafe {
+            libc::ppoll(
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                &ts,
+                std::ptr::null(),
+            )
+        };
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
@@ -204,6 +216,12 @@ fn run_inner(
                 stdin_open = read_stdin(&mut pending_input);
             } else if p.revents & (libc::POLLNVAL | libc::POLLERR) != 0 {
                 stdin_open = false;
+            }
+        }
+        {
+            let mut serial = lock(&machine.serial);
+            if serial.output_pending() {
+                serial.flush();
             }
         }
         if !pending_input.is_empty() {

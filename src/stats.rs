@@ -48,7 +48,7 @@ impl Phases {
             concat!(
                 "{{\"exit_reason\":\"{}\",\"exit_code\":{},\"detail\":{},",
                 "\"phases_us\":{{\"config\":{},\"kvm\":{},\"memory\":{},\"devices\":{},\"vcpus\":{}}},",
-                "\"first_run_us\":{},\"first_exit_us\":{},\"total_us\":{}}}"
+                "\"first_run_us\":{},\"first_exit_us\":{},\"total_us\":{},\"peak_rss_kib\":{}}}"
             ),
             reason.name(),
             code,
@@ -61,7 +61,20 @@ impl Phases {
             self.since_start(FIRST_RUN.get()),
             self.since_start(FIRST_EXIT.get()),
             self.start.elapsed().as_micros(),
+            peak_rss_kib(),
         )
+    }
+}
+
+/// The peak resident set of this process, in KiB.
+fn peak_rss_kib() -> i64 {
+    // SAFETY: rusage is plain data that getrusage fills.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a valid rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } == 0 {
+        ru.ru_maxrss
+    } else {
+        -1
     }
 }
 

@@ -20,7 +20,7 @@ use crate::bus::Bus;
 use crate::config::{SerialMode, VmConfig};
 use crate::devices::debug_exit::{DebugExit, DEBUG_EXIT_LEN, DEBUG_EXIT_PORT};
 use crate::devices::fw_cfg::{key, FwCfg, FW_CFG_LEN, FW_CFG_PORT};
-use crate::devices::serial::{Serial, SerialOut, COM1_IRQ, COM1_LEN, COM1_PORT};
+use crate::devices::serial::{Serial, SerialOut, Sink, COM1_IRQ, COM1_LEN, COM1_PORT};
 use crate::firmware::{BootDescriptor, BootKind, Rom, BOOT_DESCRIPTOR_FILE};
 use crate::memory::{self, MemoryLayout};
 use crate::stats::Phases;
@@ -46,17 +46,19 @@ pub enum VmError {
     SerialFile { path: String, err: std::io::Error },
 }
 
-/// Everything the running machine is made of.
+/// Everything the running machine is made of. The VM, its memory and the ROM are held here
+/// for as long as the vCPUs may run.
 pub struct Machine {
+    #[allow(dead_code)]
     pub vm: VmFd,
+    #[allow(dead_code)]
     pub guest_mem: GuestMemoryMmap,
-    /// Kept alive for the lifetime of its KVM slots.
+    #[allow(dead_code)]
     pub rom: Arc<MmapRegion>,
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
     pub serial: Arc<Mutex<Serial>>,
     pub vcpus: Vec<VcpuFd>,
-    pub layout: MemoryLayout,
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -73,10 +75,10 @@ fn anon_mapping(size: usize, what: &'static str) -> Result<MmapRegion, VmError> 
 
 /// Opens the serial output before anything else is built, so a bad path is a config error.
 pub fn open_serial_out(mode: &SerialMode) -> Result<SerialOut, VmError> {
-    Ok(match mode {
-        SerialMode::Stdio => SerialOut::Stdout,
-        SerialMode::None => SerialOut::Sink,
-        SerialMode::File(p) => SerialOut::File(
+    Ok(SerialOut::new(match mode {
+        SerialMode::Stdio => Sink::Stdout,
+        SerialMode::None => Sink::Null,
+        SerialMode::File(p) => Sink::File(
             std::fs::OpenOptions::new()
                 .create(true)
                 .write(true)
@@ -87,7 +89,7 @@ pub fn open_serial_out(mode: &SerialMode) -> Result<SerialOut, VmError> {
                     err,
                 })?,
         ),
-    })
+    }))
 }
 
 pub fn build(
@@ -243,7 +245,6 @@ pub fn build(
         mmio: Arc::new(mmio),
         serial,
         vcpus,
-        layout,
     })
 }
 

@@ -2,4 +2,5 @@
 
 pub mod debug_exit;
 pub mod fw_cfg;
+pub mod rtc;
 pub mod serial;

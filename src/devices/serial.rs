@@ -25,25 +25,64 @@ impl Trigger for IrqTrigger {
 }
 
 /// Where the guest's serial output goes.
-pub enum SerialOut {
+pub enum Sink {
     Stdout,
     File(std::fs::File),
-    Sink,
+    Null,
+}
+
+/// The UART's output: bytes are collected and written a line at a time (or when the buffer
+/// fills), so a guest printing a line costs one write, not one per byte. The monitor pushes
+/// out a partial line (a prompt) on its next tick, and everything at exit.
+pub struct SerialOut {
+    sink: Sink,
+    buf: Vec<u8>,
+}
+
+const LINE_MAX: usize = 4096;
+
+impl SerialOut {
+    pub fn new(sink: Sink) -> Self {
+        SerialOut {
+            sink,
+            buf: Vec::with_capacity(256),
+        }
+    }
+
+    /// Writes out whatever is buffered.
+    pub fn drain(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let r = match &mut self.sink {
+            Sink::Stdout => {
+                let mut out = io::stdout().lock();
+                out.write_all(&self.buf).and_then(|_| out.flush())
+            }
+            Sink::File(f) => f.write_all(&self.buf),
+            Sink::Null => Ok(()),
+        };
+        self.buf.clear();
+        r
+    }
+
+    pub fn pending(&self) -> bool {
+        !self.buf.is_empty()
+    }
 }
 
 impl Write for SerialOut {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            SerialOut::Stdout => io::stdout().write(buf),
-            SerialOut::File(f) => f.write(buf),
-            SerialOut::Sink => Ok(buf.len()),
-        }
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
     }
+
+    /// Called by the UART after every byte: only a complete line or a full buffer goes out.
     fn flush(&mut self) -> io::Result<()> {
-        match self {
-            SerialOut::Stdout => io::stdout().flush(),
-            SerialOut::File(f) => f.flush(),
-            SerialOut::Sink => Ok(()),
+        if self.buf.last() == Some(&b'\n') || self.buf.len() >= LINE_MAX {
+            self.drain()
+        } else {
+            Ok(())
         }
     }
 }
@@ -69,8 +108,16 @@ impl Serial {
         self.uart.fifo_capacity()
     }
 
+    /// Writes out buffered output, a partial line included.
     pub fn flush(&mut self) {
-        let _ = self.uart.writer_mut().flush();
+        if let Err(e) = self.uart.writer_mut().drain() {
+            log::debug(format_args!("serial: output failed: {e}"));
+        }
+    }
+
+    /// Whether output is waiting for `flush`.
+    pub fn output_pending(&self) -> bool {
+        self.uart.writer().pending()
     }
 }
 
@@ -100,7 +147,7 @@ mod tests {
     #[test]
     fn transmitter_is_empty_and_bytes_go_out() {
         let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let mut s = Serial::new(evt, SerialOut::Sink);
+        let mut s = Serial::new(evt, SerialOut::new(Sink::Null));
         let mut lsr = [0u8];
         s.read(5, &mut lsr);
         // THRE and TEMT.
@@ -113,5 +160,25 @@ mod tests {
         let mut rbr = [0u8];
         s.read(0, &mut rbr);
         assert_eq!(rbr[0], b'x');
+    }
+
+    #[test]
+    fn output_goes_out_a_line_at_a_time() {
+        let path = std::env::temp_dir().join(format!("minipc-serial-{}", std::process::id()));
+        let f = std::fs::File::create(&path).unwrap();
+        let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut s = Serial::new(evt, SerialOut::new(Sink::File(f)));
+        for b in b"ab" {
+            s.write(0, &[*b]);
+        }
+        assert!(s.output_pending());
+        assert_eq!(std::fs::read(&path).unwrap(), b"");
+        s.write(0, b"\n");
+        assert!(!s.output_pending());
+        assert_eq!(std::fs::read(&path).unwrap(), b"ab\n");
+        s.write(0, b">");
+        s.flush();
+        assert_eq!(std::fs::read(&path).unwrap(), b"ab\n>");
+        let _ = std::fs::remove_file(path);
     }
 }

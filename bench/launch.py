@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""Launch-to-exit time and peak memory of minipc, side by side with QEMU when installed.
+
+Each case is run N times (default 30) after 3 warm-up runs; the figures are the median and
+90th percentile of wall time from spawn to exit status, and the median peak RSS of the
+process (ru_maxrss from wait4). Ratios are against minipc running the same guest, measured in
+the same run, because these machines are shared and noisy.
+
+Usage: python3 bench/launch.py [-n N]
+"""
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GUESTS = os.path.join(ROOT, "tests", "guests")
+
+
+def sh(*cmd):
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+
+
+def build_guest(tmp, name, rom_size):
+    """Assembles tests/guests/NAME.s into a ROM of rom_size bytes (code in its last 4 KiB)."""
+    obj, elf, raw = (os.path.join(tmp, name + ext) for ext in (".o", ".elf", ".raw"))
+    sh("as", "--32", "-I", GUESTS, "-o", obj, os.path.join(GUESTS, name + ".s"))
+    sh("ld", "-m", "elf_i386", "-nostdlib", "-T", os.path.join(GUESTS, "rom.ld"), "-o", elf, obj)
+    sh("objcopy", "-O", "binary", elf, raw)
+    data = open(raw, "rb").read()
+    out = os.path.join(tmp, f"{name}-{rom_size // 1024}k.bin")
+    with open(out, "wb") as f:
+        f.write(b"\0" * (rom_size - len(data)) + data)
+    return out
+
+
+def run_once(cmd):
+    start = time.perf_counter()
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    _, status, ru = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - start
+    p.returncode = os.waitstatus_to_exitcode(status)
+    return wall, ru.ru_maxrss, p.returncode
+
+
+def measure(cmd, n, expect):
+    for _ in range(3):
+        run_once(cmd)
+    walls, rss = [], []
+    for _ in range(n):
+        w, r, code = run_once(cmd)
+        if code != expect:
+            sys.exit(f"bench: {' '.join(cmd)} exited {code}, expected {expect}")
+        walls.append(w * 1000)
+        rss.append(r / 1024)
+    walls.sort()
+    return {
+        "median_ms": statistics.median(walls),
+        "p90_ms": walls[int(0.9 * (len(walls) - 1))],
+        "rss_mib": statistics.median(rss),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("-n", type=int, default=30)
+    args = ap.parse_args()
+    sh("cargo", "build", "--release", "--quiet", "--manifest-path", os.path.join(ROOT, "Cargo.toml"))
+    minipc = os.path.join(ROOT, "target", "release", "minipc")
+    tmp = tempfile.mkdtemp(prefix="minipc-bench-")
+    rom = build_guest(tmp, "bench", 64 * 1024)
+
+    cases = [
+        ("minipc demo (embedded firmware, halts)", [minipc], 0, "demo"),
+        ("minipc bare-metal ROM (debug-exit)", [minipc, "--firmware", rom], 1, "rom"),
+        ("minipc bare-metal ROM, --cpus 4 --mem 4G", [minipc, "--firmware", rom, "--cpus", "4", "--mem", "4G"], 1, "rom"),
+    ]
+    qemu = shutil.which("qemu-system-x86_64")
+    if qemu:
+        common = ["-bios", rom, "-nographic", "-nodefaults", "-serial", "null", "-m", "256",
+                  "-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-accel", "kvm", "-no-reboot"]
+        cases.append(("QEMU -M microvm, same ROM", [qemu, "-M", "microvm"] + common, 1, "rom"))
+        cases.append(("QEMU -M pc, same ROM", [qemu, "-M", "pc"] + common, 1, "rom"))
+    else:
+        print("QEMU is not installed: no comparison (apt-get install qemu-system-x86)")
+
+    results = []
+    for name, cmd, expect, kind in cases:
+        r = measure(cmd, args.n, expect)
+        results.append((name, kind, r))
+    base = next(r for name, kind, r in results if kind == "rom")
+    print(f"{'case':46} {'median ms':>10} {'p90 ms':>8} {'peak RSS MiB':>13} {'time x':>7} {'RSS x':>6}")
+    for name, kind, r in results:
+        print(f"{name:46} {r['median_ms']:10.2f} {r['p90_ms']:8.2f} {r['rss_mib']:13.1f} "
+              f"{r['median_ms'] / base['median_ms']:7.2f} {r['rss_mib'] / base['rss_mib']:6.2f}")
+    print(f"(n={args.n} runs each; ratios against minipc running the same bare-metal ROM)")
+    shutil.rmtree(tmp)
+
+
+if __name__ == "__main__":
+    main()
