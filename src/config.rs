@@ -27,6 +27,7 @@ Options:
   --serial MODE       COM1 to stdio (default), file:PATH, or none
   --timeout SECONDS   stop the guest after this long (exit 124); fractions allowed
   --stats             print one JSON line on stderr at exit: reason, exit code, phase times
+  --rtc utc|localtime what the CMOS clock counts (default utc)
   --log-level LEVEL   error, warn (default), info or debug (also MINIPC_LOG)
   -h, --help          this text
   -V, --version       the version
@@ -61,6 +62,8 @@ pub struct VmConfig {
     pub serial: SerialMode,
     pub timeout: Option<Duration>,
     pub stats: bool,
+    /// The CMOS clock counts the host's local time instead of UTC.
+    pub rtc_localtime: bool,
     pub log_level: Option<Level>,
 }
 
@@ -73,6 +76,7 @@ impl Default for VmConfig {
             serial: SerialMode::Stdio,
             timeout: None,
             stats: false,
+            rtc_localtime: false,
             log_level: None,
         }
     }
@@ -104,6 +108,8 @@ pub enum ConfigError {
     BadSerial(String),
     #[error("--timeout: '{0}' is not a positive number of seconds")]
     BadTimeout(String),
+    #[error("--rtc: '{0}' is not utc or localtime")]
+    BadRtc(String),
     #[error("--log-level: '{0}' is not error, warn, info or debug")]
     BadLogLevel(String),
     #[error("unexpected argument '{0}' (see --help)")]
@@ -121,7 +127,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, ConfigE
         };
         let takes_value = matches!(
             name.as_str(),
-            "--firmware" | "--mem" | "--cpus" | "--serial" | "--timeout" | "--log-level"
+            "--firmware" | "--mem" | "--cpus" | "--serial" | "--timeout" | "--rtc" | "--log-level"
         );
         let value = if takes_value {
             match inline {
@@ -175,6 +181,13 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, ConfigE
                 cfg.timeout = Some(Duration::from_secs_f64(secs));
             }
             "--stats" => cfg.stats = true,
+            "--rtc" => {
+                cfg.rtc_localtime = match value.as_str() {
+                    "utc" => false,
+                    "localtime" => true,
+                    _ => return Err(ConfigError::BadRtc(value)),
+                }
+            }
             "--log-level" => {
                 cfg.log_level = Some(Level::parse(&value).ok_or(ConfigError::BadLogLevel(value))?)
             }
@@ -259,6 +272,11 @@ mod tests {
         );
         assert!(run(&["kernel"]).is_err());
         assert!(run(&["--stats=1"]).is_err());
+        assert_eq!(
+            run(&["--rtc", "mars"]).unwrap_err(),
+            ConfigError::BadRtc("mars".into())
+        );
+        assert!(run(&["--rtc", "localtime"]).unwrap().rtc_localtime);
     }
 
     #[test]

@@ -155,6 +155,12 @@ fn run_inner(
                 revents: 0,
             },
         ];
+        let rtc_fd = lock(&machine.rtc).timer_fd();
+        fds.push(libc::pollfd {
+            fd: rtc_fd,
+            events: libc::POLLIN,
+            revents: 0,
+        });
         // Only read stdin when the UART can take what we read.
         if stdin_open && pending_input.is_empty() {
             fds.push(libc::pollfd {
@@ -211,7 +217,10 @@ fn run_inner(
                 check = None;
             }
         }
-        if let Some(p) = fds.get(2) {
+        if fds[2].revents & libc::POLLIN != 0 {
+            lock(&machine.rtc).expire();
+        }
+        if let Some(p) = fds.get(3) {
             if p.revents & (libc::POLLIN | libc::POLLHUP) != 0 {
                 stdin_open = read_stdin(&mut pending_input);
             } else if p.revents & (libc::POLLNVAL | libc::POLLERR) != 0 {

@@ -20,6 +20,8 @@ use crate::bus::Bus;
 use crate::config::{SerialMode, VmConfig};
 use crate::devices::debug_exit::{DebugExit, DEBUG_EXIT_LEN, DEBUG_EXIT_PORT};
 use crate::devices::fw_cfg::{key, FwCfg, FW_CFG_LEN, FW_CFG_PORT};
+use crate::devices::rtc::{Rtc, RTC_IRQ, RTC_LEN, RTC_PORT};
+use crate::devices::rtc_timer::TimedRtc;
 use crate::devices::serial::{Serial, SerialOut, Sink, COM1_IRQ, COM1_LEN, COM1_PORT};
 use crate::firmware::{BootDescriptor, BootKind, Rom, BOOT_DESCRIPTOR_FILE};
 use crate::memory::{self, MemoryLayout};
@@ -58,6 +60,7 @@ pub struct Machine {
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
     pub serial: Arc<Mutex<Serial>>,
+    pub rtc: Arc<Mutex<TimedRtc>>,
     pub vcpus: Vec<VcpuFd>,
 }
 
@@ -196,6 +199,16 @@ pub fn build(
     )
     .map_err(dev_err)?;
 
+    let rtc_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Device(e.to_string()))?;
+    vm.register_irqfd(&rtc_irq, RTC_IRQ)
+        .map_err(kvm_err("register RTC irqfd"))?;
+    let rtc = Rtc::new(&layout, cfg.cpus, cfg.rtc_localtime, Some(rtc_irq));
+    let rtc = Arc::new(Mutex::new(
+        TimedRtc::new(rtc).map_err(|e| VmError::Device(format!("RTC timer: {e}")))?,
+    ));
+    pio.insert(RTC_PORT, RTC_LEN, rtc.clone())
+        .map_err(dev_err)?;
+
     let mut fw_cfg = FwCfg::new(guest_mem.clone());
     fw_cfg.add_item(key::RAM_SIZE, layout.ram_size.to_le_bytes().to_vec());
     fw_cfg.add_item(key::NOGRAPHIC, 1u16.to_le_bytes().to_vec());
@@ -244,6 +257,7 @@ pub fn build(
         pio: Arc::new(pio),
         mmio: Arc::new(mmio),
         serial,
+        rtc,
         vcpus,
     })
 }

@@ -3,4 +3,5 @@
 pub mod debug_exit;
 pub mod fw_cfg;
 pub mod rtc;
+pub mod rtc_timer;
 pub mod serial;

@@ -12,7 +12,7 @@
 //! port addressed, byte 1 to the next one; bytes past 0x71 read as 0xFF and are not written.
 //! Reads of the index port return 0xFF.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use vmm_sys_util::eventfd::EventFd;
 
@@ -262,13 +262,6 @@ impl Rtc {
         rtc.last_ns = now;
         rtc.store_time(now);
         rtc
-    }
-
-    /// When the next enabled interrupt is due (possibly already past), or None if none is.
-    /// It changes with every guest access to the device and every `tick`.
-    pub fn next_event(&self) -> Option<Instant> {
-        self.time_to_next_event()
-            .and_then(|d| Instant::now().checked_add(d))
     }
 
     /// How long until the next enabled interrupt is due (zero if overdue).
@@ -950,8 +943,6 @@ mod tests {
             rtc.time_to_next_event(),
             Some(Duration::from_nanos(700_000_000))
         );
-        let at = rtc.next_event().unwrap();
-        assert!(at <= Instant::now() + Duration::from_millis(700));
         clock.advance(700_000_000);
         rtc.tick();
         assert!(fired(&e));

@@ -1,0 +1,99 @@
+//! The PC chipset as a guest sees it: the CMOS clock and NVRAM.
+
+mod common;
+use common::*;
+
+/// Days since 1970-01-01 of a civil date.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146097 + doe - 719468
+}
+
+fn bytes(line: &str) -> Vec<u8> {
+    line.split_whitespace()
+        .skip(1)
+        .map(|h| u8::from_str_radix(h, 16).expect("hex byte"))
+        .collect()
+}
+
+fn unix_of(v: &[u8], decode: fn(u8) -> i64) -> i64 {
+    let year = decode(v[0]) * 100 + decode(v[1]);
+    let days = days_from_civil(year, decode(v[2]), decode(v[3]));
+    days * 86400 + decode(v[4]) * 3600 + decode(v[5]) * 60 + decode(v[6])
+}
+
+fn run_cmos(mem: &str) -> (Vec<u8>, Vec<u8>, Vec<u8>, i64) {
+    let g = guest("cmos", &[]);
+    let r = minipc(&["--firmware", path_str(&g), "--mem", mem, "--timeout", "20"]);
+    let host = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let line = |p: &str| {
+        r.stdout
+            .lines()
+            .find(|l| l.starts_with(p))
+            .unwrap_or_else(|| panic!("no {p} line in {:?}", r.stdout))
+            .to_string()
+    };
+    (
+        bytes(&line("bcd")),
+        bytes(&line("bin")),
+        bytes(&line("nvram")),
+        host,
+    )
+}
+
+#[test]
+fn cmos_clock_matches_the_host_in_bcd_and_binary() {
+    if !kvm_available() {
+        return;
+    }
+    let (bcd, bin, _, host) = run_cmos("256M");
+    let from_bcd = |b: u8| ((b >> 4) * 10 + (b & 0xF)) as i64;
+    let t_bcd = unix_of(&bcd, from_bcd);
+    let t_bin = unix_of(&bin, |b| b as i64);
+    assert!((host - t_bcd).abs() <= 2, "BCD time {t_bcd} vs host {host}");
+    assert!(
+        (host - t_bin).abs() <= 2,
+        "binary time {t_bin} vs host {host}"
+    );
+    // BCD digits are never above 9.
+    assert!(bcd.iter().all(|b| b & 0xF <= 9 && b >> 4 <= 9), "{bcd:x?}");
+}
+
+#[test]
+fn nvram_memory_sizes_follow_the_memory_map() {
+    if !kvm_available() {
+        return;
+    }
+    const K: u64 = 1024;
+    const M: u64 = 1024 * K;
+    const G: u64 = 1024 * M;
+    for (arg, total) in [
+        ("2M", 2 * M),
+        ("256M", 256 * M),
+        ("3G", 3 * G),
+        ("6G", 6 * G),
+    ] {
+        let (_, _, n, _) = run_cmos(arg);
+        let word = |i: usize| n[i] as u64 | (n[i + 1] as u64) << 8;
+        let below_4g = if total >= 0xE000_0000 { 3 * G } else { total };
+        let above_4g = total - below_4g;
+        assert_eq!(word(0), 640, "{arg}: base memory");
+        let ext_kib = ((below_4g - M) / K).min(63 * 1024);
+        assert_eq!(word(2), ext_kib, "{arg}: 0x17/0x18");
+        assert_eq!(word(4), ext_kib, "{arg}: 0x30/0x31");
+        let above_16m = below_4g.saturating_sub(16 * M) / (64 * K);
+        assert_eq!(word(6), above_16m.min(0xFFFF), "{arg}: 0x34/0x35");
+        let high = n[8] as u64 | (n[9] as u64) << 8 | (n[10] as u64) << 16;
+        assert_eq!(high, above_4g / (64 * K), "{arg}: 0x5B-0x5D");
+        assert_eq!(n[11], 0, "{arg}: CPU count - 1");
+    }
+}
