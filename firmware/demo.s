@@ -76,9 +76,48 @@ cpus:
         mov     ax, es:[BOOT_DESC + BD_CPUS]
         call    line_dec
         call    line_end
+        call    rtc_line
         mov     si, offset bye
         call    puts
         jmp     halt_forever
+
+# rtc_line: "RTC: 20YY-MM-DD hh:mm:ss" from the CMOS clock, read in its default BCD mode once
+# no update is in progress.
+rtc_line:
+        mov     al, 0x0A
+        out     0x70, al
+        in      al, 0x71
+        test    al, 0x80
+        jnz     rtc_line
+        call    line_start
+        mov     si, offset rtc_msg
+        call    line_str
+        mov     si, offset rtc_fields
+1:      mov     al, [si]                        # register; 0xFF ends the list
+        cmp     al, 0xFF
+        je      2f
+        out     0x70, al
+        in      al, 0x71
+        call    line_bcd
+        mov     al, [si + 1]                    # separator; 0 for none
+        test    al, al
+        jz      3f
+        stosb
+3:      add     si, 2
+        jmp     1b
+2:      jmp     line_end
+
+# line_bcd: append the BCD byte in AL as two digits.
+line_bcd:
+        mov     ah, al
+        shr     al, 4
+        add     al, '0'
+        stosb
+        mov     al, ah
+        and     al, 0x0F
+        add     al, '0'
+        stosb
+        ret
 
         .section .rodata
 banner:         .ascii "minipc firmware "
@@ -93,3 +132,5 @@ type_reserved:  .asciz " reserved"
 msg_no_e820:    .asciz "no etc/e820 in fw_cfg\r\n"
 cpus_msg:       .asciz "vCPUs: "
 bye:            .asciz "demo done, halting\r\n"
+rtc_msg:        .asciz "RTC: "
+rtc_fields:     .byte 0x32, 0, 0x09, '-', 0x08, '-', 0x07, ' ', 0x04, ':', 0x02, ':', 0x00, 0, 0xFF

@@ -25,6 +25,30 @@ fn demo_boots_prints_its_map_and_halts() {
         r.stdout
     );
     assert_eq!(r.reason().as_deref(), Some("halted"), "{}", r.stderr);
+    // The demo reads the CMOS clock: UTC, to the second.
+    let rtc = r
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RTC: "))
+        .unwrap_or_else(|| panic!("no RTC line: {}", r.stdout));
+    let host = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let n: Vec<i64> = rtc
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|f| f.parse().unwrap())
+        .collect();
+    let days = {
+        let (y, m, d) = (n[0], n[1], n[2]);
+        let y = if m <= 2 { y - 1 } else { y };
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+        era * 146097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719468
+    };
+    let guest = days * 86400 + n[3] * 3600 + n[4] * 60 + n[5];
+    assert!((host - guest).abs() <= 2, "demo RTC {rtc} vs host {host}");
 }
 
 #[test]

@@ -124,10 +124,6 @@ pub struct Leaf {
 }
 
 impl Leaf {
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The leaf's `cgroup.procs`, open for writing; a process writes "0" to it to move
     /// itself in. Taking it leaves the leaf without an open descriptor.
     pub fn take_procs(&mut self) -> Option<File> {

@@ -37,12 +37,9 @@ pub enum JailError {
     },
 }
 
-fn io_err(step: &'static str, path: &Path) -> impl FnOnce(io::Error) -> JailError + '_ {
-    move |err| JailError::Io {
-        step,
-        path: path.to_path_buf(),
-        err,
-    }
+fn io_err(step: &'static str, path: &Path) -> impl FnOnce(io::Error) -> JailError {
+    let path = path.to_path_buf();
+    move |err| JailError::Io { step, path, err }
 }
 
 /// Ownership and mode of a host file whose inode the jail shares and changed.
@@ -191,10 +188,6 @@ impl Jail {
 
     pub fn root(&self) -> &Path {
         &self.root
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     fn mkdir(&self, path: &Path) -> Result<(), JailError> {

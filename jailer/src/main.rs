@@ -1,5 +1,212 @@
-//! minipc-jailer: confines a minipc process (work in progress; see jailer/README.md).
+//! minipc-jailer: runs the minipc VMM confined to its own root directory, namespaces,
+//! cgroup and resource limits, as an unprivileged user without capabilities.
+//! See jailer/README.md.
+
+mod args;
+mod cgroup;
+mod jail;
+mod launch;
+mod libs;
+mod namespaces;
+mod privileges;
+mod rlimits;
+mod sys;
+mod vmm_args;
+
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use args::{ArgsError, Command};
+use cgroup::CgroupError;
+use jail::{Jail, JailError};
+use launch::LaunchError;
+use libs::LibsError;
+use sys::describe;
+use vmm_args::VmmArgsError;
+
+/// Environment variables passed on to the VMM; everything else is dropped.
+const PASSED_ENV: &[&str] = &["MINIPC_LOG"];
+
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error(transparent)]
+    Args(#[from] ArgsError),
+    #[error("must be run as root (effective uid is {0}); it drops to --uid/--gid itself")]
+    NotRoot(u32),
+    #[error("{flag} {}: {}", .path.display(), describe(.err))]
+    File {
+        flag: String,
+        path: PathBuf,
+        err: io::Error,
+    },
+    #[error("{flag} {}: not a regular file", .path.display())]
+    NotRegular { flag: String, path: PathBuf },
+    #[error("--exec-file {}: not executable", .0.display())]
+    NotExecutable(PathBuf),
+    #[error("--exec-file: {0}")]
+    Libs(#[from] LibsError),
+    #[error(transparent)]
+    VmmArgs(#[from] VmmArgsError),
+    #[error("--serial file:{}: no directory {}", .path.display(), .dir.display())]
+    SerialDir { path: PathBuf, dir: PathBuf },
+    #[error("--netns {}: not a network namespace file", .0.display())]
+    NotNetns(PathBuf),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Jail(#[from] JailError),
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+}
+
 fn main() {
-    eprintln!("minipc-jailer: not built yet");
-    std::process::exit(2);
+    let code = match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("minipc-jailer: {e}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+fn file_error(flag: &str, path: &Path) -> impl FnOnce(io::Error) -> Error {
+    let (flag, path) = (flag.to_string(), path.to_path_buf());
+    move |err| Error::File { flag, path, err }
+}
+
+/// `path` made absolute against the working directory; it must be a regular file.
+fn regular_file(flag: &str, path: &Path) -> Result<(PathBuf, fs::Metadata), Error> {
+    let abs = std::path::absolute(path).map_err(file_error(flag, path))?;
+    let m = fs::metadata(&abs).map_err(file_error(flag, path))?;
+    if !m.is_file() {
+        return Err(Error::NotRegular {
+            flag: flag.to_string(),
+            path: path.to_path_buf(),
+        });
+    }
+    Ok((abs, m))
+}
+
+fn run() -> Result<i32, Error> {
+    let raw = args::to_strings(std::env::args_os().skip(1))?;
+    let a = match args::parse(raw)? {
+        Command::Help => {
+            print!("{}", args::USAGE);
+            return Ok(0);
+        }
+        Command::Run(a) => a,
+    };
+    // SAFETY: geteuid has no arguments and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        return Err(Error::NotRoot(euid));
+    }
+
+    // Everything named on the command line is checked before anything is created.
+    let (exec, exec_meta) = regular_file("--exec-file", &a.exec_file)?;
+    if exec_meta.permissions().mode() & 0o111 == 0 {
+        return Err(Error::NotExecutable(a.exec_file.clone()));
+    }
+    let needed = libs::resolve(&exec, &Path::new("/").join(jail::EXEC_NAME))?;
+    let mut plan = vmm_args::scan(&a.vmm_args)?;
+    for f in &mut plan.files {
+        f.host = regular_file(f.flag, &f.host)?.0;
+    }
+    for s in &mut plan.serials {
+        let abs = std::path::absolute(&s.host).map_err(file_error("--serial", &s.host))?;
+        let dir = abs.parent().unwrap_or(Path::new("/")).to_path_buf();
+        if !dir.is_dir() {
+            return Err(Error::SerialDir {
+                path: s.host.clone(),
+                dir,
+            });
+        }
+        s.host = abs;
+    }
+    let netns = match &a.netns {
+        Some(p) => {
+            let f = File::open(p).map_err(file_error("--netns", p))?;
+            if !namespaces::is_net_namespace(&f) {
+                return Err(Error::NotNetns(p.clone()));
+            }
+            Some(f)
+        }
+        None => None,
+    };
+    let cgroup_root = Path::new(cgroup::ROOT);
+    let cgroup_v2 = cgroup::is_v2(cgroup_root);
+    if !a.cgroups.is_empty() && !cgroup_v2 {
+        return Err(CgroupError::NotV2.into());
+    }
+
+    // The jail; dropping `jail` removes it again.
+    let mut jail = Jail::create(&a.chroot_base, &a.id, a.uid, a.gid)?;
+    jail.install_exec(&exec)?;
+    jail.install_needed(&needed)?;
+    jail.make_devices()?;
+    if a.mount_proc {
+        jail.make_dir("proc")?;
+    }
+    let mut file_paths = Vec::new();
+    for f in &plan.files {
+        file_paths.push(jail.install_guest(f)?);
+    }
+    let mut serial_paths = Vec::new();
+    for s in &plan.serials {
+        serial_paths.push(jail.create_serial(&s.host)?);
+    }
+    let vmm_args = plan.rewrite(&file_paths, &serial_paths);
+
+    // The cgroup leaf; dropping `leaf` removes it again.
+    let mut leaf = if cgroup_v2 {
+        match cgroup::create(cgroup_root, &a.id, &a.cgroups) {
+            Ok(l) => Some(l),
+            Err(e) if a.cgroups.is_empty() => {
+                eprintln!("minipc-jailer: warning: {e}; the VMM runs without its own cgroup");
+                None
+            }
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        eprintln!(
+            "minipc-jailer: warning: cgroup v2 is not mounted at {}; the VMM runs without its own cgroup",
+            cgroup::ROOT
+        );
+        None
+    };
+
+    let env = PASSED_ENV
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={v}")))
+        .collect();
+    let spec = launch::Spec {
+        root: jail.root().to_path_buf(),
+        hostname: a.id.clone(),
+        uid: a.uid,
+        gid: a.gid,
+        netns,
+        cgroup_procs: leaf.as_mut().and_then(|l| l.take_procs()),
+        limits: a.limits,
+        daemonize: a.daemonize,
+        mount_proc: a.mount_proc,
+        args: vmm_args,
+        env,
+    };
+    let pid = launch::spawn(spec)?;
+    if a.daemonize {
+        // The caller removes the jail directory and the cgroup leaf (see README.md).
+        println!("{pid}");
+        jail.keep();
+        if let Some(l) = leaf.as_mut() {
+            l.keep();
+        }
+        return Ok(0);
+    }
+    let code = launch::wait(pid)?;
+    jail.copy_back();
+    // `leaf`, then `jail`, are removed as they go out of scope.
+    Ok(code)
 }

@@ -28,6 +28,9 @@ pub fn unshare_mount_ipc_uts() -> io::Result<()> {
     Ok(())
 }
 
+/// ioctl(NS_GET_NSTYPE): the CLONE_NEW* type of a namespace file.
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+
 /// Whether `file` is a namespace file (nsfs).
 pub fn is_namespace_file(file: &File) -> bool {
     // SAFETY: statfs is plain data; zeroed is a valid value.
@@ -35,6 +38,13 @@ pub fn is_namespace_file(file: &File) -> bool {
     // SAFETY: a valid descriptor and a valid out-pointer.
     let ret = unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) };
     ret == 0 && st.f_type == NSFS_MAGIC
+}
+
+/// Whether `file` refers to a network namespace.
+pub fn is_net_namespace(file: &File) -> bool {
+    // SAFETY: NS_GET_NSTYPE takes no argument and is only issued on an nsfs file.
+    is_namespace_file(file)
+        && unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE) } == libc::CLONE_NEWNET
 }
 
 /// Joins the network namespace `file` refers to.
@@ -129,7 +139,10 @@ mod tests {
     fn namespace_files_are_recognised() {
         let ns = File::open("/proc/self/ns/net").unwrap();
         assert!(is_namespace_file(&ns));
+        assert!(is_net_namespace(&ns));
+        let uts = File::open("/proc/self/ns/uts").unwrap();
+        assert!(is_namespace_file(&uts) && !is_net_namespace(&uts));
         let not = File::open("/proc/self/status").unwrap();
-        assert!(!is_namespace_file(&not));
+        assert!(!is_namespace_file(&not) && !is_net_namespace(&not));
     }
 }
