@@ -16,11 +16,32 @@ fn run(cmd: &mut Command) {
     assert!(status.success(), "{cmd:?} failed with {status}");
 }
 
+/// Writes `syscall_names.rs`: (number, name) pairs from the system's x86_64 syscall header,
+/// so a seccomp report can name the syscall. Without the header the table is empty.
+fn syscall_names(out: &Path) {
+    let header = "/usr/include/x86_64-linux-gnu/asm/unistd_64.h";
+    println!("cargo:rerun-if-changed={header}");
+    let mut table = String::from("pub static SYSCALL_NAMES: &[(i64, &str)] = &[\n");
+    if let Ok(text) = fs::read_to_string(header) {
+        for line in text.lines() {
+            let mut it = line.split_whitespace();
+            if let (Some("#define"), Some(name), Some(nr)) = (it.next(), it.next(), it.next()) {
+                if let (Some(name), Ok(nr)) = (name.strip_prefix("__NR_"), nr.parse::<i64>()) {
+                    table.push_str(&format!("    ({nr}, \"{name}\"),\n"));
+                }
+            }
+        }
+    }
+    table.push_str("];\n");
+    fs::write(out.join("syscall_names.rs"), table).expect("write syscall_names.rs");
+}
+
 fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
     let src = Path::new("firmware");
     println!("cargo:rerun-if-changed=firmware");
     println!("cargo:rerun-if-changed=build.rs");
+    syscall_names(&out);
 
     let version = env::var("CARGO_PKG_VERSION").expect("CARGO_PKG_VERSION");
     fs::write(out.join("version.inc"), format!(".ascii \"{version}\"\n"))

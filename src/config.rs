@@ -28,6 +28,7 @@ Options:
   --timeout SECONDS   stop the guest after this long (exit 124); fractions allowed
   --stats             print one JSON line on stderr at exit: reason, exit code, phase times
   --rtc utc|localtime what the CMOS clock counts (default utc)
+  --seccomp on|off    per-thread seccomp filters (default on; off is for debugging only)
   --log-level LEVEL   error, warn (default), info or debug (also MINIPC_LOG)
   -h, --help          this text
   -V, --version       the version
@@ -64,6 +65,10 @@ pub struct VmConfig {
     pub stats: bool,
     /// The CMOS clock counts the host's local time instead of UTC.
     pub rtc_localtime: bool,
+    /// Per-thread seccomp filters (on unless `--seccomp off`).
+    pub seccomp: bool,
+    /// Test builds only: a vCPU thread makes a forbidden syscall once its filter is on.
+    pub test_forbidden_syscall: bool,
     pub log_level: Option<Level>,
 }
 
@@ -77,6 +82,8 @@ impl Default for VmConfig {
             timeout: None,
             stats: false,
             rtc_localtime: false,
+            seccomp: true,
+            test_forbidden_syscall: false,
             log_level: None,
         }
     }
@@ -108,6 +115,8 @@ pub enum ConfigError {
     BadSerial(String),
     #[error("--timeout: '{0}' is not a positive number of seconds")]
     BadTimeout(String),
+    #[error("--seccomp: '{0}' is not on or off")]
+    BadSeccomp(String),
     #[error("--rtc: '{0}' is not utc or localtime")]
     BadRtc(String),
     #[error("--log-level: '{0}' is not error, warn, info or debug")]
@@ -127,7 +136,14 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, ConfigE
         };
         let takes_value = matches!(
             name.as_str(),
-            "--firmware" | "--mem" | "--cpus" | "--serial" | "--timeout" | "--rtc" | "--log-level"
+            "--firmware"
+                | "--mem"
+                | "--cpus"
+                | "--serial"
+                | "--timeout"
+                | "--rtc"
+                | "--seccomp"
+                | "--log-level"
         );
         let value = if takes_value {
             match inline {
@@ -181,6 +197,15 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, ConfigE
                 cfg.timeout = Some(Duration::from_secs_f64(secs));
             }
             "--stats" => cfg.stats = true,
+            "--seccomp" => {
+                cfg.seccomp = match value.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(ConfigError::BadSeccomp(value)),
+                }
+            }
+            #[cfg(debug_assertions)]
+            "--x-test-forbidden-syscall" => cfg.test_forbidden_syscall = true,
             "--rtc" => {
                 cfg.rtc_localtime = match value.as_str() {
                     "utc" => false,
@@ -277,6 +302,8 @@ mod tests {
             ConfigError::BadRtc("mars".into())
         );
         assert!(run(&["--rtc", "localtime"]).unwrap().rtc_localtime);
+        assert!(!run(&["--seccomp", "off"]).unwrap().seccomp);
+        assert!(run(&["--seccomp", "maybe"]).is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod halt;
 mod log;
 mod memory;
 mod monitor;
+mod seccomp;
 mod stats;
 mod supervisor;
 mod terminal;
@@ -48,8 +49,24 @@ fn main() {
     if let Some(l) = cfg.log_level {
         log::set_level(l);
     }
-    let reporter = supervisor::split();
-    let code = run(&cfg, start);
+    let filters = if cfg.seccomp {
+        if let Err(e) = seccomp::install_sigsys_handler() {
+            eprintln!("minipc: cannot install the SIGSYS handler: {e}");
+            std::process::exit(code::HOST_ERROR);
+        }
+        match Filters::compile() {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!("minipc: {e}");
+                std::process::exit(code::HOST_ERROR);
+            }
+        }
+    } else {
+        eprintln!("minipc: warning: seccomp filters are off (--seccomp off): for debugging only");
+        None
+    };
+    let reporter = supervisor::split(filters.as_ref().map(|f| &f.supervisor));
+    let code = run(&cfg, start, filters);
     reporter.exit(code);
 }
 
@@ -59,7 +76,25 @@ fn config_error(msg: &str) -> ! {
     std::process::exit(code::BAD_CONFIG);
 }
 
-fn run(cfg: &VmConfig, start: Instant) -> i32 {
+/// The compiled seccomp filters of every thread kind.
+pub struct Filters {
+    pub supervisor: seccompiler::BpfProgram,
+    pub vmm: seccompiler::BpfProgram,
+    pub vcpu: std::sync::Arc<seccompiler::BpfProgram>,
+}
+
+impl Filters {
+    fn compile() -> Result<Filters, seccomp::SeccompError> {
+        use seccomp::ThreadKind;
+        Ok(Filters {
+            supervisor: seccomp::compile(ThreadKind::Supervisor)?,
+            vmm: seccomp::compile(ThreadKind::Vmm)?,
+            vcpu: std::sync::Arc::new(seccomp::compile(ThreadKind::Vcpu)?),
+        })
+    }
+}
+
+fn run(cfg: &VmConfig, start: Instant, filters: Option<Filters>) -> i32 {
     let mut phases = Phases::new(start);
     // Everything the user named is checked before KVM is touched.
     let rom = match &cfg.firmware {
@@ -81,7 +116,15 @@ fn run(cfg: &VmConfig, start: Instant) -> i32 {
     if stdin_to_serial {
         terminal::enter_raw();
     }
-    let outcome = monitor::run(&mut machine, cfg.timeout, stdin_to_serial);
+    let outcome = monitor::run(
+        &mut machine,
+        monitor::Options {
+            timeout: cfg.timeout,
+            stdin_to_serial,
+            filters,
+            test_forbidden_syscall: cfg.test_forbidden_syscall,
+        },
+    );
     bus::lock(&machine.serial).flush();
     terminal::restore();
 

@@ -3,7 +3,7 @@
 
 use std::io;
 use std::sync::mpsc::{channel, Receiver};
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::EventFd;
@@ -12,6 +12,7 @@ use crate::bus::lock;
 use crate::exit::ExitReason;
 use crate::halt::{self, Backoff, BlockingStat, FALLBACK_PERIOD};
 use crate::log;
+use crate::seccomp::{self, ThreadKind};
 use crate::vcpu::{self, VcpuHandle, VcpuMsg, REQ_CHECK_HALT};
 use crate::vm::Machine;
 
@@ -58,8 +59,17 @@ fn read_signal(fd: libc::c_int) -> Option<i32> {
     (r as usize == n).then_some(info.ssi_signo as i32)
 }
 
-pub fn run(machine: &mut Machine, timeout: Option<Duration>, stdin_to_serial: bool) -> Outcome {
-    match run_inner(machine, timeout, stdin_to_serial) {
+/// How to run the machine.
+pub struct Options {
+    pub timeout: Option<Duration>,
+    pub stdin_to_serial: bool,
+    /// Seccomp filters; None with `--seccomp off`.
+    pub filters: Option<crate::Filters>,
+    pub test_forbidden_syscall: bool,
+}
+
+pub fn run(machine: &mut Machine, opts: Options) -> Outcome {
+    match run_inner(machine, opts) {
         Ok(o) => o,
         Err(e) => Outcome {
             reason: ExitReason::HostError(e.to_string()),
@@ -68,12 +78,8 @@ pub fn run(machine: &mut Machine, timeout: Option<Duration>, stdin_to_serial: bo
     }
 }
 
-fn run_inner(
-    machine: &mut Machine,
-    timeout: Option<Duration>,
-    stdin_to_serial: bool,
-) -> io::Result<Outcome> {
-    let deadline = timeout.map(|t| Instant::now() + t);
+fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
+    let deadline = opts.timeout.map(|t| Instant::now() + t);
     let sigfd = signal_fd()?;
     vcpu::install_kick_handler()?;
     let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
@@ -85,20 +91,32 @@ fn run_inner(
             "no KVM vCPU statistics: halts are checked every {FALLBACK_PERIOD:?}"
         ));
     }
+    // The vCPUs install their filters, then wait until this thread has installed its own.
+    let fds = std::mem::take(&mut machine.vcpus);
+    let start = Arc::new(Barrier::new(fds.len() + 1));
     let mut handles: Vec<VcpuHandle> = Vec::new();
-    for (id, fd) in std::mem::take(&mut machine.vcpus).into_iter().enumerate() {
+    for (id, fd) in fds.into_iter().enumerate() {
         handles.push(vcpu::spawn(
-            id as u32,
             fd,
-            machine.pio.clone(),
-            machine.mmio.clone(),
-            tx.clone(),
-            wake.clone(),
+            vcpu::Setup {
+                id: id as u32,
+                pio: machine.pio.clone(),
+                mmio: machine.mmio.clone(),
+                tx: tx.clone(),
+                wake: wake.clone(),
+                filter: opts.filters.as_ref().map(|f| f.vcpu.clone()),
+                start: start.clone(),
+                test_forbidden_syscall: opts.test_forbidden_syscall && id == 0,
+            },
         )?);
     }
     drop(tx);
+    if let Some(f) = &opts.filters {
+        seccomp::install(ThreadKind::Vmm, &f.vmm).map_err(io::Error::other)?;
+    }
+    start.wait();
 
-    let mut stdin_open = stdin_to_serial;
+    let mut stdin_open = opts.stdin_to_serial;
     let mut pending_input: Vec<u8> = Vec::new();
     let mut backoff = Backoff::new();
     let mut next_kick = Instant::now();

@@ -49,7 +49,7 @@ impl Reporter {
 
 /// Forks. Returns in the child, with its reporter; the parent never returns. When the fork
 /// is impossible, the caller runs in this process and reports by exiting.
-pub fn split() -> Reporter {
+pub fn split(filter: Option<&seccompiler::BpfProgram>) -> Reporter {
     let mut p = [0 as libc::c_int; 2];
     // SAFETY: pipe2 fills the two-element array.
     if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -86,6 +86,14 @@ pub fn split() -> Reporter {
             forward as extern "C" fn(libc::c_int) as libc::sighandler_t,
         );
         libc::close(p[1]);
+    }
+    if let Some(f) = filter {
+        if let Err(e) = crate::seccomp::install(crate::seccomp::ThreadKind::Supervisor, f) {
+            eprintln!("minipc: {e}");
+            forward(libc::SIGKILL);
+            // SAFETY: exiting; the child has been killed.
+            unsafe { libc::_exit(crate::exit::code::HOST_ERROR) };
+        }
     }
     let mut b = [0u8; 4];
     let mut got = 0usize;

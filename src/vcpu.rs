@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -21,7 +21,9 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::bus::Bus;
 use crate::exit::ExitReason;
 use crate::log;
+use crate::seccomp::{self, ThreadKind};
 use crate::stats::{FIRST_EXIT, FIRST_RUN};
+use seccompiler::BpfProgram;
 
 /// Requests from the monitor, served after a kick.
 pub const REQ_NONE: u8 = 0;
@@ -98,31 +100,59 @@ struct Vcpu {
     wake: Arc<EventFd>,
 }
 
-pub fn spawn(
-    id: u32,
-    mut fd: VcpuFd,
-    pio: Arc<Bus>,
-    mmio: Arc<Bus>,
-    tx: Sender<VcpuMsg>,
-    wake: Arc<EventFd>,
-) -> std::io::Result<VcpuHandle> {
+/// What a vCPU thread starts with.
+pub struct Setup {
+    pub id: u32,
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    pub tx: Sender<VcpuMsg>,
+    pub wake: Arc<EventFd>,
+    /// Installed first thing in the thread; None with `--seccomp off`.
+    pub filter: Option<Arc<BpfProgram>>,
+    /// Released once every thread's filter is in place.
+    pub start: Arc<Barrier>,
+    /// Test builds: make a forbidden syscall after the filter is on.
+    pub test_forbidden_syscall: bool,
+}
+
+pub fn spawn(mut fd: VcpuFd, setup: Setup) -> std::io::Result<VcpuHandle> {
     let run = fd.get_kvm_run() as *mut kvm_run;
     let request = Arc::new(AtomicU8::new(REQ_NONE));
+    let id = setup.id;
     let vcpu = Vcpu {
         id,
         fd,
         run,
-        pio,
-        mmio,
+        pio: setup.pio,
+        mmio: setup.mmio,
         request: request.clone(),
-        tx,
-        wake,
+        tx: setup.tx,
+        wake: setup.wake,
     };
+    let (filter, start, test_forbidden) = (setup.filter, setup.start, setup.test_forbidden_syscall);
     let run_addr = run as usize;
     let thread = std::thread::Builder::new()
         .name(format!("vcpu{id}"))
         .stack_size(256 * 1024)
-        .spawn(move || vcpu.run_loop())?;
+        .spawn(move || {
+            if let Some(f) = filter {
+                if let Err(e) = seccomp::install(ThreadKind::Vcpu, &f) {
+                    vcpu.send(VcpuMsg::Exit {
+                        id,
+                        reason: ExitReason::HostError(e.to_string()),
+                        dump: None,
+                    });
+                    start.wait();
+                    vcpu.park_forever();
+                }
+            }
+            start.wait();
+            if test_forbidden {
+                // SAFETY: getppid has no arguments and no effect; it is simply not allowed.
+                unsafe { libc::syscall(libc::SYS_getppid) };
+            }
+            vcpu.run_loop()
+        })?;
     Ok(VcpuHandle {
         thread,
         run: run_addr as *mut kvm_run,

@@ -1,0 +1,413 @@
+//! Seccomp filters, one per thread kind, described as data and reviewed here in one place.
+//!
+//! Each thread installs its own filter before it touches guest-controlled input: the
+//! supervisor right after the fork, each vCPU thread before its first `KVM_RUN`, the VMM
+//! (monitor) thread after it started the vCPUs and before it lets them run. A syscall outside
+//! the list raises SIGSYS; the handler prints the syscall's number and name and exits with
+//! code 3, so a seccomp kill is told apart from a crash.
+
+use std::collections::BTreeMap;
+
+use kvm_bindings::{kvm_mp_state, kvm_regs, kvm_sregs};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+include!(concat!(env!("OUT_DIR"), "/syscall_names.rs"));
+
+/// The thread kinds, each with its own filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThreadKind {
+    /// The parent process that waits for the exit code (supervisor.rs).
+    Supervisor,
+    /// The VMM's main thread once the machine is built (monitor.rs).
+    Vmm,
+    /// A vCPU thread (vcpu.rs).
+    Vcpu,
+}
+
+const KVMIO: u64 = 0xAE;
+const fn io(nr: u64) -> u64 {
+    (KVMIO << 8) | nr
+}
+const fn ior(nr: u64, size: usize) -> u64 {
+    (2 << 30) | ((size as u64) << 16) | (KVMIO << 8) | nr
+}
+const KVM_RUN: u64 = io(0x80);
+const KVM_GET_REGS: u64 = ior(0x81, std::mem::size_of::<kvm_regs>());
+const KVM_GET_SREGS: u64 = ior(0x83, std::mem::size_of::<kvm_sregs>());
+const KVM_GET_MP_STATE: u64 = ior(0x98, std::mem::size_of::<kvm_mp_state>());
+const TCGETS: u64 = 0x5401;
+const TCSETS: u64 = 0x5402;
+
+/// What a rule checks in a syscall's arguments.
+#[derive(Clone, Copy, Debug)]
+pub enum Args {
+    /// Any arguments.
+    Any,
+    /// `ioctl` with one of these request numbers.
+    Ioctl(&'static [u64]),
+    /// `ioctl` on fd 0 (the terminal) with one of these request numbers.
+    TerminalIoctl(&'static [u64]),
+    /// `mmap`/`mprotect` without PROT_EXEC: no new executable memory.
+    NoExec,
+    /// `fcntl` with one of these commands.
+    Fcntl(&'static [u64]),
+}
+
+/// One allowed syscall; `name` is what the reviewed lists (and the README) show.
+#[derive(Clone, Copy, Debug)]
+pub struct Allowed {
+    pub nr: i64,
+    pub name: &'static str,
+    pub args: Args,
+}
+
+const fn any(nr: i64, name: &'static str) -> Allowed {
+    Allowed {
+        nr,
+        name,
+        args: Args::Any,
+    }
+}
+
+/// Memory management and thread synchronisation every thread of a Rust program needs.
+const COMMON: &[Allowed] = &[
+    any(libc::SYS_futex, "futex"),
+    any(libc::SYS_sched_yield, "sched_yield"),
+    any(libc::SYS_brk, "brk"),
+    Allowed {
+        nr: libc::SYS_mmap,
+        name: "mmap",
+        args: Args::NoExec,
+    },
+    Allowed {
+        nr: libc::SYS_mprotect,
+        name: "mprotect",
+        args: Args::NoExec,
+    },
+    any(libc::SYS_munmap, "munmap"),
+    any(libc::SYS_mremap, "mremap"),
+    any(libc::SYS_madvise, "madvise"),
+    any(libc::SYS_clock_gettime, "clock_gettime"),
+    any(libc::SYS_rt_sigreturn, "rt_sigreturn"),
+    any(libc::SYS_rt_sigprocmask, "rt_sigprocmask"),
+    any(libc::SYS_restart_syscall, "restart_syscall"),
+    any(libc::SYS_write, "write"),
+    // Rust's standard library checks a descriptor with F_GETFD before closing it.
+    Allowed {
+        nr: libc::SYS_fcntl,
+        name: "fcntl",
+        args: Args::Fcntl(&[libc::F_GETFD as u64]),
+    },
+    any(libc::SYS_exit, "exit"),
+    any(libc::SYS_exit_group, "exit_group"),
+];
+
+/// The supervisor: waits for the exit code, forwards signals.
+const SUPERVISOR: &[Allowed] = &[
+    any(libc::SYS_read, "read"),
+    any(libc::SYS_wait4, "wait4"),
+    any(libc::SYS_kill, "kill"),
+    any(libc::SYS_close, "close"),
+];
+
+/// The VMM thread: the poll loop, stdin, the halt detector's statistics, kicks, timers.
+const VMM: &[Allowed] = &[
+    any(libc::SYS_ppoll, "ppoll"),
+    any(libc::SYS_read, "read"),
+    any(libc::SYS_pread64, "pread64"),
+    any(libc::SYS_close, "close"),
+    any(libc::SYS_tgkill, "tgkill"),
+    any(libc::SYS_getpid, "getpid"),
+    any(libc::SYS_gettid, "gettid"),
+    any(libc::SYS_timerfd_settime, "timerfd_settime"),
+    any(libc::SYS_getrusage, "getrusage"),
+    Allowed {
+        nr: libc::SYS_ioctl,
+        name: "ioctl",
+        args: Args::TerminalIoctl(&[TCGETS, TCSETS]),
+    },
+];
+
+/// A vCPU thread: KVM_RUN, the state reads of the halt check and the crash dump, device
+/// side effects (eventfd writes, the RTC's timer).
+const VCPU: &[Allowed] = &[
+    Allowed {
+        nr: libc::SYS_ioctl,
+        name: "ioctl",
+        args: Args::Ioctl(&[KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, KVM_GET_MP_STATE]),
+    },
+    Allowed {
+        nr: libc::SYS_ioctl,
+        name: "ioctl",
+        args: Args::TerminalIoctl(&[TCSETS]),
+    },
+    any(libc::SYS_timerfd_settime, "timerfd_settime"),
+];
+
+/// Every syscall a thread kind may make, common ones first.
+pub fn allowed(kind: ThreadKind) -> Vec<Allowed> {
+    let own = match kind {
+        ThreadKind::Supervisor => SUPERVISOR,
+        ThreadKind::Vmm => VMM,
+        ThreadKind::Vcpu => VCPU,
+    };
+    COMMON.iter().chain(own).copied().collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    #[error("cannot build the {0:?} seccomp filter: {1}")]
+    Build(ThreadKind, String),
+    #[error("cannot install the {0:?} seccomp filter: {1}")]
+    Install(ThreadKind, String),
+}
+
+fn cond(
+    arg: u8,
+    len: SeccompCmpArgLen,
+    op: SeccompCmpOp,
+    v: u64,
+) -> Result<SeccompCondition, String> {
+    SeccompCondition::new(arg, len, op, v).map_err(|e| e.to_string())
+}
+
+fn rules_for(a: &Allowed) -> Result<Vec<SeccompRule>, String> {
+    let rule = |c: Vec<SeccompCondition>| SeccompRule::new(c).map_err(|e| e.to_string());
+    Ok(match a.args {
+        Args::Any => vec![],
+        Args::Ioctl(reqs) => reqs
+            .iter()
+            .map(|r| {
+                rule(vec![cond(
+                    1,
+                    SeccompCmpArgLen::Dword,
+                    SeccompCmpOp::Eq,
+                    *r,
+                )?])
+            })
+            .collect::<Result<_, _>>()?,
+        Args::TerminalIoctl(reqs) => reqs
+            .iter()
+            .map(|r| {
+                rule(vec![
+                    cond(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, 0)?,
+                    cond(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, *r)?,
+                ])
+            })
+            .collect::<Result<_, _>>()?,
+        Args::Fcntl(cmds) => cmds
+            .iter()
+            .map(|c| {
+                rule(vec![cond(
+                    1,
+                    SeccompCmpArgLen::Dword,
+                    SeccompCmpOp::Eq,
+                    *c,
+                )?])
+            })
+            .collect::<Result<_, _>>()?,
+        Args::NoExec => vec![rule(vec![cond(
+            2,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64),
+            0,
+        )?])?],
+    })
+}
+
+/// Compiles the filter of a thread kind.
+pub fn compile(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
+    let err = |e: String| SeccompError::Build(kind, e);
+    let mut map: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for a in allowed(kind) {
+        // A syscall allowed with any arguments keeps no conditions (an empty rule list).
+        let rules = if allows_any(&a, kind) {
+            vec![]
+        } else {
+            rules_for(&a).map_err(err)?
+        };
+        map.entry(a.nr).or_default().extend(rules);
+    }
+    let filter = SeccompFilter::new(
+        map,
+        SeccompAction::Trap,
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .map_err(|e| err(e.to_string()))?;
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| err(e.to_string()))
+}
+
+/// Whether the kind allows `a`'s syscall with any arguments.
+fn allows_any(a: &Allowed, kind: ThreadKind) -> bool {
+    allowed(kind)
+        .iter()
+        .any(|o| o.nr == a.nr && matches!(o.args, Args::Any))
+}
+
+/// Installs a compiled filter in the calling thread.
+pub fn install(kind: ThreadKind, prog: &BpfProgram) -> Result<(), SeccompError> {
+    if crate::log::enabled(crate::log::Level::Debug) {
+        let names: Vec<&str> = allowed(kind).iter().map(|a| a.name).collect();
+        crate::log::debug(format_args!(
+            "seccomp: {kind:?} thread allows {}",
+            names.join(", ")
+        ));
+    }
+    seccompiler::apply_filter(prog).map_err(|e| SeccompError::Install(kind, e.to_string()))
+}
+
+/// The name of a syscall number, from the system's headers at build time.
+pub fn syscall_name(nr: i64) -> &'static str {
+    SYSCALL_NAMES
+        .iter()
+        .find(|(n, _)| *n == nr)
+        .map_or("unknown", |(_, name)| name)
+}
+
+/// Appends `n` in decimal to `buf` at `len`; async-signal-safe.
+fn push_num(buf: &mut [u8], len: &mut usize, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    push(buf, len, &digits[i..]);
+}
+
+fn push(buf: &mut [u8], len: &mut usize, s: &[u8]) {
+    let n = s.len().min(buf.len() - *len);
+    buf[*len..*len + n].copy_from_slice(&s[..n]);
+    *len += n;
+}
+
+extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // The SIGSYS part of siginfo: { void *call_addr; int syscall; unsigned arch } at offset 16.
+    // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers; for SIGSYS the syscall
+    // number is at this offset on x86_64.
+    let nr = unsafe { *((info as *const u8).add(24) as *const libc::c_int) } as i64;
+    let mut buf = [0u8; 192];
+    let mut len = 0;
+    push(&mut buf, &mut len, b"minipc: seccomp: forbidden syscall ");
+    push_num(&mut buf, &mut len, nr as u64);
+    push(&mut buf, &mut len, b" (");
+    push(&mut buf, &mut len, syscall_name(nr).as_bytes());
+    push(&mut buf, &mut len, b"); the VM is stopped (exit code 3)\n");
+    crate::terminal::restore_from_signal();
+    // SAFETY: write and _exit are async-signal-safe.
+    unsafe {
+        libc::write(2, buf.as_ptr() as *const libc::c_void, len);
+        libc::_exit(crate::exit::code::CRASH);
+    }
+}
+
+/// Installs the SIGSYS handler that reports a forbidden syscall (process-wide, once).
+pub fn install_sigsys_handler() -> std::io::Result<()> {
+    vmm_sys_util::signal::register_signal_handler(libc::SIGSYS, on_sigsys)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(kind: ThreadKind) -> Vec<&'static str> {
+        let mut v: Vec<_> = allowed(kind).iter().map(|a| a.name).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// The reviewed lists: a change to a filter must change this test too.
+    #[test]
+    fn each_thread_kind_allows_exactly_these_syscalls() {
+        let common = [
+            "brk",
+            "clock_gettime",
+            "exit",
+            "exit_group",
+            "fcntl",
+            "futex",
+            "madvise",
+            "mmap",
+            "mprotect",
+            "mremap",
+            "munmap",
+            "restart_syscall",
+            "rt_sigprocmask",
+            "rt_sigreturn",
+            "sched_yield",
+            "write",
+        ];
+        let with = |extra: &[&'static str]| {
+            let mut v: Vec<&str> = common.iter().chain(extra).copied().collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            names(ThreadKind::Supervisor),
+            with(&["close", "kill", "read", "wait4"])
+        );
+        assert_eq!(
+            names(ThreadKind::Vmm),
+            with(&[
+                "close",
+                "getpid",
+                "getrusage",
+                "gettid",
+                "ioctl",
+                "ppoll",
+                "pread64",
+                "read",
+                "tgkill",
+                "timerfd_settime"
+            ])
+        );
+        assert_eq!(names(ThreadKind::Vcpu), with(&["ioctl", "timerfd_settime"]));
+    }
+
+    #[test]
+    fn names_match_numbers() {
+        for kind in [ThreadKind::Supervisor, ThreadKind::Vmm, ThreadKind::Vcpu] {
+            for a in allowed(kind) {
+                if !SYSCALL_NAMES.is_empty() {
+                    assert_eq!(syscall_name(a.nr), a.name);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn kvm_ioctl_numbers() {
+        assert_eq!(KVM_RUN, 0xAE80);
+        assert_eq!(KVM_GET_REGS, 0x8090_AE81);
+        assert_eq!(KVM_GET_SREGS, 0x8138_AE83);
+        assert_eq!(KVM_GET_MP_STATE, 0x8004_AE98);
+    }
+
+    #[test]
+    fn filters_compile() {
+        for kind in [ThreadKind::Supervisor, ThreadKind::Vmm, ThreadKind::Vcpu] {
+            assert!(!compile(kind).unwrap().is_empty());
+        }
+    }
+
+    #[test]
+    fn numbers_format_without_allocation() {
+        let mut buf = [0u8; 8];
+        let mut len = 0;
+        push_num(&mut buf, &mut len, 1234);
+        push(&mut buf, &mut len, b"xxxxxx");
+        assert_eq!(&buf, b"1234xxxx");
+    }
+}
