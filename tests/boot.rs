@@ -248,3 +248,20 @@ extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
+
+#[test]
+fn an_undeliverable_exception_is_a_crash_with_a_diagnostic() {
+    if !kvm_available() {
+        return;
+    }
+    let g = guest("bad_idt", &[]);
+    let r = minipc(&["--firmware", path_str(&g), "--stats", "--timeout", "20"]);
+    assert_eq!(r.code, 3, "stderr: {}", r.stderr);
+    let reason = r.reason();
+    assert!(
+        matches!(reason.as_deref(), Some("internal-error") | Some("triple-fault")),
+        "{reason:?}: {}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("rip="), "no register dump: {}", r.stderr);
+}
