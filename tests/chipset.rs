@@ -97,3 +97,29 @@ fn nvram_memory_sizes_follow_the_memory_map() {
         assert_eq!(n[11], 0, "{arg}: CPU count - 1");
     }
 }
+
+#[test]
+fn init_sipi_sipi_brings_up_every_ap_and_the_vm_still_halts() {
+    if !kvm_available() {
+        return;
+    }
+    let g = guest("smp", &[]);
+    for cpus in [1u32, 4, 64] {
+        let n = cpus.to_string();
+        let r = minipc(&["--firmware", path_str(&g), "--cpus", &n, "--stats", "--timeout", "30"]);
+        assert_eq!(r.code, 0, "--cpus {cpus}: {}", r.stderr);
+        assert_eq!(r.reason().as_deref(), Some("halted"), "--cpus {cpus}");
+        let line = r
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("aps "))
+            .unwrap_or_else(|| panic!("--cpus {cpus}: {:?}", r.stdout));
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let aps = u32::from_str_radix(f[1], 16).unwrap();
+        let ids = u32::from_str_radix(f[3], 16).unwrap();
+        assert_eq!(aps, cpus - 1, "--cpus {cpus}: APs that came up");
+        // Every AP reports a distinct APIC ID from CPUID: 1 .. cpus-1 (the bitmap holds 32).
+        let expect = if cpus >= 32 { u32::MAX } else { (1u32 << cpus) - 1 } & !1;
+        assert_eq!(ids, expect, "--cpus {cpus}: APIC IDs");
+    }
+}
