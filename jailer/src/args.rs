@@ -370,7 +370,10 @@ mod tests {
         assert_eq!(err(&["--netns"]), "--netns needs a value");
         assert_eq!(err(&["--daemonize=yes"]), "--daemonize takes no value");
         assert_eq!(err(&["--uid", "7"]), "--uid is given twice");
-        assert_eq!(err(&["--mount-proc", "--mount-proc"]), "--mount-proc is given twice");
+        assert_eq!(
+            err(&["--mount-proc", "--mount-proc"]),
+            "--mount-proc is given twice"
+        );
         assert!(err(&["--chroot-base", "rel"]).contains("--chroot-base 'rel'"));
         assert!(err(&["--chroot-base", "/a/../b"]).contains("absolute"));
         assert!(err(&["--cgroup", "../x=1"]).starts_with("--cgroup '../x=1'"));

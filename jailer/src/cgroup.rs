@@ -71,9 +71,7 @@ pub fn parse_setting(s: &str) -> Result<Setting, CgroupError> {
         reason,
     };
     if key.is_empty() || key == "." || key == ".." || key.contains('/') || key.contains("..") {
-        return Err(bad(
-            "KEY must be a plain file name (no '/', no '..')",
-        ));
+        return Err(bad("KEY must be a plain file name (no '/', no '..')"));
     }
     if key.starts_with("cgroup.") {
         return Err(bad("the cgroup.* files are managed by the jailer"));
@@ -143,7 +141,10 @@ impl Leaf {
             match fs::remove_dir(&self.path) {
                 Ok(()) => break,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => break,
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && start.elapsed() < REMOVE_PATIENCE => {
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EBUSY)
+                        && start.elapsed() < REMOVE_PATIENCE =>
+                {
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 Err(err) => {
@@ -305,7 +306,10 @@ mod tests {
         );
         assert_eq!(parse_setting("memory.max=256M").unwrap().value, "256M");
         assert_eq!(parse_setting("pids.max=64").unwrap().key, "pids.max");
-        assert_eq!(parse_setting("memory.swap.max=0").unwrap().key, "memory.swap.max");
+        assert_eq!(
+            parse_setting("memory.swap.max=0").unwrap().key,
+            "memory.swap.max"
+        );
     }
 
     #[test]
@@ -361,7 +365,10 @@ mod tests {
         // The fake leaf is a plain directory without a pids.max file.
         let err = create(&root, "vm1", &settings).unwrap_err().to_string();
         assert!(err.contains("--cgroup pids.max: no such file"), "{err}");
-        assert_eq!(fs::read_to_string(root.join("cgroup.subtree_control")).unwrap(), "+pids");
+        assert_eq!(
+            fs::read_to_string(root.join("cgroup.subtree_control")).unwrap(),
+            "+pids"
+        );
         assert!(!root.join(PARENT).join("vm1").exists(), "leaf left behind");
 
         let io = [parse_setting("io.max=8:0 rbps=1").unwrap()];

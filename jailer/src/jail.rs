@@ -82,7 +82,13 @@ fn create_dirs(path: &Path) -> Result<Vec<PathBuf>, JailError> {
         match fs::metadata(p) {
             Ok(m) if m.is_dir() => break,
             Ok(_) => return Err(JailError::NotDir(p.to_path_buf())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => missing.push(p.to_path_buf()),
+            // ENOTDIR: an ancestor is a file, which the next round reports.
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(libc::ENOTDIR) =>
+            {
+                missing.push(p.to_path_buf())
+            }
             Err(err) => return Err(io_err("checking", p)(err)),
         }
         match p.parent() {

@@ -108,7 +108,8 @@ pub fn spawn(spec: Spec) -> Result<libc::pid_t, LaunchError> {
     argv.extend(spec.args.iter().cloned());
     let argv = cstrings(&argv)?;
     let envp = cstrings(&spec.env)?;
-    let path = CString::new(format!("/{}", jail::EXEC_NAME)).map_err(|_| LaunchError::Nul(jail::EXEC_NAME.into()))?;
+    let path = CString::new(format!("/{}", jail::EXEC_NAME))
+        .map_err(|_| LaunchError::Nul(jail::EXEC_NAME.into()))?;
 
     let mut fds = [0 as RawFd; 2];
     // SAFETY: `fds` has room for the two descriptors.
@@ -194,7 +195,10 @@ fn child(
         step("moving the VMM into its cgroup", procs.write_all(b"0"))?;
     }
     if let Some(ns) = spec.netns.take() {
-        step("joining the network namespace (setns)", namespaces::join_netns(&ns))?;
+        step(
+            "joining the network namespace (setns)",
+            namespaces::join_netns(&ns),
+        )?;
     }
     step(
         "closing inherited descriptors",
@@ -212,11 +216,17 @@ fn child(
         step("setsid", check(unsafe { libc::setsid() }))?;
         let null = step(
             "opening /dev/null in the jail",
-            std::fs::OpenOptions::new().read(true).write(true).open("/dev/null"),
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null"),
         )?;
         for fd in 0..3 {
             // SAFETY: duplicating a descriptor we own onto a standard one.
-            step("redirecting stdio", check(unsafe { libc::dup2(null.as_raw_fd(), fd) }))?;
+            step(
+                "redirecting stdio",
+                check(unsafe { libc::dup2(null.as_raw_fd(), fd) }),
+            )?;
         }
     }
     spec.limits

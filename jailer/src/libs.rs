@@ -47,6 +47,8 @@ pub enum LibsError {
     Elf { path: PathBuf, reason: ElfError },
     #[error("{}: needs {name}, which is in none of {}", .path.display(), SEARCH_DIRS.join(", "))]
     NotFound { path: PathBuf, name: String },
+    #[error("{}: its ELF interpreter {interp} does not exist", .path.display())]
+    NoInterpreter { path: PathBuf, interp: String },
     #[error("{}: more than {MAX_OBJECTS} shared objects", .0.display())]
     TooMany(PathBuf),
 }
@@ -152,7 +154,8 @@ pub fn parse_elf<S: Source + ?Sized>(src: &S) -> Result<ElfInfo, ElfError> {
     if let Some(p) = phdrs.iter().find(|p| p.kind == PT_INTERP) {
         let len = usize::try_from(p.filesz.min(MAX_STR as u64)).map_err(|_| ElfError::Malformed)?;
         let mut buf = vec![0u8; len];
-        src.read_at(p.offset, &mut buf).map_err(|_| ElfError::Malformed)?;
+        src.read_at(p.offset, &mut buf)
+            .map_err(|_| ElfError::Malformed)?;
         info.interp = Some(c_string(&buf)?);
     }
     let Some(dynamic) = phdrs.iter().find(|p| p.kind == PT_DYNAMIC) else {
@@ -184,7 +187,8 @@ pub fn parse_elf<S: Source + ?Sized>(src: &S) -> Result<ElfInfo, ElfError> {
         if off >= strsz {
             return Err(ElfError::Malformed);
         }
-        let len = usize::try_from((strsz - off).min(MAX_STR as u64)).map_err(|_| ElfError::Malformed)?;
+        let len =
+            usize::try_from((strsz - off).min(MAX_STR as u64)).map_err(|_| ElfError::Malformed)?;
         let mut buf = vec![0u8; len];
         src.read_at(strtab_off + off, &mut buf)
             .map_err(|_| ElfError::Malformed)?;
@@ -206,7 +210,10 @@ pub fn parse_elf<S: Source + ?Sized>(src: &S) -> Result<ElfInfo, ElfError> {
 }
 
 fn c_string(buf: &[u8]) -> Result<String, ElfError> {
-    let end = buf.iter().position(|&b| b == 0).ok_or(ElfError::Malformed)?;
+    let end = buf
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or(ElfError::Malformed)?;
     String::from_utf8(buf[..end].to_vec()).map_err(|_| ElfError::Malformed)
 }
 
@@ -276,17 +283,19 @@ pub fn resolve(exec: &Path, exec_jail: &Path) -> Result<Vec<Needed>, LibsError> 
     let info = parse_file(exec)?;
     let mut out: Vec<Needed> = Vec::new();
     if let Some(interp) = &info.interp {
+        if !Path::new(interp).is_file() {
+            return Err(LibsError::NoInterpreter {
+                path: exec.to_path_buf(),
+                interp: interp.clone(),
+            });
+        }
         out.push(Needed {
             host: PathBuf::from(interp),
             jail: normalize(Path::new(interp)),
         });
     }
     let mut names: Vec<String> = Vec::new();
-    let mut queue = VecDeque::from([(
-        exec.to_path_buf(),
-        exec_jail.to_path_buf(),
-        info,
-    )]);
+    let mut queue = VecDeque::from([(exec.to_path_buf(), exec_jail.to_path_buf(), info)]);
     while let Some((host, jail, info)) = queue.pop_front() {
         let host_dir = host.parent().unwrap_or(Path::new("/")).to_path_buf();
         let jail_dir = jail.parent().unwrap_or(Path::new("/")).to_path_buf();
@@ -295,7 +304,11 @@ pub fn resolve(exec: &Path, exec_jail: &Path) -> Result<Vec<Needed>, LibsError> 
             .iter()
             .filter_map(|e| expand(e, &host_dir, &jail_dir))
             .collect();
-        dirs.extend(SEARCH_DIRS.iter().map(|d| (PathBuf::from(d), PathBuf::from(d))));
+        dirs.extend(
+            SEARCH_DIRS
+                .iter()
+                .map(|d| (PathBuf::from(d), PathBuf::from(d))),
+        );
         for name in info.needed {
             if names.contains(&name) {
                 continue;
@@ -348,7 +361,9 @@ mod tests {
         let needed_offs: Vec<u64> = needed.iter().map(|n| add(n)).collect();
         let rp_off = runpath.map(&mut add);
         let interp_off = ph_off + 56 * u64::from(phnum);
-        let interp_bytes = interp.map(|s| [s.as_bytes(), b"\0"].concat()).unwrap_or_default();
+        let interp_bytes = interp
+            .map(|s| [s.as_bytes(), b"\0"].concat())
+            .unwrap_or_default();
         let str_off = interp_off + interp_bytes.len() as u64;
         let dyn_off = str_off + strtab.len() as u64;
         let mut dynamic: Vec<(u64, u64)> = needed_offs.iter().map(|o| (DT_NEEDED, *o)).collect();
@@ -423,10 +438,14 @@ mod tests {
         assert_eq!(parse_elf(img.as_slice()), Err(ElfError::WrongKind));
         let img = elf(Some("/ld.so"), &["libc.so.6"], None);
         assert_eq!(parse_elf(&img[..100]), Err(ElfError::Malformed));
+        // Dynamic section: DT_NEEDED, DT_STRTAB, DT_STRSZ, DT_NULL, 16 bytes each.
         let mut img = elf(None, &["libc.so.6"], None);
         let n = img.len();
-        img[n - 32..n - 24].copy_from_slice(&1_000_000u64.to_le_bytes()); // DT_STRSZ bogus
-        assert!(parse_elf(img.as_slice()).is_err());
+        img[n - 40..n - 32].copy_from_slice(&0xdead_0000u64.to_le_bytes()); // DT_STRTAB
+        assert_eq!(parse_elf(img.as_slice()), Err(ElfError::Malformed));
+        let mut img = elf(None, &["libc.so.6"], None);
+        img[n - 24..n - 16].copy_from_slice(&1_000_000u64.to_le_bytes()); // DT_STRSZ
+        assert_eq!(parse_elf(img.as_slice()), Err(ElfError::Malformed));
     }
 
     #[test]
@@ -435,7 +454,10 @@ mod tests {
         let info = parse_file(&exe).unwrap();
         if let Some(interp) = &info.interp {
             assert!(interp.starts_with('/'), "{interp}");
-            assert!(info.needed.iter().any(|n| n.starts_with("libc.so")), "{info:?}");
+            assert!(
+                info.needed.iter().any(|n| n.starts_with("libc.so")),
+                "{info:?}"
+            );
         }
     }
 
@@ -444,11 +466,37 @@ mod tests {
         let exe = std::env::current_exe().unwrap();
         let libs = resolve(&exe, Path::new("/minipc")).unwrap();
         if parse_file(&exe).unwrap().interp.is_some() {
-            assert!(libs.iter().any(|n| n.jail.to_string_lossy().contains("libc.so")));
+            assert!(libs
+                .iter()
+                .any(|n| n.jail.to_string_lossy().contains("libc.so")));
             for n in &libs {
                 assert!(n.host.exists() && n.jail.is_absolute(), "{n:?}");
             }
         }
+    }
+
+    #[test]
+    fn missing_interpreter_and_library_are_named() {
+        let dir = std::env::temp_dir().join(format!("minipc-jailer-libs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = dir.join("a");
+        std::fs::write(&a, elf(Some("/nonexistent/ld.so"), &[], None)).unwrap();
+        let e = resolve(&a, Path::new("/minipc")).unwrap_err().to_string();
+        assert!(
+            e.ends_with("its ELF interpreter /nonexistent/ld.so does not exist"),
+            "{e}"
+        );
+        let b = dir.join("b");
+        std::fs::write(&b, elf(None, &["libnonexistent.so.9"], None)).unwrap();
+        let e = resolve(&b, Path::new("/minipc")).unwrap_err().to_string();
+        assert!(
+            e.contains("needs libnonexistent.so.9, which is in none of"),
+            "{e}"
+        );
+        let c = dir.join("c");
+        std::fs::write(&c, elf(None, &[], None)).unwrap();
+        assert_eq!(resolve(&c, Path::new("/minipc")).unwrap(), vec![]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -461,9 +509,14 @@ mod tests {
         assert!(expand("$LIB/x", Path::new("/a"), Path::new("/")).is_none());
         assert!(expand("rel/dir", Path::new("/a"), Path::new("/")).is_none());
         assert_eq!(
-            expand("/opt/lib", Path::new("/a"), Path::new("/")).unwrap().1,
+            expand("/opt/lib", Path::new("/a"), Path::new("/"))
+                .unwrap()
+                .1,
             PathBuf::from("/opt/lib")
         );
-        assert_eq!(normalize(Path::new("/a/./b/../../../c")), PathBuf::from("/c"));
+        assert_eq!(
+            normalize(Path::new("/a/./b/../../../c")),
+            PathBuf::from("/c")
+        );
     }
 }

@@ -160,21 +160,20 @@ fn run() -> Result<i32, Error> {
     }
     let vmm_args = plan.rewrite(&file_paths, &serial_paths);
 
-    // The cgroup leaf; dropping `leaf` removes it again.
+    // The cgroup leaf; dropping `leaf` removes it again. A warning is printed only once
+    // the VMM runs, so that a failure is reported on a single line.
+    let mut warning = None;
     let mut leaf = if cgroup_v2 {
         match cgroup::create(cgroup_root, &a.id, &a.cgroups) {
             Ok(l) => Some(l),
             Err(e) if a.cgroups.is_empty() => {
-                eprintln!("minipc-jailer: warning: {e}; the VMM runs without its own cgroup");
+                warning = Some(e.to_string());
                 None
             }
             Err(e) => return Err(e.into()),
         }
     } else {
-        eprintln!(
-            "minipc-jailer: warning: cgroup v2 is not mounted at {}; the VMM runs without its own cgroup",
-            cgroup::ROOT
-        );
+        warning = Some(format!("cgroup v2 is not mounted at {}", cgroup::ROOT));
         None
     };
 
@@ -196,6 +195,9 @@ fn run() -> Result<i32, Error> {
         env,
     };
     let pid = launch::spawn(spec)?;
+    if let Some(w) = warning {
+        eprintln!("minipc-jailer: warning: {w}; the VMM runs without a cgroup of its own");
+    }
     if a.daemonize {
         // The caller removes the jail directory and the cgroup leaf (see README.md).
         println!("{pid}");

@@ -128,7 +128,14 @@ pub fn verify(uid: u32, gid: u32) -> Result<(), String> {
         return Err("capabilities are still present after setuid".to_string());
     }
     // SAFETY: getters without arguments.
-    let ids = unsafe { (libc::getuid(), libc::geteuid(), libc::getgid(), libc::getegid()) };
+    let ids = unsafe {
+        (
+            libc::getuid(),
+            libc::geteuid(),
+            libc::getgid(),
+            libc::getegid(),
+        )
+    };
     if ids != (uid, uid, gid, gid) {
         return Err(format!("uid/gid are {ids:?} after setuid, not {uid}/{gid}"));
     }

@@ -64,10 +64,12 @@ impl Limits {
     }
 
     /// Sets RLIMIT_NOFILE and RLIMIT_FSIZE of the calling process. The error names the
-    /// command-line key of the limit the kernel refused.
-    pub fn apply(&self) -> Result<(), (&'static str, io::Error)> {
-        set_one(libc::RLIMIT_NOFILE, self.no_file).map_err(|e| ("no-file", e))?;
-        set_one(libc::RLIMIT_FSIZE, self.fsize).map_err(|e| ("fsize", e))?;
+    /// limit the kernel refused as `KEY=N`.
+    pub fn apply(&self) -> Result<(), (String, io::Error)> {
+        set_one(libc::RLIMIT_NOFILE, self.no_file)
+            .map_err(|e| (format!("no-file={}", self.no_file), e))?;
+        set_one(libc::RLIMIT_FSIZE, self.fsize)
+            .map_err(|e| (format!("fsize={}", self.fsize), e))?;
         Ok(())
     }
 }
@@ -119,7 +121,9 @@ mod tests {
         );
         assert_eq!(
             l.set("fsize=99999999999999999999999"),
-            Err(RlimitError::BadValue("fsize=99999999999999999999999".into()))
+            Err(RlimitError::BadValue(
+                "fsize=99999999999999999999999".into()
+            ))
         );
         assert_eq!(l.set("fsize="), Err(RlimitError::BadValue("fsize=".into())));
         l.set("fsize=1").unwrap();

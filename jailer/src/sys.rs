@@ -46,7 +46,7 @@ mod tests {
     fn describe_drops_the_os_error_suffix() {
         let e = io::Error::from_raw_os_error(libc::ENOENT);
         assert_eq!(describe(&e), "No such file or directory");
-        let e = io::Error::new(io::ErrorKind::Other, "plain");
+        let e = io::Error::other("plain");
         assert_eq!(describe(&e), "plain");
     }
 

@@ -11,7 +11,14 @@ const FILE_FLAGS: &[(&str, Access)] = &[
     ("--disk", Access::ReadWrite),
 ];
 /// Other VMM flags that take a value; their values are skipped, never interpreted.
-const VALUE_FLAGS: &[&str] = &["--mem", "--cpus", "--timeout", "--log-level"];
+const VALUE_FLAGS: &[&str] = &[
+    "--mem",
+    "--cpus",
+    "--timeout",
+    "--rtc",
+    "--seccomp",
+    "--log-level",
+];
 const SERIAL: &str = "--serial";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -236,6 +243,8 @@ mod tests {
     fn values_of_other_flags_are_not_flags() {
         // "--disk" here is the value of --log-level, not a flag of its own.
         let plan = scan(&v(&["--log-level", "--disk", "x"])).unwrap();
+        assert!(plan.files.is_empty());
+        let plan = scan(&v(&["--seccomp", "--disk", "--rtc", "--kernel"])).unwrap();
         assert!(plan.files.is_empty());
         let plan = scan(&v(&["--cpus=2", "--firmware", "--disk"])).unwrap();
         assert_eq!(plan.files.len(), 1);

@@ -1,6 +1,7 @@
 //! jail-probe: prints what a process sees of its confinement, one `key=value` per line,
 //! for the jailer's integration tests. Arguments: `exit=N` exits with N after printing;
-//! `sleep=S` waits S seconds after printing (SIGTERM then ends it with exit code 100+15).
+//! `sleep=S` waits S seconds after printing; SIGTERM then ends it with exit code 100+15
+//! (its handler is installed before anything is printed).
 
 use std::fs;
 use std::io::Write;
@@ -29,6 +30,11 @@ extern "C" fn on_term(sig: libc::c_int) {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a.starts_with("sleep=")) {
+        // SAFETY: installing a handler that only calls _exit.
+        unsafe { libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t) };
+    }
     let mut out = Vec::new();
     // SAFETY: getters without arguments.
     let (uid, gid, euid, egid, pid) = unsafe {
@@ -58,6 +64,18 @@ fn main() {
         .unwrap_or_default();
     root.sort();
     line("root_entries", root.join(","));
+    for name in &root {
+        let path = std::path::Path::new("/").join(name);
+        if let Ok(m) = fs::symlink_metadata(&path) {
+            use std::os::unix::fs::MetadataExt;
+            if m.is_file() {
+                line(
+                    &format!("file_{name}"),
+                    format!("{:o} {}:{}", m.mode() & 0o7777, m.uid(), m.gid()),
+                );
+            }
+        }
+    }
     line(
         "hostname",
         fs::read_to_string("/proc/sys/kernel/hostname")
@@ -109,7 +127,6 @@ fn main() {
         fds.iter().map(u32::to_string).collect::<Vec<_>>().join(","),
     );
     line("env_count", std::env::vars_os().count().to_string());
-    let args: Vec<String> = std::env::args().collect();
     line("argv", args.join(" "));
 
     let mut stdout = std::io::stdout();
@@ -121,8 +138,6 @@ fn main() {
             std::process::exit(n);
         }
         if let Some(s) = a.strip_prefix("sleep=").and_then(|s| s.parse().ok()) {
-            // SAFETY: installing a handler that only calls _exit.
-            unsafe { libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t) };
             std::thread::sleep(std::time::Duration::from_secs(s));
         }
     }
