@@ -173,12 +173,15 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
                 revents: 0,
             },
         ];
-        let rtc_fd = lock(&machine.rtc).timer_fd();
-        fds.push(libc::pollfd {
-            fd: rtc_fd,
-            events: libc::POLLIN,
-            revents: 0,
-        });
+        let first_timer = fds.len();
+        for t in &machine.timers {
+            fds.push(libc::pollfd {
+                fd: lock(t).timer_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        let stdin_slot = fds.len();
         // Only read stdin when the UART can take what we read.
         if stdin_open && pending_input.is_empty() {
             fds.push(libc::pollfd {
@@ -235,10 +238,12 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
                 check = None;
             }
         }
-        if fds[2].revents & libc::POLLIN != 0 {
-            lock(&machine.rtc).expire();
+        for (i, t) in machine.timers.iter().enumerate() {
+            if fds[first_timer + i].revents & libc::POLLIN != 0 {
+                lock(t).expire();
+            }
         }
-        if let Some(p) = fds.get(3) {
+        if let Some(p) = fds.get(stdin_slot) {
             if p.revents & (libc::POLLIN | libc::POLLHUP) != 0 {
                 stdin_open = read_stdin(&mut pending_input);
             } else if p.revents & (libc::POLLNVAL | libc::POLLERR) != 0 {

@@ -20,8 +20,13 @@ use crate::bus::Bus;
 use crate::config::{SerialMode, VmConfig};
 use crate::devices::debug_exit::{DebugExit, DEBUG_EXIT_LEN, DEBUG_EXIT_PORT};
 use crate::devices::fw_cfg::{key, FwCfg, FW_CFG_LEN, FW_CFG_PORT};
+use crate::devices::acpi_pm::{AcpiPm, PM_BASE, PM_LEN, SCI_IRQ};
+use crate::devices::i440fx::{I440fx, PamChange, I440FX_DEVICE, I440FX_FUNCTION};
+use crate::devices::i8042::{I8042, I8042_LEN, I8042_PORT, KEYBOARD_IRQ};
+use crate::devices::pci::{PciBus, PCI_CONFIG_LEN, PCI_CONFIG_PORT};
+use crate::devices::piix::{Piix3Isa, Piix4Acpi, PIIX3_ISA_FUNCTION, PIIX4_ACPI_FUNCTION, PIIX_DEVICE};
 use crate::devices::rtc::{Rtc, RTC_IRQ, RTC_LEN, RTC_PORT};
-use crate::devices::rtc_timer::TimedRtc;
+use crate::devices::timer::{Expire, Timed};
 use crate::devices::serial::{Serial, SerialOut, Sink, COM1_IRQ, COM1_LEN, COM1_PORT};
 use crate::firmware::{BootDescriptor, BootKind, Rom, BOOT_DESCRIPTOR_FILE};
 use crate::memory::{self, MemoryLayout};
@@ -60,7 +65,8 @@ pub struct Machine {
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
     pub serial: Arc<Mutex<Serial>>,
-    pub rtc: Arc<Mutex<TimedRtc>>,
+    /// Devices driven by timers, polled by the monitor.
+    pub timers: Vec<Arc<Mutex<dyn Expire>>>,
     pub vcpus: Vec<VcpuFd>,
 }
 
@@ -199,14 +205,49 @@ pub fn build(
     )
     .map_err(dev_err)?;
 
-    let rtc_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Device(e.to_string()))?;
-    vm.register_irqfd(&rtc_irq, RTC_IRQ)
-        .map_err(kvm_err("register RTC irqfd"))?;
-    let rtc = Rtc::new(&layout, cfg.cpus, cfg.rtc_localtime, Some(rtc_irq));
-    let rtc = Arc::new(Mutex::new(
-        TimedRtc::new(rtc).map_err(|e| VmError::Device(format!("RTC timer: {e}")))?,
-    ));
-    pio.insert(RTC_PORT, RTC_LEN, rtc.clone())
+    let irqfd = |gsi: u32, what: &'static str| -> Result<EventFd, VmError> {
+        let e = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Device(e.to_string()))?;
+        vm.register_irqfd(&e, gsi).map_err(kvm_err(what))?;
+        Ok(e)
+    };
+    let mut timers: Vec<Arc<Mutex<dyn Expire>>> = Vec::new();
+    let timer_err = |e: std::io::Error| VmError::Device(format!("timer: {e}"));
+
+    let rtc = Rtc::new(
+        &layout,
+        cfg.cpus,
+        cfg.rtc_localtime,
+        Some(irqfd(RTC_IRQ, "register RTC irqfd")?),
+    );
+    let rtc = Arc::new(Mutex::new(Timed::new(rtc).map_err(timer_err)?));
+    pio.insert(RTC_PORT, RTC_LEN, rtc.clone()).map_err(dev_err)?;
+    timers.push(rtc);
+
+    let i8042 = I8042::new(Some(irqfd(KEYBOARD_IRQ, "register keyboard irqfd")?));
+    pio.insert(I8042_PORT, I8042_LEN, Arc::new(Mutex::new(i8042)))
+        .map_err(dev_err)?;
+
+    let pm = AcpiPm::new(Some(irqfd(SCI_IRQ, "register SCI irqfd")?));
+    let pm = Arc::new(Mutex::new(Timed::new(pm).map_err(timer_err)?));
+    pio.insert(PM_BASE as u64, PM_LEN, pm.clone()).map_err(dev_err)?;
+    timers.push(pm);
+
+    // PCI bus 0: the i440fx host bridge, the PIIX3 ISA bridge and its ACPI function.
+    let mut pci = PciBus::new();
+    let pci_err = |e| VmError::Device(format!("PCI: {e}"));
+    let bridge = I440fx::new(Box::new(|c: PamChange| {
+        crate::log::debug(format_args!(
+            "i440fx: PAM {:#x}+{:#x} -> {:?} (the shadow areas stay read-only firmware)",
+            c.start, c.size, c.mode
+        ))
+    }));
+    pci.add(I440FX_DEVICE, I440FX_FUNCTION, Arc::new(Mutex::new(bridge)))
+        .map_err(pci_err)?;
+    pci.add(PIIX_DEVICE, PIIX3_ISA_FUNCTION, Arc::new(Mutex::new(Piix3Isa::new())))
+        .map_err(pci_err)?;
+    pci.add(PIIX_DEVICE, PIIX4_ACPI_FUNCTION, Arc::new(Mutex::new(Piix4Acpi::new())))
+        .map_err(pci_err)?;
+    pio.insert(PCI_CONFIG_PORT, PCI_CONFIG_LEN, Arc::new(Mutex::new(pci)))
         .map_err(dev_err)?;
 
     let mut fw_cfg = FwCfg::new(guest_mem.clone());
@@ -257,7 +298,7 @@ pub fn build(
         pio: Arc::new(pio),
         mmio: Arc::new(mmio),
         serial,
-        rtc,
+        timers,
         vcpus,
     })
 }

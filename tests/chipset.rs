@@ -123,3 +123,59 @@ fn init_sipi_sipi_brings_up_every_ap_and_the_vm_still_halts() {
         assert_eq!(ids, expect, "--cpus {cpus}: APIC IDs");
     }
 }
+
+#[test]
+fn pci_bus_0_holds_exactly_the_pc_chipset() {
+    if !kvm_available() {
+        return;
+    }
+    let g = guest("pci", &[]);
+    let r = minipc(&["--firmware", path_str(&g), "--timeout", "20"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("pci end"), "{}", r.stdout);
+    let found: Vec<(String, String, String, String)> = r
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("pci ") && !l.contains("end"))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[1].into(), f[2].into(), f[3][..6].into(), f[4].into())
+        })
+        .collect();
+    let want = [
+        // device.function, device:vendor, class/subclass/prog-if, header type
+        ("00.0", "12378086", "060000", "00"),
+        ("01.0", "70008086", "060100", "80"),
+        ("01.3", "71138086", "068000", "00"),
+    ];
+    let want: Vec<(String, String, String, String)> = want
+        .iter()
+        .map(|(a, b, c, d)| (a.to_string(), b.to_string(), c.to_string(), d.to_string()))
+        .collect();
+    assert_eq!(found, want, "{}", r.stdout);
+}
+
+#[test]
+fn acpi_pm1a_s5_powers_off() {
+    if !kvm_available() {
+        return;
+    }
+    let g = guest("poweroff", &[]);
+    let r = minipc(&["--firmware", path_str(&g), "--stats", "--timeout", "20"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.reason().as_deref(), Some("poweroff"), "{}", r.stderr);
+}
+
+#[test]
+fn keyboard_controller_and_cf9_resets_end_the_vm() {
+    if !kvm_available() {
+        return;
+    }
+    for name in ["kbd_reset", "cf9_reset"] {
+        let g = guest(name, &[]);
+        let r = minipc(&["--firmware", path_str(&g), "--stats", "--timeout", "20"]);
+        assert_eq!(r.code, 0, "{name}: {}", r.stderr);
+        assert_eq!(r.reason().as_deref(), Some("reset"), "{name}: {}", r.stderr);
+        assert!(r.stderr.contains("reset"), "{name}: {}", r.stderr);
+    }
+}

@@ -1,7 +1,12 @@
 //! Platform devices, one per file, each behind the `BusDevice` trait.
 
+pub mod acpi_pm;
 pub mod debug_exit;
 pub mod fw_cfg;
+pub mod i440fx;
+pub mod i8042;
+pub mod pci;
+pub mod piix;
 pub mod rtc;
-pub mod rtc_timer;
 pub mod serial;
+pub mod timer;
