@@ -28,6 +28,7 @@ Options:
   --timeout SECONDS   stop the guest after this long (exit 124); fractions allowed
   --stats             print one JSON line on stderr at exit: reason, exit code, phase times
   --rtc utc|localtime what the CMOS clock counts (default utc)
+  --no-acpi           no ACPI tables; an Intel MP table describes the CPUs and IRQs instead
   --seccomp on|off    per-thread seccomp filters (default on; off is for debugging only)
   --log-level LEVEL   error, warn (default), info or debug (also MINIPC_LOG)
   -h, --help          this text
@@ -65,6 +66,8 @@ pub struct VmConfig {
     pub stats: bool,
     /// The CMOS clock counts the host's local time instead of UTC.
     pub rtc_localtime: bool,
+    /// ACPI tables (default); with `--no-acpi`, an MP table instead.
+    pub acpi: bool,
     /// Per-thread seccomp filters (on unless `--seccomp off`).
     pub seccomp: bool,
     /// Test builds only: a vCPU thread makes a forbidden syscall once its filter is on.
@@ -82,6 +85,7 @@ impl Default for VmConfig {
             timeout: None,
             stats: false,
             rtc_localtime: false,
+            acpi: true,
             seccomp: true,
             test_forbidden_syscall: false,
             log_level: None,
@@ -197,6 +201,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, ConfigE
                 cfg.timeout = Some(Duration::from_secs_f64(secs));
             }
             "--stats" => cfg.stats = true,
+            "--no-acpi" => cfg.acpi = false,
             "--seccomp" => {
                 cfg.seccomp = match value.as_str() {
                     "on" => true,
@@ -303,6 +308,8 @@ mod tests {
         );
         assert!(run(&["--rtc", "localtime"]).unwrap().rtc_localtime);
         assert!(!run(&["--seccomp", "off"]).unwrap().seccomp);
+        assert!(!run(&["--no-acpi"]).unwrap().acpi);
+        assert!(run(&[]).unwrap().acpi);
         assert!(run(&["--seccomp", "maybe"]).is_err());
     }
 

@@ -1,6 +1,7 @@
 //! minipc: a minimal KVM monitor that builds a legacy PC and boots it through its own
 //! embedded firmware.
 
+mod acpi;
 mod bus;
 mod config;
 mod devices;
@@ -10,6 +11,7 @@ mod halt;
 mod log;
 mod memory;
 mod monitor;
+mod mptable;
 mod seccomp;
 mod stats;
 mod supervisor;

@@ -12,22 +12,24 @@ use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use libc::{MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE, PROT_READ, PROT_WRITE};
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{
-    GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap, MmapRegion,
+    Bytes, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap, MmapRegion,
 };
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::Bus;
 use crate::config::{SerialMode, VmConfig};
+use crate::devices::acpi_pm::{AcpiPm, PM_BASE, PM_LEN, SCI_IRQ};
 use crate::devices::debug_exit::{DebugExit, DEBUG_EXIT_LEN, DEBUG_EXIT_PORT};
 use crate::devices::fw_cfg::{key, FwCfg, FW_CFG_LEN, FW_CFG_PORT};
-use crate::devices::acpi_pm::{AcpiPm, PM_BASE, PM_LEN, SCI_IRQ};
 use crate::devices::i440fx::{I440fx, PamChange, I440FX_DEVICE, I440FX_FUNCTION};
 use crate::devices::i8042::{I8042, I8042_LEN, I8042_PORT, KEYBOARD_IRQ};
 use crate::devices::pci::{PciBus, PCI_CONFIG_LEN, PCI_CONFIG_PORT};
-use crate::devices::piix::{Piix3Isa, Piix4Acpi, PIIX3_ISA_FUNCTION, PIIX4_ACPI_FUNCTION, PIIX_DEVICE};
+use crate::devices::piix::{
+    Piix3Isa, Piix4Acpi, PIIX3_ISA_FUNCTION, PIIX4_ACPI_FUNCTION, PIIX_DEVICE,
+};
 use crate::devices::rtc::{Rtc, RTC_IRQ, RTC_LEN, RTC_PORT};
-use crate::devices::timer::{Expire, Timed};
 use crate::devices::serial::{Serial, SerialOut, Sink, COM1_IRQ, COM1_LEN, COM1_PORT};
+use crate::devices::timer::{Expire, Timed};
 use crate::firmware::{BootDescriptor, BootKind, Rom, BOOT_DESCRIPTOR_FILE};
 use crate::memory::{self, MemoryLayout};
 use crate::stats::Phases;
@@ -61,7 +63,7 @@ pub struct Machine {
     #[allow(dead_code)]
     pub guest_mem: GuestMemoryMmap,
     #[allow(dead_code)]
-    pub rom: Arc<MmapRegion>,
+    pub rom: [Arc<MmapRegion>; 2],
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
     pub serial: Arc<Mutex<Serial>>,
@@ -99,6 +101,56 @@ pub fn open_serial_out(mode: &SerialMode) -> Result<SerialOut, VmError> {
                 })?,
         ),
     }))
+}
+
+/// Writes the platform tables into the free bottom 64 KiB of the firmware window (0xE0000):
+/// ACPI, or with `--no-acpi` the MP table. The window is free when the firmware image leaves
+/// it empty: always for the embedded firmware and for images of 64 KiB or less; a larger
+/// image (SeaBIOS) brings its own tables. Returns the MP floating pointer, which goes in the
+/// EBDA, where an OS looks for it.
+fn write_tables(
+    cfg: &VmConfig,
+    layout: &MemoryLayout,
+    window: &mut [u8],
+) -> Result<Option<[u8; 16]>, VmError> {
+    let area = crate::acpi::TABLES_SIZE.min(window.len());
+    if window[..area].iter().any(|b| *b != 0) {
+        crate::log::info(format_args!(
+            "the firmware image fills 0xE0000: no ACPI or MP tables from the VMM"
+        ));
+        return Ok(None);
+    }
+    let (bytes, mp_pointer) = if cfg.acpi {
+        let t = crate::acpi::build(&crate::acpi::AcpiConfig {
+            cpus: cfg.cpus,
+            layout: *layout,
+        })
+        .map_err(|e| VmError::Device(format!("ACPI tables: {e}")))?;
+        (t, None)
+    } else {
+        let base = crate::acpi::TABLES_BASE;
+        let t = crate::mptable::build(cfg.cpus, base)
+            .map_err(|e| VmError::Device(format!("MP table: {e}")))?;
+        let fp = crate::mptable::floating_pointer(base + 16)
+            .map_err(|e| VmError::Device(format!("MP table: {e}")))?;
+        (t, Some(fp))
+    };
+    if bytes.len() > area {
+        return Err(VmError::Device(
+            "platform tables do not fit below the firmware".into(),
+        ));
+    }
+    window[..bytes.len()].copy_from_slice(&bytes);
+    Ok(mp_pointer)
+}
+
+/// A read-only mapping holding `bytes`.
+fn rom_mapping(bytes: &[u8]) -> Result<Arc<MmapRegion>, VmError> {
+    let map = anon_mapping(bytes.len(), "firmware ROM")?;
+    // SAFETY: the mapping is bytes.len() bytes long, writable from the host, and nothing else
+    // refers to it yet.
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), map.as_ptr(), bytes.len()) };
+    Ok(Arc::new(map))
 }
 
 pub fn build(
@@ -159,22 +211,37 @@ pub fn build(
         )?;
         slot += 1;
     }
-    let rom_map = Arc::new(anon_mapping(rom.bytes.len(), "firmware ROM")?);
-    // SAFETY: the mapping is rom.bytes.len() bytes long, writable, and nothing else refers to
-    // it yet.
-    unsafe {
-        std::ptr::copy_nonoverlapping(rom.bytes.as_ptr(), rom_map.as_ptr(), rom.bytes.len());
+    // The ROM: the whole image just below 4 GiB, and the 128 KiB window 0xE0000-0xFFFFF
+    // holding its last 128 KiB (an image that is smaller leaves the window's bottom free for
+    // the VMM's tables).
+    let (high, _, low_len) = MemoryLayout::firmware_windows(rom.size());
+    let mut window = vec![0u8; memory::BIOS_WINDOW_SIZE as usize];
+    let tail = &rom.bytes[rom.bytes.len() - low_len as usize..];
+    let at = window.len() - tail.len();
+    window[at..].copy_from_slice(tail);
+    if let Some(fp) = write_tables(cfg, &layout, &mut window)? {
+        // 16 bytes into the EBDA: its first byte is the EBDA's size, set by the firmware.
+        guest_mem
+            .write_slice(&fp, vm_memory::GuestAddress(memory::EBDA_START + 16))
+            .map_err(|e| VmError::GuestMemory(e.to_string()))?;
     }
-    let (high, low, low_len) = MemoryLayout::firmware_windows(rom.size());
-    let rom_host = rom_map.as_ptr() as u64;
-    set_slot(&vm, slot, high.0, rom.size(), rom_host, KVM_MEM_READONLY)?;
+    let high_map = rom_mapping(&rom.bytes)?;
+    let low_map = rom_mapping(&window)?;
+    set_slot(
+        &vm,
+        slot,
+        high.0,
+        rom.size(),
+        high_map.as_ptr() as u64,
+        KVM_MEM_READONLY,
+    )?;
     slot += 1;
     set_slot(
         &vm,
         slot,
-        low.0,
-        low_len,
-        rom_host + rom.size() - low_len,
+        memory::BIOS_WINDOW_START,
+        window.len() as u64,
+        low_map.as_ptr() as u64,
         KVM_MEM_READONLY,
     )?;
     phases.memory = t.elapsed();
@@ -220,7 +287,8 @@ pub fn build(
         Some(irqfd(RTC_IRQ, "register RTC irqfd")?),
     );
     let rtc = Arc::new(Mutex::new(Timed::new(rtc).map_err(timer_err)?));
-    pio.insert(RTC_PORT, RTC_LEN, rtc.clone()).map_err(dev_err)?;
+    pio.insert(RTC_PORT, RTC_LEN, rtc.clone())
+        .map_err(dev_err)?;
     timers.push(rtc);
 
     let i8042 = I8042::new(Some(irqfd(KEYBOARD_IRQ, "register keyboard irqfd")?));
@@ -229,7 +297,8 @@ pub fn build(
 
     let pm = AcpiPm::new(Some(irqfd(SCI_IRQ, "register SCI irqfd")?));
     let pm = Arc::new(Mutex::new(Timed::new(pm).map_err(timer_err)?));
-    pio.insert(PM_BASE as u64, PM_LEN, pm.clone()).map_err(dev_err)?;
+    pio.insert(PM_BASE as u64, PM_LEN, pm.clone())
+        .map_err(dev_err)?;
     timers.push(pm);
 
     // PCI bus 0: the i440fx host bridge, the PIIX3 ISA bridge and its ACPI function.
@@ -243,10 +312,18 @@ pub fn build(
     }));
     pci.add(I440FX_DEVICE, I440FX_FUNCTION, Arc::new(Mutex::new(bridge)))
         .map_err(pci_err)?;
-    pci.add(PIIX_DEVICE, PIIX3_ISA_FUNCTION, Arc::new(Mutex::new(Piix3Isa::new())))
-        .map_err(pci_err)?;
-    pci.add(PIIX_DEVICE, PIIX4_ACPI_FUNCTION, Arc::new(Mutex::new(Piix4Acpi::new())))
-        .map_err(pci_err)?;
+    pci.add(
+        PIIX_DEVICE,
+        PIIX3_ISA_FUNCTION,
+        Arc::new(Mutex::new(Piix3Isa::new())),
+    )
+    .map_err(pci_err)?;
+    pci.add(
+        PIIX_DEVICE,
+        PIIX4_ACPI_FUNCTION,
+        Arc::new(Mutex::new(Piix4Acpi::new())),
+    )
+    .map_err(pci_err)?;
     pio.insert(PCI_CONFIG_PORT, PCI_CONFIG_LEN, Arc::new(Mutex::new(pci)))
         .map_err(dev_err)?;
 
@@ -294,7 +371,7 @@ pub fn build(
     Ok(Machine {
         vm,
         guest_mem,
-        rom: rom_map,
+        rom: [high_map, low_map],
         pio: Arc::new(pio),
         mmio: Arc::new(mmio),
         serial,

@@ -259,7 +259,10 @@ fn an_undeliverable_exception_is_a_crash_with_a_diagnostic() {
     assert_eq!(r.code, 3, "stderr: {}", r.stderr);
     let reason = r.reason();
     assert!(
-        matches!(reason.as_deref(), Some("internal-error") | Some("triple-fault")),
+        matches!(
+            reason.as_deref(),
+            Some("internal-error") | Some("triple-fault")
+        ),
         "{reason:?}: {}",
         r.stderr
     );

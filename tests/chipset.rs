@@ -106,7 +106,15 @@ fn init_sipi_sipi_brings_up_every_ap_and_the_vm_still_halts() {
     let g = guest("smp", &[]);
     for cpus in [1u32, 4, 64] {
         let n = cpus.to_string();
-        let r = minipc(&["--firmware", path_str(&g), "--cpus", &n, "--stats", "--timeout", "30"]);
+        let r = minipc(&[
+            "--firmware",
+            path_str(&g),
+            "--cpus",
+            &n,
+            "--stats",
+            "--timeout",
+            "30",
+        ]);
         assert_eq!(r.code, 0, "--cpus {cpus}: {}", r.stderr);
         assert_eq!(r.reason().as_deref(), Some("halted"), "--cpus {cpus}");
         let line = r
@@ -119,7 +127,11 @@ fn init_sipi_sipi_brings_up_every_ap_and_the_vm_still_halts() {
         let ids = u32::from_str_radix(f[3], 16).unwrap();
         assert_eq!(aps, cpus - 1, "--cpus {cpus}: APs that came up");
         // Every AP reports a distinct APIC ID from CPUID: 1 .. cpus-1 (the bitmap holds 32).
-        let expect = if cpus >= 32 { u32::MAX } else { (1u32 << cpus) - 1 } & !1;
+        let expect = if cpus >= 32 {
+            u32::MAX
+        } else {
+            (1u32 << cpus) - 1
+        } & !1;
         assert_eq!(ids, expect, "--cpus {cpus}: APIC IDs");
     }
 }
@@ -178,4 +190,20 @@ fn keyboard_controller_and_cf9_resets_end_the_vm() {
         assert_eq!(r.reason().as_deref(), Some("reset"), "{name}: {}", r.stderr);
         assert!(r.stderr.contains("reset"), "{name}: {}", r.stderr);
     }
+}
+
+#[test]
+fn an_os_finds_the_acpi_rsdp_or_the_mp_table_where_it_looks() {
+    if !kvm_available() {
+        return;
+    }
+    let g = guest("tables", &[]);
+    let r = minipc(&["--firmware", path_str(&g), "--cpus", "2", "--timeout", "20"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines, ["rsdp e000:0000 sum 00", "end"], "{}", r.stdout);
+    let r = minipc(&["--firmware", path_str(&g), "--no-acpi", "--timeout", "20"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines, ["mp 9fc0:0010 sum 00", "end"], "{}", r.stdout);
 }

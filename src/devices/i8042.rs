@@ -156,6 +156,7 @@ impl I8042 {
         }
     }
 
+    #[cfg_attr(not(test), allow(dead_code))]
     /// Whether the guest left the A20 gate enabled (recorded only: KVM never masks A20).
     pub fn a20_enabled(&self) -> bool {
         self.output_port & OUT_A20 != 0

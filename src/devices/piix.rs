@@ -28,6 +28,7 @@ const APICBASE: usize = 0x80;
 /// PIRQ route control: bit 7 disables routing, bits 0-3 hold the ISA IRQ.
 const PIRQ_DISABLE: u8 = 0x80;
 const PIRQ_IRQ_MASK: u8 = 0x0F;
+#[cfg_attr(not(test), allow(dead_code))]
 /// The IRQs a PIRQ may be routed to (the others are reserved).
 const PIRQ_VALID_IRQS: u16 = 0b1101_1110_1111_1000;
 
@@ -95,6 +96,7 @@ impl Piix3Isa {
         Piix3Isa { config }
     }
 
+    #[cfg_attr(not(test), allow(dead_code))]
     /// The IRQ each of PIRQA#-PIRQD# is routed to; None when routing is disabled or the IRQ
     /// number is a reserved one (0-2, 8, 13).
     pub fn pirq_routes(&self) -> [Option<u8>; 4] {
@@ -152,6 +154,7 @@ impl Piix4Acpi {
         Piix4Acpi { config }
     }
 
+    #[cfg_attr(not(test), allow(dead_code))]
     /// The port the PM block decodes at, whatever PMBA holds.
     pub fn pm_base(&self) -> u16 {
         PM_BASE
