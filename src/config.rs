@@ -29,6 +29,8 @@ Options:
   --stats             print one JSON line on stderr at exit: reason, exit code, phase times
   --rtc utc|localtime what the CMOS clock counts (default utc)
   --no-acpi           no ACPI tables; an Intel MP table describes the CPUs and IRQs instead
+  --reboot            a guest reset (i8042, port 0xCF9, ACPI) restarts the guest at the reset
+                      vector, RAM kept, instead of ending the VM
   --seccomp on|off    per-thread seccomp filters (default on; off is for debugging only)
   --log-level LEVEL   error, warn (default), info or debug (also MINIPC_LOG)
   -h, --help          this text
@@ -66,6 +68,8 @@ pub struct VmConfig {
     pub stats: bool,
     /// The CMOS clock counts the host's local time instead of UTC.
     pub rtc_localtime: bool,
+    /// A guest reset restarts the guest from the reset vector instead of ending the VM.
+    pub reboot: bool,
     /// ACPI tables (default); with `--no-acpi`, an MP table instead.
     pub acpi: bool,
     /// Per-thread seccomp filters (on unless `--seccomp off`).
@@ -85,6 +89,7 @@ impl Default for VmConfig {
             timeout: None,
             stats: false,
             rtc_localtime: false,
+            reboot: false,
             acpi: true,
             seccomp: true,
             test_forbidden_syscall: false,
@@ -202,6 +207,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, ConfigE
             }
             "--stats" => cfg.stats = true,
             "--no-acpi" => cfg.acpi = false,
+            "--reboot" => cfg.reboot = true,
             "--seccomp" => {
                 cfg.seccomp = match value.as_str() {
                     "on" => true,
@@ -309,6 +315,7 @@ mod tests {
         assert!(run(&["--rtc", "localtime"]).unwrap().rtc_localtime);
         assert!(!run(&["--seccomp", "off"]).unwrap().seccomp);
         assert!(!run(&["--no-acpi"]).unwrap().acpi);
+        assert!(run(&["--reboot"]).unwrap().reboot);
         assert!(run(&[]).unwrap().acpi);
         assert!(run(&["--seccomp", "maybe"]).is_err());
     }

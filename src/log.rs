@@ -41,6 +41,9 @@ fn emit(l: Level, tag: &str, args: Arguments<'_>) {
     }
 }
 
+pub fn error(args: Arguments<'_>) {
+    emit(Level::Error, "error: ", args)
+}
 pub fn info(args: Arguments<'_>) {
     emit(Level::Info, "", args)
 }

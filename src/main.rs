@@ -13,6 +13,7 @@ mod memory;
 mod monitor;
 mod mptable;
 mod seccomp;
+mod shadow;
 mod stats;
 mod supervisor;
 mod terminal;
@@ -56,7 +57,7 @@ fn main() {
             eprintln!("minipc: cannot install the SIGSYS handler: {e}");
             std::process::exit(code::HOST_ERROR);
         }
-        match Filters::compile() {
+        match Filters::compile(cfg.reboot) {
             Ok(f) => Some(f),
             Err(e) => {
                 eprintln!("minipc: {e}");
@@ -86,12 +87,12 @@ pub struct Filters {
 }
 
 impl Filters {
-    fn compile() -> Result<Filters, seccomp::SeccompError> {
+    fn compile(reboot: bool) -> Result<Filters, seccomp::SeccompError> {
         use seccomp::ThreadKind;
         Ok(Filters {
-            supervisor: seccomp::compile(ThreadKind::Supervisor)?,
-            vmm: seccomp::compile(ThreadKind::Vmm)?,
-            vcpu: std::sync::Arc::new(seccomp::compile(ThreadKind::Vcpu)?),
+            supervisor: seccomp::compile(ThreadKind::Supervisor, reboot)?,
+            vmm: seccomp::compile(ThreadKind::Vmm, reboot)?,
+            vcpu: std::sync::Arc::new(seccomp::compile(ThreadKind::Vcpu, reboot)?),
         })
     }
 }
@@ -125,6 +126,7 @@ fn run(cfg: &VmConfig, start: Instant, filters: Option<Filters>) -> i32 {
             stdin_to_serial,
             filters,
             test_forbidden_syscall: cfg.test_forbidden_syscall,
+            reboot: cfg.reboot,
         },
     );
     bus::lock(&machine.serial).flush();

@@ -6,8 +6,8 @@
 //! | 0x0000_0000 - 0x0009_FBFF     | low RAM                                               |
 //! | 0x0009_FC00 - 0x0009_FFFF     | EBDA (RAM, reserved in E820)                          |
 //! | 0x000A_0000 - 0x000B_FFFF     | VGA hole (unmapped)                                   |
-//! | 0x000C_0000 - 0x000D_FFFF     | option-ROM area (RAM, reserved in E820)               |
-//! | 0x000E_0000 - 0x000F_FFFF     | firmware window, read-only                            |
+//! | 0x000C_0000 - 0x000D_FFFF     | option-ROM area: shadow RAM under PAM control         |
+//! | 0x000E_0000 - 0x000F_FFFF     | firmware window: ROM or shadow RAM under PAM control  |
 //! | 0x0010_0000 - low_ram_end     | RAM                                                   |
 //! | low_ram_end - 4 GiB           | PCI hole: MMIO, IOAPIC, LAPIC, firmware alias at top  |
 //! | 4 GiB -                       | RAM that did not fit below the hole                   |
@@ -22,7 +22,7 @@ pub const GIB: u64 = 1 << 30;
 pub const LOW_RAM_END: u64 = 0xA_0000;
 /// The EBDA sits in the last KiB of conventional memory.
 pub const EBDA_START: u64 = 0x9_FC00;
-/// Start of the option-ROM area, which is RAM that the E820 map reserves.
+/// Start of the option-ROM area; with the firmware window, the BIOS shadow areas (shadow.rs).
 pub const OPTION_ROM_START: u64 = 0xC_0000;
 /// The firmware window below 1 MiB: 0xE0000-0xFFFFF.
 pub const BIOS_WINDOW_START: u64 = 0xE_0000;
@@ -130,10 +130,6 @@ impl MemoryLayout {
             RamRegion {
                 start: GuestAddress(0),
                 size: LOW_RAM_END,
-            },
-            RamRegion {
-                start: GuestAddress(OPTION_ROM_START),
-                size: BIOS_WINDOW_START - OPTION_ROM_START,
             },
             RamRegion {
                 start: GuestAddress(HIGH_MEMORY_START),
@@ -257,7 +253,7 @@ mod tests {
         let e = l.e820(128 * KIB);
         assert_sorted_disjoint(&e);
         assert_eq!(total_ram(&e), EBDA_START + MIB);
-        assert_eq!(l.ram_regions().len(), 3);
+        assert_eq!(l.ram_regions().len(), 2);
     }
 
     #[test]
@@ -311,16 +307,13 @@ mod tests {
             let regions = l.ram_regions();
             for r in &regions {
                 let end = r.start.0 + r.size;
-                // Not in the VGA hole, not in the firmware window, not in the PCI hole.
-                assert!(end <= LOW_RAM_END || r.start.0 >= OPTION_ROM_START);
-                assert!(end <= BIOS_WINDOW_START || r.start.0 >= HIGH_MEMORY_START);
+                // Nothing between 640 KiB and 1 MiB, nothing in the PCI hole.
+                assert!(end <= LOW_RAM_END || r.start.0 >= HIGH_MEMORY_START);
                 assert!(end <= l.low_ram_end || r.start.0 >= RAM_ABOVE_4G_START);
             }
             let sum: u64 = regions.iter().map(|r| r.size).sum();
-            assert_eq!(
-                sum,
-                size - (HIGH_MEMORY_START - LOW_RAM_END) + (BIOS_WINDOW_START - OPTION_ROM_START)
-            );
+            // Everything but 640 KiB-1 MiB, which the shadow areas (shadow.rs) own.
+            assert_eq!(sum, size - (HIGH_MEMORY_START - LOW_RAM_END));
         }
     }
 

@@ -13,7 +13,7 @@ use crate::exit::ExitReason;
 use crate::halt::{self, Backoff, BlockingStat, FALLBACK_PERIOD};
 use crate::log;
 use crate::seccomp::{self, ThreadKind};
-use crate::vcpu::{self, VcpuHandle, VcpuMsg, REQ_CHECK_HALT};
+use crate::vcpu::{self, VcpuHandle, VcpuMsg, REQ_CHECK_HALT, REQ_RESET};
 use crate::vm::Machine;
 
 /// How the VM ended.
@@ -66,6 +66,8 @@ pub struct Options {
     /// Seccomp filters; None with `--seccomp off`.
     pub filters: Option<crate::Filters>,
     pub test_forbidden_syscall: bool,
+    /// A guest reset restarts the guest instead of ending the VM.
+    pub reboot: bool,
 }
 
 pub fn run(machine: &mut Machine, opts: Options) -> Outcome {
@@ -96,6 +98,11 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
     let start = Arc::new(Barrier::new(fds.len() + 1));
     let mut handles: Vec<VcpuHandle> = Vec::new();
     for (id, fd) in fds.into_iter().enumerate() {
+        let reset_state = if opts.reboot {
+            Some(vcpu::ResetState::capture(&fd).map_err(io::Error::other)?)
+        } else {
+            None
+        };
         handles.push(vcpu::spawn(
             fd,
             vcpu::Setup {
@@ -107,6 +114,7 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
                 filter: opts.filters.as_ref().map(|f| f.vcpu.clone()),
                 start: start.clone(),
                 test_forbidden_syscall: opts.test_forbidden_syscall && id == 0,
+                reset_state,
             },
         )?);
     }
@@ -122,6 +130,7 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
     let mut next_kick = Instant::now();
     let mut check: Option<HaltCheck> = None;
     let started = Instant::now();
+    let mut reboots = 0u64;
 
     loop {
         let now = Instant::now();
@@ -222,6 +231,17 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
         if fds[0].revents & libc::POLLIN != 0 {
             let _ = wake.read();
             if let Some(o) = drain(&rx, &mut check) {
+                if o.reason == ExitReason::Reset && opts.reboot {
+                    reboots += 1;
+                    log::info(format_args!(
+                        "guest reset: restarting it (reboot {reboots})"
+                    ));
+                    reboot(machine, &handles, &rx)?;
+                    check = None;
+                    backoff = Backoff::new();
+                    next_kick = Instant::now();
+                    continue;
+                }
                 return Ok(o);
             }
         }
@@ -268,6 +288,36 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
     }
 }
 
+/// Restarts the guest: every vCPU back to its reset state, then the platform, then run.
+fn reboot(machine: &Machine, handles: &[VcpuHandle], rx: &Receiver<VcpuMsg>) -> io::Result<()> {
+    for h in handles {
+        h.kick(REQ_RESET);
+    }
+    let mut done = vec![false; handles.len()];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done.iter().all(|d| *d) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(VcpuMsg::ResetDone { id, ok }) => {
+                if !ok {
+                    return Err(io::Error::other(format!("vCPU {id} could not be reset")));
+                }
+                if let Some(d) = done.get_mut(id as usize) {
+                    *d = true;
+                }
+            }
+            // Anything else a vCPU said before it saw the reset no longer matters.
+            Ok(_) => {}
+            Err(_) => return Err(io::Error::other("the vCPUs did not reset in time")),
+        }
+    }
+    machine.reset_platform().map_err(io::Error::other)?;
+    for h in handles {
+        h.release();
+    }
+    Ok(())
+}
+
 /// Reads what stdin has; false at end of file or on error.
 fn read_stdin(buf: &mut Vec<u8>) -> bool {
     let mut b = [0u8; 64];
@@ -288,6 +338,7 @@ fn drain(rx: &Receiver<VcpuMsg>, check: &mut Option<HaltCheck>) -> Option<Outcom
                 log::debug(format_args!("vCPU {id}: {reason}"));
                 return Some(Outcome { reason, dump });
             }
+            VcpuMsg::ResetDone { .. } => {}
             VcpuMsg::HaltState { id, dead } => {
                 if let Some(c) = check.as_mut() {
                     if let Some(slot) = c.answers.get_mut(id as usize) {

@@ -38,6 +38,22 @@ const KVM_RUN: u64 = io(0x80);
 const KVM_GET_REGS: u64 = ior(0x81, std::mem::size_of::<kvm_regs>());
 const KVM_GET_SREGS: u64 = ior(0x83, std::mem::size_of::<kvm_sregs>());
 const KVM_GET_MP_STATE: u64 = ior(0x98, std::mem::size_of::<kvm_mp_state>());
+const fn iow(nr: u64, size: usize) -> u64 {
+    (1 << 30) | ((size as u64) << 16) | (KVMIO << 8) | nr
+}
+const KVM_SET_REGS: u64 = iow(0x82, std::mem::size_of::<kvm_regs>());
+const KVM_SET_SREGS: u64 = iow(0x84, std::mem::size_of::<kvm_sregs>());
+const KVM_SET_FPU: u64 = iow(0x8D, std::mem::size_of::<kvm_bindings::kvm_fpu>());
+const KVM_SET_LAPIC: u64 = iow(0x8F, std::mem::size_of::<kvm_bindings::kvm_lapic_state>());
+const KVM_SET_MP_STATE: u64 = iow(0x99, std::mem::size_of::<kvm_mp_state>());
+const KVM_SET_VCPU_EVENTS: u64 = iow(0xA0, std::mem::size_of::<kvm_bindings::kvm_vcpu_events>());
+const KVM_SET_IRQCHIP: u64 = ior(0x63, std::mem::size_of::<kvm_bindings::kvm_irqchip>());
+const KVM_SET_PIT2: u64 = iow(0xA0, std::mem::size_of::<kvm_bindings::kvm_pit_state2>());
+/// PAM changes (shadow.rs) remap the BIOS shadow segments from the vCPU that wrote them.
+const KVM_SET_USER_MEMORY_REGION: u64 = iow(
+    0x46,
+    std::mem::size_of::<kvm_bindings::kvm_userspace_memory_region>(),
+);
 const TCGETS: u64 = 0x5401;
 const TCSETS: u64 = 0x5402;
 
@@ -137,7 +153,13 @@ const VCPU: &[Allowed] = &[
     Allowed {
         nr: libc::SYS_ioctl,
         name: "ioctl",
-        args: Args::Ioctl(&[KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, KVM_GET_MP_STATE]),
+        args: Args::Ioctl(&[
+            KVM_RUN,
+            KVM_GET_REGS,
+            KVM_GET_SREGS,
+            KVM_GET_MP_STATE,
+            KVM_SET_USER_MEMORY_REGION,
+        ]),
     },
     Allowed {
         nr: libc::SYS_ioctl,
@@ -147,14 +169,38 @@ const VCPU: &[Allowed] = &[
     any(libc::SYS_timerfd_settime, "timerfd_settime"),
 ];
 
-/// Every syscall a thread kind may make, common ones first.
-pub fn allowed(kind: ThreadKind) -> Vec<Allowed> {
-    let own = match kind {
-        ThreadKind::Supervisor => SUPERVISOR,
-        ThreadKind::Vmm => VMM,
-        ThreadKind::Vcpu => VCPU,
+/// With `--reboot`: a vCPU restores its reset state itself.
+const VCPU_REBOOT: &[Allowed] = &[Allowed {
+    nr: libc::SYS_ioctl,
+    name: "ioctl",
+    args: Args::Ioctl(&[
+        KVM_SET_REGS,
+        KVM_SET_SREGS,
+        KVM_SET_FPU,
+        KVM_SET_LAPIC,
+        KVM_SET_MP_STATE,
+        KVM_SET_VCPU_EVENTS,
+    ]),
+}];
+
+/// With `--reboot`: the VMM thread restores the interrupt controllers, the PIT and the
+/// shadow areas.
+const VMM_REBOOT: &[Allowed] = &[Allowed {
+    nr: libc::SYS_ioctl,
+    name: "ioctl",
+    args: Args::Ioctl(&[KVM_SET_IRQCHIP, KVM_SET_PIT2, KVM_SET_USER_MEMORY_REGION]),
+}];
+
+/// Every syscall a thread kind may make, common ones first; `reboot` adds what restoring the
+/// reset state needs.
+pub fn allowed(kind: ThreadKind, reboot: bool) -> Vec<Allowed> {
+    let (own, extra) = match kind {
+        ThreadKind::Supervisor => (SUPERVISOR, &[][..]),
+        ThreadKind::Vmm => (VMM, VMM_REBOOT),
+        ThreadKind::Vcpu => (VCPU, VCPU_REBOOT),
     };
-    COMMON.iter().chain(own).copied().collect()
+    let extra = if reboot { extra } else { &[] };
+    COMMON.iter().chain(own).chain(extra).copied().collect()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -219,15 +265,19 @@ fn rules_for(a: &Allowed) -> Result<Vec<SeccompRule>, String> {
 }
 
 /// Compiles the filter of a thread kind.
-pub fn compile(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
+pub fn compile(kind: ThreadKind, reboot: bool) -> Result<BpfProgram, SeccompError> {
     let err = |e: String| SeccompError::Build(kind, e);
     let mut map: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    for a in allowed(kind) {
+    let list = allowed(kind, reboot);
+    for a in &list {
         // A syscall allowed with any arguments keeps no conditions (an empty rule list).
-        let rules = if allows_any(&a, kind) {
+        let rules = if list
+            .iter()
+            .any(|o| o.nr == a.nr && matches!(o.args, Args::Any))
+        {
             vec![]
         } else {
-            rules_for(&a).map_err(err)?
+            rules_for(a).map_err(err)?
         };
         map.entry(a.nr).or_default().extend(rules);
     }
@@ -243,17 +293,10 @@ pub fn compile(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
         .map_err(|e: seccompiler::BackendError| err(e.to_string()))
 }
 
-/// Whether the kind allows `a`'s syscall with any arguments.
-fn allows_any(a: &Allowed, kind: ThreadKind) -> bool {
-    allowed(kind)
-        .iter()
-        .any(|o| o.nr == a.nr && matches!(o.args, Args::Any))
-}
-
 /// Installs a compiled filter in the calling thread.
 pub fn install(kind: ThreadKind, prog: &BpfProgram) -> Result<(), SeccompError> {
     if crate::log::enabled(crate::log::Level::Debug) {
-        let names: Vec<&str> = allowed(kind).iter().map(|a| a.name).collect();
+        let names: Vec<&str> = allowed(kind, false).iter().map(|a| a.name).collect();
         crate::log::debug(format_args!(
             "seccomp: {kind:?} thread allows {}",
             names.join(", ")
@@ -322,7 +365,7 @@ mod tests {
     use super::*;
 
     fn names(kind: ThreadKind) -> Vec<&'static str> {
-        let mut v: Vec<_> = allowed(kind).iter().map(|a| a.name).collect();
+        let mut v: Vec<_> = allowed(kind, true).iter().map(|a| a.name).collect();
         v.sort();
         v.dedup();
         v
@@ -379,7 +422,7 @@ mod tests {
     #[test]
     fn names_match_numbers() {
         for kind in [ThreadKind::Supervisor, ThreadKind::Vmm, ThreadKind::Vcpu] {
-            for a in allowed(kind) {
+            for a in allowed(kind, true) {
                 if !SYSCALL_NAMES.is_empty() {
                     assert_eq!(syscall_name(a.nr), a.name);
                 }
@@ -393,13 +436,41 @@ mod tests {
         assert_eq!(KVM_GET_REGS, 0x8090_AE81);
         assert_eq!(KVM_GET_SREGS, 0x8138_AE83);
         assert_eq!(KVM_GET_MP_STATE, 0x8004_AE98);
+        assert_eq!(KVM_SET_USER_MEMORY_REGION, 0x4020_AE46);
     }
 
     #[test]
     fn filters_compile() {
         for kind in [ThreadKind::Supervisor, ThreadKind::Vmm, ThreadKind::Vcpu] {
-            assert!(!compile(kind).unwrap().is_empty());
+            for reboot in [false, true] {
+                assert!(!compile(kind, reboot).unwrap().is_empty());
+            }
         }
+    }
+
+    fn ioctls(kind: ThreadKind, reboot: bool) -> Vec<u64> {
+        allowed(kind, reboot)
+            .iter()
+            .flat_map(|a| match a.args {
+                Args::Ioctl(r) => r.to_vec(),
+                _ => vec![],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn state_setting_ioctls_only_with_reboot() {
+        let set = [KVM_SET_REGS, KVM_SET_SREGS, KVM_SET_LAPIC, KVM_SET_MP_STATE];
+        assert!(set
+            .iter()
+            .all(|r| !ioctls(ThreadKind::Vcpu, false).contains(r)));
+        assert!(set
+            .iter()
+            .all(|r| ioctls(ThreadKind::Vcpu, true).contains(r)));
+        assert!(!ioctls(ThreadKind::Vmm, false).contains(&KVM_SET_IRQCHIP));
+        assert!(ioctls(ThreadKind::Vmm, true).contains(&KVM_SET_PIT2));
+        assert_eq!(KVM_SET_REGS, 0x4090_AE82);
+        assert_eq!(KVM_SET_IRQCHIP, 0x8208_AE63);
     }
 
     #[test]

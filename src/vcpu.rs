@@ -29,6 +29,10 @@ use seccompiler::BpfProgram;
 pub const REQ_NONE: u8 = 0;
 pub const REQ_CHECK_HALT: u8 = 1;
 pub const REQ_STOP: u8 = 2;
+/// Go back to the reset state (`--reboot`), report `ResetDone`, wait for `REQ_RUN`.
+pub const REQ_RESET: u8 = 3;
+/// Resume after a reset.
+pub const REQ_RUN: u8 = 4;
 
 /// The signal that kicks a vCPU out of KVM_RUN.
 pub fn kick_signal() -> libc::c_int {
@@ -46,6 +50,40 @@ pub enum VcpuMsg {
     },
     /// Answer to REQ_CHECK_HALT: can this vCPU ever run again without help?
     HaltState { id: u32, dead: bool },
+    /// Answer to REQ_RESET: the vCPU is at its reset state, waiting for REQ_RUN.
+    ResetDone { id: u32, ok: bool },
+}
+
+/// A vCPU's state as created: the architectural reset state, restored on a reboot.
+pub struct ResetState {
+    regs: kvm_bindings::kvm_regs,
+    sregs: kvm_bindings::kvm_sregs,
+    fpu: kvm_bindings::kvm_fpu,
+    lapic: kvm_bindings::kvm_lapic_state,
+    mp_state: kvm_bindings::kvm_mp_state,
+    events: kvm_bindings::kvm_vcpu_events,
+}
+
+impl ResetState {
+    pub fn capture(fd: &VcpuFd) -> Result<Self, kvm_ioctls::Error> {
+        Ok(ResetState {
+            regs: fd.get_regs()?,
+            sregs: fd.get_sregs()?,
+            fpu: fd.get_fpu()?,
+            lapic: fd.get_lapic()?,
+            mp_state: fd.get_mp_state()?,
+            events: fd.get_vcpu_events()?,
+        })
+    }
+
+    fn restore(&self, fd: &VcpuFd) -> Result<(), kvm_ioctls::Error> {
+        fd.set_vcpu_events(&self.events)?;
+        fd.set_sregs(&self.sregs)?;
+        fd.set_regs(&self.regs)?;
+        fd.set_fpu(&self.fpu)?;
+        fd.set_lapic(&self.lapic)?;
+        fd.set_mp_state(self.mp_state)
+    }
 }
 
 /// The monitor's handle on a vCPU thread.
@@ -61,9 +99,16 @@ pub struct VcpuHandle {
 unsafe impl Send for VcpuHandle {}
 
 impl VcpuHandle {
-    /// Asks the vCPU to leave KVM_RUN and serve `req`.
+    /// Lets a vCPU waiting after a reset run again.
+    pub fn release(&self) {
+        self.request.store(REQ_RUN, Ordering::SeqCst);
+        self.thread.thread().unpark();
+    }
+
+    /// Asks the vCPU to leave KVM_RUN (or its wait after a stop) and serve `req`.
     pub fn kick(&self, req: u8) {
         self.request.store(req, Ordering::SeqCst);
+        self.thread.thread().unpark();
         // SAFETY: see the Send impl; immediate_exit is a byte KVM reads on entry to KVM_RUN.
         unsafe { std::ptr::addr_of_mut!((*self.run).immediate_exit).write_volatile(1) };
         use std::os::unix::thread::JoinHandleExt;
@@ -98,6 +143,7 @@ struct Vcpu {
     request: Arc<AtomicU8>,
     tx: Sender<VcpuMsg>,
     wake: Arc<EventFd>,
+    reset_state: Option<ResetState>,
 }
 
 /// What a vCPU thread starts with.
@@ -113,6 +159,8 @@ pub struct Setup {
     pub start: Arc<Barrier>,
     /// Test builds: make a forbidden syscall after the filter is on.
     pub test_forbidden_syscall: bool,
+    /// The state a reboot restores; None without `--reboot`.
+    pub reset_state: Option<ResetState>,
 }
 
 pub fn spawn(mut fd: VcpuFd, setup: Setup) -> std::io::Result<VcpuHandle> {
@@ -128,6 +176,7 @@ pub fn spawn(mut fd: VcpuFd, setup: Setup) -> std::io::Result<VcpuHandle> {
         request: request.clone(),
         tx: setup.tx,
         wake: setup.wake,
+        reset_state: setup.reset_state,
     };
     let (filter, start, test_forbidden) = (setup.filter, setup.start, setup.test_forbidden_syscall);
     let run_addr = run as usize;
@@ -189,7 +238,16 @@ impl Vcpu {
                     reason,
                     dump,
                 });
-                self.park_forever();
+                // The monitor either ends the process or (on a reboot) resets this vCPU.
+                loop {
+                    if self.request.load(Ordering::SeqCst) == REQ_RESET {
+                        self.fd.set_kvm_immediate_exit(0);
+                        self.request.store(REQ_NONE, Ordering::SeqCst);
+                        self.reset();
+                        break;
+                    }
+                    std::thread::park();
+                }
             }
         }
     }
@@ -200,6 +258,26 @@ impl Vcpu {
         loop {
             std::thread::park();
         }
+    }
+
+    /// Back to the state the vCPU was created in; then wait until the monitor has reset the
+    /// platform and says run.
+    fn reset(&self) {
+        let ok = match &self.reset_state {
+            Some(s) => match s.restore(&self.fd) {
+                Ok(()) => true,
+                Err(e) => {
+                    log::error(format_args!("vCPU {}: cannot reset: {e}", self.id));
+                    false
+                }
+            },
+            None => false,
+        };
+        self.send(VcpuMsg::ResetDone { id: self.id, ok });
+        while self.request.load(Ordering::SeqCst) != REQ_RUN {
+            std::thread::park();
+        }
+        self.request.store(REQ_NONE, Ordering::SeqCst);
     }
 
     fn run_once(&mut self) -> Step {
@@ -290,6 +368,10 @@ impl Vcpu {
                 Step::Continue
             }
             REQ_STOP => self.park_forever(),
+            REQ_RESET => {
+                self.reset();
+                Step::Continue
+            }
             _ => Step::Continue,
         }
     }

@@ -32,6 +32,7 @@ use crate::devices::serial::{Serial, SerialOut, Sink, COM1_IRQ, COM1_LEN, COM1_P
 use crate::devices::timer::{Expire, Timed};
 use crate::firmware::{BootDescriptor, BootKind, Rom, BOOT_DESCRIPTOR_FILE};
 use crate::memory::{self, MemoryLayout};
+use crate::shadow::{Shadow, ShadowMmio, SHADOW_LEN, SHADOW_START};
 use crate::stats::Phases;
 
 #[derive(Debug, thiserror::Error)]
@@ -58,18 +59,70 @@ pub enum VmError {
 /// Everything the running machine is made of. The VM, its memory and the ROM are held here
 /// for as long as the vCPUs may run.
 pub struct Machine {
-    #[allow(dead_code)]
-    pub vm: VmFd,
+    pub vm: Arc<VmFd>,
     #[allow(dead_code)]
     pub guest_mem: GuestMemoryMmap,
     #[allow(dead_code)]
     pub rom: [Arc<MmapRegion>; 2],
+    pub shadow: Arc<Mutex<Shadow>>,
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
     pub serial: Arc<Mutex<Serial>>,
     /// Devices driven by timers, polled by the monitor.
     pub timers: Vec<Arc<Mutex<dyn Expire>>>,
     pub vcpus: Vec<VcpuFd>,
+    /// The interrupt controllers and PIT as created, restored on a reboot.
+    pub chips_at_reset: Option<ChipState>,
+}
+
+/// The in-kernel PICs, IOAPIC and PIT.
+pub struct ChipState {
+    irqchips: Vec<kvm_bindings::kvm_irqchip>,
+    pit: kvm_bindings::kvm_pit_state2,
+}
+
+impl Machine {
+    /// The platform back at its reset state for a reboot (the vCPUs reset themselves):
+    /// interrupt controllers, PIT, and the PAM registers (and with them the shadow areas).
+    /// RAM keeps its contents, as on a PC.
+    pub fn reset_platform(&self) -> Result<(), VmError> {
+        if let Some(c) = &self.chips_at_reset {
+            for chip in &c.irqchips {
+                self.vm
+                    .set_irqchip(chip)
+                    .map_err(kvm_err("restore irqchip"))?;
+            }
+            self.vm.set_pit2(&c.pit).map_err(kvm_err("restore PIT"))?;
+        }
+        // PAM0-PAM6 (0x59-0x5F) of 00:00.0 to zero, through configuration cycles.
+        for (dword, bytes) in [(0x58u32, 1..4usize), (0x5C, 0..4)] {
+            self.pio
+                .write(PCI_CONFIG_PORT, &(0x8000_0000u32 | dword).to_le_bytes());
+            for b in bytes {
+                self.pio.write(PCI_CONFIG_PORT + 4 + b as u64, &[0]);
+            }
+        }
+        crate::bus::lock(&self.shadow).reset();
+        Ok(())
+    }
+}
+
+fn capture_chips(vm: &VmFd) -> Result<ChipState, VmError> {
+    let mut irqchips = Vec::new();
+    for id in [
+        kvm_bindings::KVM_IRQCHIP_PIC_MASTER,
+        kvm_bindings::KVM_IRQCHIP_PIC_SLAVE,
+        kvm_bindings::KVM_IRQCHIP_IOAPIC,
+    ] {
+        let mut c = kvm_bindings::kvm_irqchip {
+            chip_id: id,
+            ..Default::default()
+        };
+        vm.get_irqchip(&mut c).map_err(kvm_err("read irqchip"))?;
+        irqchips.push(c);
+    }
+    let pit = vm.get_pit2().map_err(kvm_err("read PIT"))?;
+    Ok(ChipState { irqchips, pit })
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -236,14 +289,11 @@ pub fn build(
         KVM_MEM_READONLY,
     )?;
     slot += 1;
-    set_slot(
-        &vm,
-        slot,
-        memory::BIOS_WINDOW_START,
-        window.len() as u64,
-        low_map.as_ptr() as u64,
-        KVM_MEM_READONLY,
-    )?;
+    // 0xC0000-0xFFFFF: the ROM window and shadow RAM, segment by segment, under PAM control.
+    let vm = Arc::new(vm);
+    let shadow = Shadow::new(vm.clone(), low_map.clone(), slot)
+        .map_err(|e| VmError::GuestMemory(e.to_string()))?;
+    let shadow = Arc::new(Mutex::new(shadow));
     phases.memory = t.elapsed();
 
     // Interrupt controllers, then devices (irqfds need the irqchip).
@@ -256,7 +306,13 @@ pub fn build(
     vm.create_pit2(pit).map_err(kvm_err("create PIT"))?;
 
     let mut pio = Bus::new("port I/O");
-    let mmio = Bus::new("MMIO");
+    let mut mmio = Bus::new("MMIO");
+    mmio.insert(
+        SHADOW_START,
+        SHADOW_LEN,
+        Arc::new(Mutex::new(ShadowMmio(shadow.clone()))),
+    )
+    .map_err(|e| VmError::Device(e.to_string()))?;
     let dev_err = |e: crate::bus::BusError| VmError::Device(e.to_string());
 
     let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Device(e.to_string()))?;
@@ -304,11 +360,13 @@ pub fn build(
     // PCI bus 0: the i440fx host bridge, the PIIX3 ISA bridge and its ACPI function.
     let mut pci = PciBus::new();
     let pci_err = |e| VmError::Device(format!("PCI: {e}"));
-    let bridge = I440fx::new(Box::new(|c: PamChange| {
+    let pam_target = shadow.clone();
+    let bridge = I440fx::new(Box::new(move |c: PamChange| {
         crate::log::debug(format_args!(
-            "i440fx: PAM {:#x}+{:#x} -> {:?} (the shadow areas stay read-only firmware)",
+            "i440fx: PAM {:#x}+{:#x} -> {:?}",
             c.start, c.size, c.mode
-        ))
+        ));
+        crate::bus::lock(&pam_target).apply(c)
     }));
     pci.add(I440FX_DEVICE, I440FX_FUNCTION, Arc::new(Mutex::new(bridge)))
         .map_err(pci_err)?;
@@ -356,6 +414,12 @@ pub fn build(
         .map_err(dev_err)?;
     phases.devices = t.elapsed();
 
+    let chips_at_reset = if cfg.reboot {
+        Some(capture_chips(&vm)?)
+    } else {
+        None
+    };
+
     // vCPUs at the architectural reset state; the in-kernel LAPIC holds the APs until SIPI.
     let t = Instant::now();
     let mut vcpus = Vec::with_capacity(cfg.cpus as usize);
@@ -372,11 +436,13 @@ pub fn build(
         vm,
         guest_mem,
         rom: [high_map, low_map],
+        shadow,
         pio: Arc::new(pio),
         mmio: Arc::new(mmio),
         serial,
         timers,
         vcpus,
+        chips_at_reset,
     })
 }
 

@@ -207,3 +207,63 @@ fn an_os_finds_the_acpi_rsdp_or_the_mp_table_where_it_looks() {
     let lines: Vec<&str> = r.stdout.lines().collect();
     assert_eq!(lines, ["mp 9fc0:0010 sum 00", "end"], "{}", r.stdout);
 }
+
+#[test]
+fn pam_registers_switch_the_shadow_areas_between_rom_and_ram() {
+    if !kvm_available() {
+        return;
+    }
+    let g = guest("pam", &[]);
+    let r = minipc(&["--firmware", path_str(&g), "--timeout", "20"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("pam "))
+        .unwrap_or_else(|| panic!("{:?}", r.stdout));
+    let v: Vec<&str> = line.split_whitespace().skip(1).collect();
+    let rsdp = "20445352"; // "RSD " as a little-endian dword: the ROM's first bytes
+    assert_eq!(
+        v,
+        [
+            rsdp,       // ROM
+            rsdp,       // a write to ROM is dropped
+            rsdp,       // write-only RAM: reads still come from the ROM
+            rsdp,       // RAM holds the copy made through the write-only mode
+            "22222222", // RAM is writable
+            "22222222", // read-only RAM drops writes
+            rsdp,       // back to the ROM
+            "44444444", // the option-ROM area as RAM
+            "ffffffff", // and with nothing mapped
+        ],
+        "{line}"
+    );
+}
+
+#[test]
+fn reboot_restarts_the_guest_at_the_reset_vector_with_ram_kept() {
+    if !kvm_available() {
+        return;
+    }
+    let g = guest("reboot", &[]);
+    // Without --reboot a reset ends the VM.
+    let r = minipc(&["--firmware", path_str(&g), "--stats", "--timeout", "20"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.reason().as_deref(), Some("reset"));
+    assert_eq!(r.stdout, "first boot\r\n");
+    // With it, the guest boots again and counts two boots.
+    for cpus in ["1", "4"] {
+        let r = minipc(&[
+            "--firmware",
+            path_str(&g),
+            "--reboot",
+            "--cpus",
+            cpus,
+            "--stats",
+            "--timeout",
+            "20",
+        ]);
+        assert_eq!(r.stdout, "first boot\r\nsecond boot\r\n", "{}", r.stderr);
+        assert_eq!(r.code, (2 << 1) | 1, "--cpus {cpus}: {}", r.stderr);
+    }
+}
