@@ -6,7 +6,14 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const SOURCES: &[&str] = &["reset.s", "post.s", "fw_cfg.s", "console.s", "demo.s"];
+const SOURCES: &[&str] = &[
+    "reset.s",
+    "post.s",
+    "fw_cfg.s",
+    "console.s",
+    "services.s",
+    "demo.s",
+];
 const BLOB_SIZE: u64 = 64 * 1024;
 
 fn run(cmd: &mut Command) {

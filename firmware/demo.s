@@ -1,4 +1,5 @@
-# The built-in demo: banner, the E820 map from fw_cfg, the vCPU count, then halt.
+# The built-in demo: banner, the E820 map and the clock from the BIOS services, the vCPU
+# count, then halt.
         .code16
         .intel_syntax noprefix
         .text
@@ -10,31 +11,29 @@ demo:
         call    line_str
         call    line_end
 
-        mov     si, offset e820_file
-        call    fw_cfg_find
-        jc      no_e820
-        cmp     ecx, E820_MAX
-        jbe     1f
-        mov     ecx, E820_MAX
-1:      mov     edi, E820_BUF
-        call    fw_cfg_read
-        jc      no_e820
-        mov     eax, ecx
-        xor     edx, edx
-        mov     ecx, 20
-        div     ecx
-        mov     bp, ax                          # entries
+        # The memory map, as an OS asks for it: INT 15h, AX=E820h.
         call    line_start
         mov     si, offset e820_hdr
         call    line_str
-        call    line_dec
-        mov     si, offset e820_hdr2
-        call    line_str
         call    line_end
-        test    bp, bp
-        jz      cpus
+        xor     ebx, ebx
+2:      mov     eax, 0xE820
+        mov     edx, 0x534D4150                 # "SMAP"
+        mov     ecx, 20
+        mov     di, E820_BUF
+        int     0x15
+        jc      no_e820
+        push    ebx
         mov     bx, E820_BUF
-2:      call    line_start
+        call    e820_line
+        pop     ebx
+        test    ebx, ebx
+        jnz     2b
+        jmp     cpus
+
+# e820_line: print the entry at ES:BX.
+e820_line:
+        call    line_start
         mov     si, offset indent
         call    line_str
         mov     eax, es:[bx + 4]
@@ -59,11 +58,7 @@ demo:
         je      3f
         mov     si, offset type_reserved
 3:      call    line_str
-        call    line_end
-        add     bx, 20
-        dec     bp
-        jnz     2b
-        jmp     cpus
+        jmp     line_end
 
 no_e820:
         mov     si, offset msg_no_e820
@@ -81,31 +76,40 @@ cpus:
         call    puts
         jmp     halt_forever
 
-# rtc_line: "RTC: 20YY-MM-DD hh:mm:ss" from the CMOS clock, read in its default BCD mode once
-# no update is in progress.
+# rtc_line: "RTC: CCYY-MM-DD hh:mm:ss" from INT 1Ah (date: AH=04h, time: AH=02h).
 rtc_line:
-        mov     al, 0x0A
-        out     0x70, al
-        in      al, 0x71
-        test    al, 0x80
-        jnz     rtc_line
         call    line_start
         mov     si, offset rtc_msg
         call    line_str
-        mov     si, offset rtc_fields
-1:      mov     al, [si]                        # register; 0xFF ends the list
-        cmp     al, 0xFF
-        je      2f
-        out     0x70, al
-        in      al, 0x71
+        mov     ah, 0x04
+        int     0x1A
+        mov     al, ch
         call    line_bcd
-        mov     al, [si + 1]                    # separator; 0 for none
-        test    al, al
-        jz      3f
+        mov     al, cl
+        call    line_bcd
+        mov     al, '-'
         stosb
-3:      add     si, 2
-        jmp     1b
-2:      jmp     line_end
+        mov     al, dh
+        call    line_bcd
+        mov     al, '-'
+        stosb
+        mov     al, dl
+        call    line_bcd
+        mov     al, ' '
+        stosb
+        mov     ah, 0x02
+        int     0x1A
+        mov     al, ch
+        call    line_bcd
+        mov     al, ':'
+        stosb
+        mov     al, cl
+        call    line_bcd
+        mov     al, ':'
+        stosb
+        mov     al, dh
+        call    line_bcd
+        jmp     line_end
 
 # line_bcd: append the BCD byte in AL as two digits.
 line_bcd:
@@ -123,14 +127,11 @@ line_bcd:
 banner:         .ascii "minipc firmware "
                 .include "version.inc"
                 .byte 0
-e820_file:      .asciz "etc/e820"
-e820_hdr:       .asciz "E820 map ("
-e820_hdr2:      .asciz " entries):"
+e820_hdr:       .asciz "E820 map (INT 15h):"
 indent:         .asciz "  "
 type_ram:       .asciz " usable"
 type_reserved:  .asciz " reserved"
-msg_no_e820:    .asciz "no etc/e820 in fw_cfg\r\n"
+msg_no_e820:    .asciz "INT 15h E820 failed\r\n"
 cpus_msg:       .asciz "vCPUs: "
 bye:            .asciz "demo done, halting\r\n"
 rtc_msg:        .asciz "RTC: "
-rtc_fields:     .byte 0x32, 0, 0x09, '-', 0x08, '-', 0x07, ' ', 0x04, ':', 0x02, ':', 0x00, 0, 0xFF

@@ -27,6 +27,18 @@ post:
         mov     dx, offset irq_slave_isr
         call    set_eight_vectors
 
+        mov     bx, offset service_vectors
+2:      movzx   di, byte ptr [bx]               # vector number; 0 ends the list
+        test    di, di
+        jz      3f
+        shl     di, 2
+        mov     ax, [bx + 1]
+        stosw
+        mov     ax, cs
+        stosw
+        add     bx, 3
+        jmp     2b
+3:
         call    pic_init
 
         # The boot descriptor from fw_cfg.
@@ -126,6 +138,18 @@ irq_slave_isr:
         iret
 
         .section .rodata
+service_vectors:
+        .byte   0x10
+        .word   int10_handler
+        .byte   0x13
+        .word   int13_handler
+        .byte   0x15
+        .word   int15_handler
+        .byte   0x16
+        .word   int16_handler
+        .byte   0x1A
+        .word   int1a_handler
+        .byte   0
 boot_file:      .asciz "opt/minipc/boot"
 msg_no_desc:    .asciz "minipc firmware: no boot descriptor in fw_cfg\r\n"
 msg_bad_kind:   .asciz "minipc firmware: unknown boot kind\r\n"

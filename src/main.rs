@@ -2,6 +2,7 @@
 //! embedded firmware.
 
 mod acpi;
+mod bios;
 mod bus;
 mod config;
 mod devices;

@@ -115,6 +115,7 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
                 start: start.clone(),
                 test_forbidden_syscall: opts.test_forbidden_syscall && id == 0,
                 reset_state,
+                bios: machine.bios.clone(),
             },
         )?);
     }

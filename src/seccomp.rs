@@ -158,6 +158,8 @@ const VCPU: &[Allowed] = &[
             KVM_GET_REGS,
             KVM_GET_SREGS,
             KVM_GET_MP_STATE,
+            // BIOS services (bios.rs) return their results in the registers.
+            KVM_SET_REGS,
             KVM_SET_USER_MEMORY_REGION,
         ]),
     },
@@ -174,7 +176,6 @@ const VCPU_REBOOT: &[Allowed] = &[Allowed {
     nr: libc::SYS_ioctl,
     name: "ioctl",
     args: Args::Ioctl(&[
-        KVM_SET_REGS,
         KVM_SET_SREGS,
         KVM_SET_FPU,
         KVM_SET_LAPIC,
@@ -460,7 +461,7 @@ mod tests {
 
     #[test]
     fn state_setting_ioctls_only_with_reboot() {
-        let set = [KVM_SET_REGS, KVM_SET_SREGS, KVM_SET_LAPIC, KVM_SET_MP_STATE];
+        let set = [KVM_SET_SREGS, KVM_SET_LAPIC, KVM_SET_MP_STATE, KVM_SET_FPU];
         assert!(set
             .iter()
             .all(|r| !ioctls(ThreadKind::Vcpu, false).contains(r)));
@@ -470,6 +471,7 @@ mod tests {
         assert!(!ioctls(ThreadKind::Vmm, false).contains(&KVM_SET_IRQCHIP));
         assert!(ioctls(ThreadKind::Vmm, true).contains(&KVM_SET_PIT2));
         assert_eq!(KVM_SET_REGS, 0x4090_AE82);
+        assert!(ioctls(ThreadKind::Vcpu, false).contains(&KVM_SET_REGS));
         assert_eq!(KVM_SET_IRQCHIP, 0x8208_AE63);
     }
 

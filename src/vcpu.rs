@@ -18,6 +18,7 @@ use kvm_bindings::{
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::bios::{Bios, Segments, Service};
 use crate::bus::Bus;
 use crate::exit::ExitReason;
 use crate::log;
@@ -144,6 +145,7 @@ struct Vcpu {
     tx: Sender<VcpuMsg>,
     wake: Arc<EventFd>,
     reset_state: Option<ResetState>,
+    bios: Arc<Bios>,
 }
 
 /// What a vCPU thread starts with.
@@ -161,6 +163,8 @@ pub struct Setup {
     pub test_forbidden_syscall: bool,
     /// The state a reboot restores; None without `--reboot`.
     pub reset_state: Option<ResetState>,
+    /// The BIOS services the firmware calls through its service ports.
+    pub bios: Arc<Bios>,
 }
 
 pub fn spawn(mut fd: VcpuFd, setup: Setup) -> std::io::Result<VcpuHandle> {
@@ -177,6 +181,7 @@ pub fn spawn(mut fd: VcpuFd, setup: Setup) -> std::io::Result<VcpuHandle> {
         tx: setup.tx,
         wake: setup.wake,
         reset_state: setup.reset_state,
+        bios: setup.bios,
     };
     let (filter, start, test_forbidden) = (setup.filter, setup.start, setup.test_forbidden_syscall);
     let run_addr = run as usize;
@@ -292,6 +297,9 @@ impl Vcpu {
                 Step::Continue
             }
             Ok(VcpuExit::IoOut(port, data)) => {
+                if let Some(service) = Service::from_port(port) {
+                    return self.bios_call(service);
+                }
                 let size = io_size(run);
                 for chunk in data.chunks(size) {
                     if let Some(r) = self.pio.write(port as u64, chunk) {
@@ -354,6 +362,31 @@ impl Vcpu {
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => self.serve_request(),
             Err(e) => Step::Stop(
                 ExitReason::HostError(format!("KVM_RUN on vCPU {}: {e}", self.id)),
+                None,
+            ),
+        }
+    }
+
+    /// A firmware handler asked for a BIOS service (bios.rs): registers in, registers out.
+    fn bios_call(&mut self, service: Service) -> Step {
+        let (mut regs, sregs) = match (self.fd.get_regs(), self.fd.get_sregs()) {
+            (Ok(r), Ok(s)) => (r, s),
+            (Err(e), _) | (_, Err(e)) => {
+                return Step::Stop(
+                    ExitReason::HostError(format!("vCPU {}: BIOS call: {e}", self.id)),
+                    None,
+                )
+            }
+        };
+        let segs = Segments {
+            es: sregs.es.base,
+            ss: sregs.ss.base,
+        };
+        self.bios.call(service, &mut regs, segs);
+        match self.fd.set_regs(&regs) {
+            Ok(()) => Step::Continue,
+            Err(e) => Step::Stop(
+                ExitReason::HostError(format!("vCPU {}: BIOS call: {e}", self.id)),
                 None,
             ),
         }

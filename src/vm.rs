@@ -71,6 +71,8 @@ pub struct Machine {
     /// Devices driven by timers, polled by the monitor.
     pub timers: Vec<Arc<Mutex<dyn Expire>>>,
     pub vcpus: Vec<VcpuFd>,
+    /// The BIOS services for the firmware's handlers.
+    pub bios: Arc<crate::bios::Bios>,
     /// The interrupt controllers and PIT as created, restored on a reboot.
     pub chips_at_reset: Option<ChipState>,
 }
@@ -390,11 +392,9 @@ pub fn build(
     fw_cfg.add_item(key::NOGRAPHIC, 1u16.to_le_bytes().to_vec());
     fw_cfg.add_item(key::NB_CPUS, (cfg.cpus as u16).to_le_bytes().to_vec());
     fw_cfg.add_item(key::MAX_CPUS, (cfg.cpus as u16).to_le_bytes().to_vec());
-    let e820: Vec<u8> = layout
-        .e820(rom.size())
-        .iter()
-        .flat_map(|e| e.to_bytes())
-        .collect();
+    // One E820 map for fw_cfg and INT 15h alike.
+    let e820_map = layout.e820(rom.size());
+    let e820: Vec<u8> = e820_map.iter().flat_map(|e| e.to_bytes()).collect();
     let descriptor = BootDescriptor {
         kind: BootKind::Demo,
         base_memory_kib: layout.base_memory_kib(),
@@ -412,6 +412,13 @@ pub fn build(
     fw_cfg.add_file("bootorder", Vec::new()).map_err(fw_err)?;
     pio.insert(FW_CFG_PORT, FW_CFG_LEN, Arc::new(Mutex::new(fw_cfg)))
         .map_err(dev_err)?;
+    let pio = Arc::new(pio);
+    let bios = Arc::new(crate::bios::Bios {
+        mem: guest_mem.clone(),
+        e820: e820_map,
+        layout,
+        pio: pio.clone(),
+    });
     phases.devices = t.elapsed();
 
     let chips_at_reset = if cfg.reboot {
@@ -437,11 +444,12 @@ pub fn build(
         guest_mem,
         rom: [high_map, low_map],
         shadow,
-        pio: Arc::new(pio),
+        pio,
         mmio: Arc::new(mmio),
         serial,
         timers,
         vcpus,
+        bios,
         chips_at_reset,
     })
 }

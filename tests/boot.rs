@@ -17,10 +17,25 @@ fn demo_boots_prints_its_map_and_halts() {
         r.stdout
     );
     assert!(r.stdout.contains("vCPUs: 1"), "{}", r.stdout);
-    // 256 MiB by default: usable RAM from 1 MiB to 256 MiB.
-    assert!(
-        r.stdout
-            .contains("0000000000100000-000000000fffffff usable"),
+    // The map an OS gets from INT 15h E820 for the default 256 MiB: conventional memory,
+    // the EBDA, the option-ROM and BIOS area, RAM above 1 MiB, the ROM below 4 GiB.
+    let map: Vec<&str> = r
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("E820 map"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .map(str::trim)
+        .collect();
+    assert_eq!(
+        map,
+        [
+            "0000000000000000-000000000009fbff usable",
+            "000000000009fc00-000000000009ffff reserved",
+            "00000000000c0000-00000000000fffff reserved",
+            "0000000000100000-000000000fffffff usable",
+            "00000000fffe0000-00000000ffffffff reserved",
+        ],
         "{}",
         r.stdout
     );

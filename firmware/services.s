@@ -1,0 +1,22 @@
+# BIOS service handlers: each hands the call to the VMM through its own port and returns.
+# The VMM reads and writes the registers, and the carry/zero flags in the FLAGS word that
+# INT pushed (src/bios.rs). Port = 0xE0 + service.
+        .code16
+        .intel_syntax noprefix
+        .text
+        .globl int10_handler, int13_handler, int15_handler, int16_handler, int1a_handler
+int10_handler:
+        out     0xE0, al
+        iret
+int13_handler:
+        out     0xE1, al
+        iret
+int15_handler:
+        out     0xE2, al
+        iret
+int16_handler:
+        out     0xE3, al
+        iret
+int1a_handler:
+        out     0xE4, al
+        iret
