@@ -474,17 +474,45 @@ fn set_slot(
     unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("set memory region"))
 }
 
-/// Fills in the APIC ID and the logical processor count the guest sees in CPUID.
+/// Fills in the topology the guest sees in CPUID, consistent with the MADT: one package of
+/// `cpus` cores, one thread each, APIC ID = vCPU index.
 fn set_topology(cpuid: &mut CpuId, apic_id: u32, cpus: u32) {
+    // Bits of the APIC ID that number the cores.
+    let core_bits = 32 - (cpus.max(1) - 1).leading_zeros();
     for e in cpuid.as_mut_slice() {
         match e.function {
             1 => {
-                e.ebx = (e.ebx & 0x0000_FFFF) | (apic_id << 24) | ((cpus.min(255)) << 16);
+                e.ebx = (e.ebx & 0x0000_FFFF) | (apic_id << 24) | (cpus.min(255) << 16);
                 if cpus > 1 {
                     e.edx |= 1 << 28; // HTT: more than one logical processor
                 }
             }
-            0xB | 0x1F => e.edx = apic_id,
+            4 => {
+                // Cores per package - 1, for every cache level.
+                e.eax = (e.eax & 0x03FF_FFFF) | ((cpus - 1).min(63) << 26);
+            }
+            0xB | 0x1F => {
+                e.edx = apic_id;
+                match e.index {
+                    0 => {
+                        // SMT level: one thread per core.
+                        e.eax = 0;
+                        e.ebx = 1;
+                        e.ecx = 1 << 8;
+                    }
+                    1 => {
+                        // Core level: every vCPU.
+                        e.eax = core_bits;
+                        e.ebx = cpus;
+                        e.ecx = 1 | 2 << 8;
+                    }
+                    i => {
+                        e.eax = 0;
+                        e.ebx = 0;
+                        e.ecx = i;
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -507,13 +535,27 @@ mod tests {
                 function: 0xB,
                 ..Default::default()
             },
+            kvm_cpuid_entry2 {
+                function: 0xB,
+                index: 1,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 4,
+                eax: 0xFC00_4121,
+                ..Default::default()
+            },
         ])
         .unwrap();
-        set_topology(&mut c, 3, 4);
+        set_topology(&mut c, 3, 6);
         let s = c.as_slice();
-        assert_eq!(s[0].ebx, 0x0304_0801);
+        assert_eq!(s[0].ebx, 0x0306_0801);
         assert_ne!(s[0].edx & (1 << 28), 0);
-        assert_eq!(s[1].edx, 3);
+        assert_eq!((s[1].edx, s[1].ebx, s[1].ecx), (3, 1, 0x100));
+        // Six cores need three bits of the APIC ID.
+        assert_eq!((s[2].eax, s[2].ebx, s[2].ecx), (3, 6, 0x201));
+        assert_eq!(s[3].eax >> 26, 5);
+        assert_eq!(s[3].eax & 0x03FF_FFFF, 0x0000_4121);
     }
 
     #[test]
