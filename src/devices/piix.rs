@@ -117,12 +117,19 @@ impl PciFunction for Piix3Isa {
     }
 }
 
+const DEVACTB: usize = 0x58;
+const DEVACTB_APMC_EN: u32 = 1 << 25;
+
 /// The PIIX4 ACPI power-management function (function 3 of device 1): its SCI is IRQ 9 on
 /// INTA#. Insert with `PciBus::add(PIIX_DEVICE, PIIX4_ACPI_FUNCTION, ..)`.
 ///
 /// PMBA (0x40) reads `PM_BASE | 1` and PMREGMISC (0x80) reads 1 (PM I/O enabled). The PM
 /// block is at a fixed port: writes to PMBA are accepted into configuration space (bits 6-15)
 /// but do not move the block, and PMREGMISC is read-only, so the block stays enabled.
+///
+/// The platform has no System Management Mode. DEVACTB (0x58) reads with APMC_EN (bit 25)
+/// set and read-only, which tells a firmware that SMM is already set up (SeaBIOS then skips
+/// its SMM initialisation, which would wait for an SMI handler that never runs).
 pub struct Piix4Acpi {
     config: ConfigSpace,
 }
@@ -151,6 +158,7 @@ impl Piix4Acpi {
         config.set_u32(PMBA, u32::from(PM_BASE) | PMBA_IO);
         config.set_wmask_u32(PMBA, PMBA_WMASK);
         config.set_u8(PMREGMISC, PMIOSE);
+        config.set_u32(DEVACTB, DEVACTB_APMC_EN);
         Piix4Acpi { config }
     }
 

@@ -1,0 +1,52 @@
+//! QEMU's own firmware on our machine: SeaBIOS (Debian's `seabios` package) must find the
+//! chipset it expects (fw_cfg, i440fx/PIIX, PAM shadowing, CMOS) and reach its boot menu on
+//! the serial console.
+
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+const SEABIOS: &str = "/usr/share/seabios/bios-256k.bin";
+
+#[test]
+fn seabios_boots_to_its_boot_attempts_on_com1() {
+    if !kvm_available() {
+        return;
+    }
+    if !std::path::Path::new(SEABIOS).exists() {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{SEABIOS} is missing, and CI=true (.ci/run installs seabios)");
+        }
+        eprintln!("\n*** SKIPPED: {SEABIOS} is missing (apt-get install seabios) ***\n");
+        return;
+    }
+    let mut child = Command::new(MINIPC)
+        .args(["--firmware", SEABIOS, "--timeout", "120", "--cpus", "2"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    for line in BufReader::new(out).split(b'\n') {
+        let line = String::from_utf8_lossy(&line.unwrap()).into_owned();
+        let done = line.contains("No bootable device");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    // SAFETY: signalling our own child.
+    unsafe { kill(child.id() as i32, 15) };
+    let status = child.wait().unwrap();
+    let text = seen.join("\n");
+    assert!(text.contains("SeaBIOS (version"), "{text}");
+    assert!(text.contains("No bootable device"), "{text}");
+    assert_eq!(status.code(), Some(143), "{text}");
+}
+
+extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}
