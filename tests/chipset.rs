@@ -267,3 +267,38 @@ fn reboot_restarts_the_guest_at_the_reset_vector_with_ram_kept() {
         assert_eq!(r.code, (2 << 1) | 1, "--cpus {cpus}: {}", r.stderr);
     }
 }
+
+#[test]
+fn pit_com1_rtc_and_sci_interrupts_reach_the_guest() {
+    if !kvm_available() {
+        return;
+    }
+    use std::io::{BufRead, BufReader, Write};
+    let g = guest("irqs", &[]);
+    let mut child = std::process::Command::new(MINIPC)
+        .args(["--firmware", path_str(&g), "--timeout", "30"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert_eq!(first.trim_end(), "ready");
+    // A byte for the receive interrupt, once the guest has enabled it.
+    stdin.write_all(b"x").unwrap();
+    let line = lines.next().unwrap().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{line}");
+    let f: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(f[0], "irqs", "{line}");
+    let count = |name: &str| {
+        let i = f.iter().position(|x| *x == name).unwrap();
+        u32::from_str_radix(f[i + 1], 16).unwrap()
+    };
+    assert!(count("pit") >= 3, "PIT (IRQ 0): {line}");
+    assert_eq!(count("com"), 1, "COM1 (IRQ 4): {line}");
+    assert!(count("rtc") >= 3, "RTC (IRQ 8): {line}");
+    assert!(count("sci") >= 1, "ACPI SCI (IRQ 9): {line}");
+}
