@@ -817,3 +817,111 @@ fn the_vmm_demo_runs_in_the_jail() {
     assert_gone(&base, &id);
     fs::remove_dir_all(&base).unwrap();
 }
+
+/// One line of /proc/PID/status, e.g. "Uid".
+fn status_field(pid: u32, name: &str) -> String {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_running_vmm_is_confined_as_seen_from_outside() {
+    let test = "a_running_vmm_is_confined_as_seen_from_outside";
+    if skip_unless_root(test) {
+        return;
+    }
+    let Some(vmm) = minipc_binary(test) else {
+        return;
+    };
+    if !Path::new("/dev/kvm").exists() {
+        eprintln!("\n*** SKIP {test}: no /dev/kvm ***\n");
+        return;
+    }
+    let (id, base) = fresh("outside");
+    // A 4 KiB firmware whose reset vector jumps to itself: the guest spins until stopped.
+    let rom = base.join("spin.bin");
+    let mut bytes = vec![0u8; 4096];
+    bytes[0xFF0] = 0xEB;
+    bytes[0xFF1] = 0xFE;
+    fs::write(&rom, &bytes).unwrap();
+    let mut child = Command::new(JAILER)
+        .args([
+            "--id",
+            &id,
+            "--exec-file",
+            s(&vmm),
+            "--uid",
+            NOBODY,
+            "--gid",
+            NOBODY,
+            "--chroot-base",
+            s(&base),
+            "--",
+            "--firmware",
+            s(&rom),
+            "--timeout",
+            "60",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The jailer's child is the VMM's supervisor (PID 1 of the new PID namespace); its child
+    // runs the VM.
+    let mut procs = Vec::new();
+    for _ in 0..200 {
+        std::thread::sleep(std::time::Duration::from_millis(25));
+        if let Some(sup) = children_of(child.id()).first().copied() {
+            if let Some(vm) = children_of(sup).first().copied() {
+                if fs::read_dir(format!("/proc/{vm}/task")).map_or(0, |d| d.count()) >= 2 {
+                    procs = vec![sup, vm];
+                    break;
+                }
+            }
+        }
+    }
+    assert_eq!(procs.len(), 2, "the VMM did not start under the jailer");
+    let me = std::process::id();
+    for pid in procs {
+        assert_eq!(
+            status_field(pid, "Uid"),
+            "65534 65534 65534 65534",
+            "pid {pid}"
+        );
+        assert_eq!(
+            status_field(pid, "Gid"),
+            "65534 65534 65534 65534",
+            "pid {pid}"
+        );
+        assert_eq!(status_field(pid, "NoNewPrivs"), "1", "pid {pid}");
+        assert_eq!(status_field(pid, "Seccomp"), "2", "pid {pid}");
+        assert_eq!(status_field(pid, "CapEff"), "0000000000000000", "pid {pid}");
+        assert_eq!(status_field(pid, "CapBnd"), "0000000000000000", "pid {pid}");
+        for ns in ["mnt", "pid", "ipc", "uts"] {
+            let theirs = fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+            let ours = fs::read_link(format!("/proc/{me}/ns/{ns}")).unwrap();
+            assert_ne!(theirs, ours, "pid {pid} shares the {ns} namespace");
+        }
+        // Its root is the jail, which holds no host files.
+        let root = PathBuf::from(format!("/proc/{pid}/root"));
+        assert!(
+            root.join("minipc").exists(),
+            "pid {pid}: no /minipc in its root"
+        );
+        assert!(
+            !root.join("etc/passwd").exists(),
+            "pid {pid} sees /etc/passwd"
+        );
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(143));
+    assert_gone(&base, &id);
+    fs::remove_dir_all(&base).unwrap();
+}
