@@ -10,3 +10,6 @@ pub mod piix;
 pub mod rtc;
 pub mod serial;
 pub mod timer;
+
+#[cfg(test)]
+mod robustness;
