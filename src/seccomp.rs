@@ -163,10 +163,12 @@ const VCPU: &[Allowed] = &[
             KVM_SET_USER_MEMORY_REGION,
         ]),
     },
+    // Restoring the terminal from the SIGSYS handler: glibc's tcsetattr reads the settings
+    // back after setting them.
     Allowed {
         nr: libc::SYS_ioctl,
         name: "ioctl",
-        args: Args::TerminalIoctl(&[TCSETS]),
+        args: Args::TerminalIoctl(&[TCGETS, TCSETS]),
     },
     any(libc::SYS_timerfd_settime, "timerfd_settime"),
 ];

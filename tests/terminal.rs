@@ -1,0 +1,111 @@
+//! With a terminal on stdin, the guest gets it in raw mode, and the terminal is restored on
+//! every exit path: a halt, a timeout, a signal, a seccomp kill.
+
+mod common;
+use common::*;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+struct Pty {
+    _master: OwnedFd,
+    slave: OwnedFd,
+}
+
+fn pty() -> Pty {
+    let (mut m, mut s) = (0, 0);
+    // SAFETY: openpty fills two descriptors that we then own.
+    let r = unsafe {
+        libc::openpty(
+            &mut m,
+            &mut s,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "openpty");
+    // SAFETY: fresh descriptors from openpty.
+    unsafe {
+        Pty {
+            _master: OwnedFd::from_raw_fd(m),
+            slave: OwnedFd::from_raw_fd(s),
+        }
+    }
+}
+
+fn attrs(fd: &OwnedFd) -> libc::termios {
+    use std::os::fd::AsRawFd;
+    // SAFETY: termios is plain data; tcgetattr fills it.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid terminal descriptor and termios.
+    assert_eq!(unsafe { libc::tcgetattr(fd.as_raw_fd(), &mut t) }, 0);
+    t
+}
+
+fn same(a: &libc::termios, b: &libc::termios) -> bool {
+    a.c_iflag == b.c_iflag
+        && a.c_oflag == b.c_oflag
+        && a.c_cflag == b.c_cflag
+        && a.c_lflag == b.c_lflag
+}
+
+/// Runs minipc with the pty's slave as stdin; `during` runs while it is up.
+fn run_on_pty(args: &[&str], during: impl FnOnce(&Pty, u32)) -> (Pty, libc::termios, i32) {
+    let p = pty();
+    let before = attrs(&p.slave);
+    let stdin = p.slave.try_clone().unwrap();
+    let child = Command::new(MINIPC)
+        .args(args)
+        .stdin(Stdio::from(stdin))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    during(&p, child.id());
+    let out = child.wait_with_output().unwrap();
+    (p, before, out.status.code().unwrap_or(-1))
+}
+
+#[test]
+fn the_terminal_is_raw_while_the_guest_runs_and_restored_after() {
+    if !kvm_available() {
+        return;
+    }
+    let spin = guest("spin", &[]);
+    let (p, before, code) = run_on_pty(
+        &["--firmware", path_str(&spin), "--timeout", "30"],
+        |p, pid| {
+            // Wait until the VMM has switched the terminal to raw mode.
+            let mut raw = false;
+            for _ in 0..200 {
+                std::thread::sleep(Duration::from_millis(10));
+                if attrs(&p.slave).c_lflag & libc::ICANON == 0 {
+                    raw = true;
+                    break;
+                }
+            }
+            assert!(raw, "the terminal never went raw");
+            let t = attrs(&p.slave);
+            assert_eq!(t.c_lflag & libc::ECHO, 0, "echo still on");
+            assert_ne!(t.c_lflag & libc::ISIG, 0, "Ctrl-C must still stop the VM");
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        },
+    );
+    assert_eq!(code, 143);
+    assert!(same(&before, &attrs(&p.slave)), "not restored after SIGTERM");
+
+    for args in [
+        vec!["--firmware", path_str(&spin), "--timeout", "0.3"],
+        vec!["--mem", "64M"],
+        vec!["--x-test-forbidden-syscall"],
+    ] {
+        let (p, before, code) = run_on_pty(&args, |_, _| {});
+        assert!(matches!(code, 124 | 0 | 3), "{args:?}: {code}");
+        assert!(
+            same(&before, &attrs(&p.slave)),
+            "{args:?}: terminal not restored"
+        );
+    }
+}
