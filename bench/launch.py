@@ -125,6 +125,25 @@ def main():
               f"{r['median_ms'] / base['median_ms']:7.2f} {r['rss_mib'] / base['rss_mib']:6.2f}")
     print(f"(n={args.n} runs each; ratios against minipc running the same bare-metal ROM; "
           f"{os.cpu_count()} CPUs, {os.uname().release})")
+
+    # An idle guest: halted with interrupts enabled, nothing to wake it. What does the
+    # monitor cost while it waits?
+    idle_rom = build_guest(tmp, "halt_if_on", 64 * 1024)
+    secs = 5
+    _, _, err = run_once([minipc, "--firmware", idle_rom, "--timeout", str(secs), "--stats"])
+    cpu_ms = int(re.search(r'"cpu_us":(\d+)', err).group(1)) / 1000
+    print(f"\nidle guest for {secs} s: minipc used {cpu_ms:.1f} ms of CPU "
+          f"({cpu_ms / secs / 10:.3f}% of a core)")
+    if qemu:
+        with tempfile.NamedTemporaryFile("r") as f:
+            subprocess.run(["/usr/bin/time", "-f", "%U %S", "-o", f.name, "timeout", str(secs),
+                            qemu, "-M", "microvm", "-bios", idle_rom] + common[2:],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+            u, s_ = (float(x) for x in f.read().split()[-2:])
+        qcpu = (u + s_) * 1000
+        print(f"idle guest for {secs} s: QEMU -M microvm used {qcpu:.1f} ms of CPU "
+              f"({qcpu / secs / 10:.3f}% of a core), {qcpu / max(cpu_ms, 0.001):.1f}x minipc")
     shutil.rmtree(tmp)
 
 

@@ -162,14 +162,18 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
             }
         }
 
+        // Sample on the tick; but while the last check's backoff runs (an idle guest), no
+        // kick may happen anyway, so sleep until it ends.
         let tick = halt::tick(now - started);
-        let mut wait = tick;
-        if stats.is_none() {
-            wait = next_kick.saturating_duration_since(now).max(tick);
-        }
-        if let Some(d) = deadline {
-            wait = wait.min(d.saturating_duration_since(now));
-        }
+        let wait = if check.is_none() {
+            next_kick.saturating_duration_since(now).max(tick)
+        } else {
+            tick
+        };
+        let wait = match deadline {
+            Some(d) => wait.min(d.saturating_duration_since(now)),
+            None => wait,
+        };
 
         let mut fds = vec![
             libc::pollfd {

@@ -44,11 +44,13 @@ impl Phases {
 
     /// One JSON object, times in microseconds since the VMM's `main` started.
     pub fn json(&self, reason: &ExitReason, code: i32) -> String {
+        let usage = usage();
         format!(
             concat!(
                 "{{\"exit_reason\":\"{}\",\"exit_code\":{},\"detail\":{},",
                 "\"phases_us\":{{\"config\":{},\"kvm\":{},\"memory\":{},\"devices\":{},\"vcpus\":{}}},",
-                "\"first_run_us\":{},\"first_exit_us\":{},\"total_us\":{},\"peak_rss_kib\":{}}}"
+                "\"first_run_us\":{},\"first_exit_us\":{},\"total_us\":{},\"peak_rss_kib\":{},",
+                "\"cpu_us\":{}}}"
             ),
             reason.name(),
             code,
@@ -61,21 +63,23 @@ impl Phases {
             self.since_start(FIRST_RUN.get()),
             self.since_start(FIRST_EXIT.get()),
             self.start.elapsed().as_micros(),
-            peak_rss_kib(),
+            usage.0,
+            usage.1,
         )
     }
 }
 
-/// The peak resident set of this process, in KiB.
-fn peak_rss_kib() -> i64 {
+/// The peak resident set of this process in KiB, and the CPU time (user + system) all its
+/// threads used, in microseconds.
+fn usage() -> (i64, i64) {
     // SAFETY: rusage is plain data that getrusage fills.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: RUSAGE_SELF with a valid rusage.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } == 0 {
-        ru.ru_maxrss
-    } else {
-        -1
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return (-1, -1);
     }
+    let us = |t: libc::timeval| t.tv_sec * 1_000_000 + t.tv_usec;
+    (ru.ru_maxrss, us(ru.ru_utime) + us(ru.ru_stime))
 }
 
 pub fn json_string(s: &str) -> String {

@@ -94,7 +94,10 @@ fn the_terminal_is_raw_while_the_guest_runs_and_restored_after() {
         },
     );
     assert_eq!(code, 143);
-    assert!(same(&before, &attrs(&p.slave)), "not restored after SIGTERM");
+    assert!(
+        same(&before, &attrs(&p.slave)),
+        "not restored after SIGTERM"
+    );
 
     for args in [
         vec!["--firmware", path_str(&spin), "--timeout", "0.3"],
