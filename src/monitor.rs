@@ -132,6 +132,7 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
     let mut check: Option<HaltCheck> = None;
     let started = Instant::now();
     let mut reboots = 0u64;
+    let timer_fds: Vec<libc::c_int> = machine.timers.iter().map(|t| lock(t).timer_fd()).collect();
 
     loop {
         let now = Instant::now();
@@ -188,9 +189,9 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
             },
         ];
         let first_timer = fds.len();
-        for t in &machine.timers {
+        for fd in &timer_fds {
             fds.push(libc::pollfd {
-                fd: lock(t).timer_fd(),
+                fd: *fd,
                 events: libc::POLLIN,
                 revents: 0,
             });

@@ -100,18 +100,6 @@ impl Shadow {
         }
     }
 
-    /// Every segment back to `Rom`, as after a reset.
-    pub fn reset(&mut self) {
-        for i in 0..SEGMENTS {
-            let (start, size) = segment(i);
-            self.apply(PamChange {
-                start,
-                size,
-                mode: PamMode::Rom,
-            });
-        }
-    }
-
     fn rom_offset(start: u64) -> Option<u64> {
         start.checked_sub(BIOS_WINDOW_START)
     }

@@ -64,7 +64,6 @@ pub struct Machine {
     pub guest_mem: GuestMemoryMmap,
     #[allow(dead_code)]
     pub rom: [Arc<MmapRegion>; 2],
-    pub shadow: Arc<Mutex<Shadow>>,
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
     pub serial: Arc<Mutex<Serial>>,
@@ -104,7 +103,7 @@ impl Machine {
                 self.pio.write(PCI_CONFIG_PORT + 4 + b as u64, &[0]);
             }
         }
-        crate::bus::lock(&self.shadow).reset();
+        // The bridge reported every PAM change to the shadow areas, which are back at `Rom`.
         Ok(())
     }
 }
@@ -443,7 +442,6 @@ pub fn build(
         vm,
         guest_mem,
         rom: [high_map, low_map],
-        shadow,
         pio,
         mmio: Arc::new(mmio),
         serial,
