@@ -41,6 +41,8 @@ pub enum VmError {
     OpenKvm(kvm_ioctls::Error),
     #[error("KVM API: {0}")]
     Kvm(&'static str, #[source] kvm_ioctls::Error),
+    #[error("/dev/kvm does not answer as KVM (API version {0}, expected 12)")]
+    NotKvm(i32),
     #[error("KVM lacks {0}, which minipc needs")]
     MissingCap(&'static str),
     #[error("cannot map {what}: {err}")]
@@ -219,6 +221,10 @@ pub fn build(
     // KVM and the VM.
     let t = Instant::now();
     let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+    let api = kvm.get_api_version();
+    if api != kvm_bindings::KVM_API_VERSION as i32 {
+        return Err(VmError::NotKvm(api));
+    }
     if !kvm.check_extension(Cap::Irqchip) {
         return Err(VmError::MissingCap("an in-kernel irqchip"));
     }

@@ -65,3 +65,49 @@ fn help_lists_options_and_exit_codes() {
         format!("minipc {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+/// Runs minipc in a private mount namespace prepared by `setup` (a shell command), as root.
+fn in_private_mounts(setup: &str) -> Option<Run> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("\n*** SKIPPED: needs root to hide /dev/kvm in a private mount namespace ***\n");
+        return None;
+    }
+    let out = std::process::Command::new("unshare")
+        .args([
+            "--mount",
+            "sh",
+            "-c",
+            &format!("{setup} && exec \"$0\"",),
+            MINIPC,
+        ])
+        .stdin(std::process::Stdio::null())
+        .output();
+    match out {
+        Ok(o) => Some(Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+            wall: std::time::Duration::ZERO,
+        }),
+        Err(e) => {
+            eprintln!("\n*** SKIPPED: cannot run unshare: {e} ***\n");
+            None
+        }
+    }
+}
+
+#[test]
+fn without_kvm_the_vmm_says_so_and_exits_1() {
+    // /dev without kvm.
+    if let Some(r) = in_private_mounts("mount -t tmpfs none /dev") {
+        assert_eq!(r.code, 1, "{}", r.stderr);
+        assert!(r.stderr.contains("/dev/kvm"), "{}", r.stderr);
+        assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    }
+    // Something else where /dev/kvm should be.
+    if let Some(r) = in_private_mounts("mount --bind /dev/null /dev/kvm") {
+        assert_eq!(r.code, 1, "{}", r.stderr);
+        assert!(r.stderr.contains("does not answer as KVM"), "{}", r.stderr);
+    }
+}
