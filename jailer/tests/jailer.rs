@@ -63,13 +63,13 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// The jailer's arguments for a probe run as nobody.
-fn probe_args<'a>(id: &'a str, base: &'a Path) -> Vec<&'a str> {
+/// The jailer's arguments to run `exec` as nobody in a jail under `base`.
+fn nobody_args<'a>(id: &'a str, exec: &'a str, base: &'a Path) -> Vec<&'a str> {
     vec![
         "--id",
         id,
         "--exec-file",
-        PROBE,
+        exec,
         "--uid",
         NOBODY,
         "--gid",
@@ -77,6 +77,11 @@ fn probe_args<'a>(id: &'a str, base: &'a Path) -> Vec<&'a str> {
         "--chroot-base",
         s(base),
     ]
+}
+
+/// The jailer's arguments for a probe run as nobody.
+fn probe_args<'a>(id: &'a str, base: &'a Path) -> Vec<&'a str> {
+    nobody_args(id, PROBE, base)
 }
 
 fn parse_probe(stdout: &str) -> HashMap<String, String> {
@@ -774,20 +779,9 @@ fn the_vmm_demo_runs_in_the_jail() {
         return;
     }
     let (id, base) = fresh("vmm");
-    let r = jailer(&[
-        "--id",
-        &id,
-        "--exec-file",
-        s(&vmm),
-        "--uid",
-        NOBODY,
-        "--gid",
-        NOBODY,
-        "--chroot-base",
-        s(&base),
-        "--",
-        "--stats",
-    ]);
+    let mut args = nobody_args(&id, s(&vmm), &base);
+    args.extend(["--", "--stats"]);
+    let r = jailer(&args);
     assert_eq!(r.code, 0, "stderr: {}", r.stderr);
     assert!(r.stdout.contains("minipc firmware"), "stdout: {}", r.stdout);
     assert!(r.stderr.contains("\"exit_code\":0"), "stderr: {}", r.stderr);
@@ -796,21 +790,9 @@ fn the_vmm_demo_runs_in_the_jail() {
     // The serial port into a file: written in the jail, copied back afterwards.
     let serial = base.join("serial.log");
     let serial_arg = format!("file:{}", serial.display());
-    let r = jailer(&[
-        "--id",
-        &id,
-        "--exec-file",
-        s(&vmm),
-        "--uid",
-        NOBODY,
-        "--gid",
-        NOBODY,
-        "--chroot-base",
-        s(&base),
-        "--",
-        "--serial",
-        &serial_arg,
-    ]);
+    let mut args = nobody_args(&id, s(&vmm), &base);
+    args.extend(["--", "--serial", &serial_arg]);
+    let r = jailer(&args);
     assert_eq!(r.code, 0, "stderr: {}", r.stderr);
     let log = fs::read_to_string(&serial).unwrap();
     assert!(log.contains("minipc firmware"), "serial: {log}");
@@ -848,24 +830,10 @@ fn a_running_vmm_is_confined_as_seen_from_outside() {
     bytes[0xFF0] = 0xEB;
     bytes[0xFF1] = 0xFE;
     fs::write(&rom, &bytes).unwrap();
+    let mut args = nobody_args(&id, s(&vmm), &base);
+    args.extend(["--", "--firmware", s(&rom), "--timeout", "60"]);
     let mut child = Command::new(JAILER)
-        .args([
-            "--id",
-            &id,
-            "--exec-file",
-            s(&vmm),
-            "--uid",
-            NOBODY,
-            "--gid",
-            NOBODY,
-            "--chroot-base",
-            s(&base),
-            "--",
-            "--firmware",
-            s(&rom),
-            "--timeout",
-            "60",
-        ])
+        .args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -26,15 +26,7 @@ start:
         mov     si, offset nvram
         call    print
         mov     si, offset nvram_regs
-1:      mov     al, cs:[si]
-        cmp     al, 0xFF
-        je      2f
-        call    cmos_read
-        call    print_hex
-        inc     si
-        jmp     1b
-2:      mov     si, offset crlf
-        call    print
+        call    print_regs
 3:      hlt
         jmp     3b
 
@@ -44,8 +36,11 @@ print_time:
         call    cmos_read
         test    al, 0x80
         jnz     print_time
-        push    si
         mov     si, offset time_regs
+        # fall through
+
+# print_regs: print the registers listed at CS:SI (0xFF ends the list), then CR LF.
+print_regs:
 1:      mov     al, cs:[si]
         cmp     al, 0xFF
         je      2f
@@ -54,9 +49,7 @@ print_time:
         inc     si
         jmp     1b
 2:      mov     si, offset crlf
-        call    print
-        pop     si
-        ret
+        jmp     print
 
 # cmos_read: AL = register -> AL = value.
 cmos_read:
