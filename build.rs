@@ -13,6 +13,7 @@ const SOURCES: &[&str] = &[
     "console.s",
     "services.s",
     "demo.s",
+    "handoff.s",
 ];
 const BLOB_SIZE: u64 = 64 * 1024;
 

@@ -66,10 +66,19 @@ post:
         mov     byte ptr es:[0], 1
         pop     es
 
-        mov     ax, es:[BOOT_DESC + BD_KIND]
-        cmp     ax, BOOT_KIND_DEMO
-        je      demo
-        mov     si, offset msg_bad_kind
+        # What to start: an index into boot_kinds.
+        mov     bx, es:[BOOT_DESC + BD_KIND]
+        cmp     bx, BOOT_KINDS
+        jae     1f
+        shl     bx, 1
+        jmp     word ptr [bx + boot_kinds]
+1:      mov     si, offset msg_bad_kind
+        jmp     fatal
+
+# Kind 4: the disk's boot sector, through INT 19h (which returns only when it cannot boot).
+boot_disk:
+        int     0x19
+        mov     si, offset msg_no_boot
         jmp     fatal
 
 no_descriptor:
@@ -138,18 +147,15 @@ irq_slave_isr:
         iret
 
         .section .rodata
-service_vectors:
-        .byte   0x10
-        .word   int10_handler
-        .byte   0x13
-        .word   int13_handler
-        .byte   0x15
-        .word   int15_handler
-        .byte   0x16
-        .word   int16_handler
-        .byte   0x1A
-        .word   int1a_handler
-        .byte   0
+# One entry per boot kind (firmware/README.md, "Boot descriptor").
+boot_kinds:
+        .word   demo                            # 0: the built-in demo
+        .word   handoff_real                    # 1: real mode, registers from the descriptor
+        .word   handoff_protected               # 2: 32-bit protected mode, paging off
+        .word   handoff_protected               # 3: 64-bit long mode, identity paging
+        .word   boot_disk                       # 4: INT 19h: the boot sector of the disk
+        .set    BOOT_KINDS, (. - boot_kinds) / 2
 boot_file:      .asciz "opt/minipc/boot"
 msg_no_desc:    .asciz "minipc firmware: no boot descriptor in fw_cfg\r\n"
+msg_no_boot:    .asciz "minipc firmware: the disk is not bootable\r\n"
 msg_bad_kind:   .asciz "minipc firmware: unknown boot kind\r\n"

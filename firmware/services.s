@@ -20,3 +20,19 @@ int16_handler:
 int1a_handler:
         out     0xE4, al
         iret
+
+# The IVT entries POST points at the handlers: vector, handler offset; 0 ends the list.
+        .section .rodata
+        .globl service_vectors
+service_vectors:
+        .byte   0x10
+        .word   int10_handler
+        .byte   0x13
+        .word   int13_handler
+        .byte   0x15
+        .word   int15_handler
+        .byte   0x16
+        .word   int16_handler
+        .byte   0x1A
+        .word   int1a_handler
+        .byte   0

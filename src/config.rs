@@ -18,6 +18,15 @@ With no options, boots the embedded firmware's built-in demo, which prints a ban
 its E820 memory map and the vCPU count on the serial port, then halts (exit 0).
 
 Options:
+  --kernel FILE       boot a kernel: Linux bzImage or ELF vmlinux, multiboot 1 or 2
+                      (detected as QEMU -kernel does)
+  --initrd FILE       Linux initial ramdisk
+  --cmdline TEXT      kernel command line (multiboot: after the kernel's file name)
+  --module PATH[,STR] multiboot module with its command line; repeatable
+  --boot-protocol P   Linux entry: 64 (default when the kernel has it), 32, 16 (the
+                      kernel's real-mode setup on the BIOS services), pvh (ELF PVH note)
+  --disk PATH[,rw]    raw disk image for INT 13h; boots its boot sector without --kernel.
+                      Guest writes stay in memory unless ,rw writes them to the file
   --firmware FILE     run a raw firmware image instead of the embedded one (QEMU -bios
                       convention: ends at 4 GiB, its last 128 KiB also end at 1 MiB;
                       a multiple of 4 KiB, at most 256 KiB)
@@ -47,6 +56,9 @@ Exit codes:
 
 Examples:
   minipc
+  minipc --kernel bzImage --initrd initrd.gz --cmdline \"console=ttyS0\" --mem 512M
+  minipc --kernel test.elf --cmdline \"arg1\" --module data.bin,name
+  minipc --disk disk.img,rw
   minipc --cpus 4 --mem 2G --stats
   minipc --firmware test.bin --serial file:serial.log --timeout 10
 ";
@@ -58,9 +70,48 @@ pub enum SerialMode {
     None,
 }
 
+/// How a Linux kernel is entered (`--boot-protocol`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BootProtocol {
+    /// The 64-bit entry when the kernel has one, else the 32-bit entry.
+    #[default]
+    Auto,
+    /// The 64-bit entry (`64`).
+    Linux64,
+    /// The 32-bit entry (`32`).
+    Linux32,
+    /// The kernel's real-mode setup code, on the firmware's BIOS services (`16`).
+    Linux16,
+    /// The PVH entry of an ELF kernel with a Xen PVH note (`pvh`).
+    Pvh,
+}
+
+/// A multiboot module: `--module PATH[,STRING]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModuleArg {
+    pub path: PathBuf,
+    /// The module's command line (the text after the first comma).
+    pub string: Option<String>,
+}
+
+/// A disk image: `--disk PATH[,rw]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskArg {
+    pub path: PathBuf,
+    /// Guest writes go to the file; otherwise they stay in memory for the run.
+    pub writable: bool,
+}
+
 #[derive(Clone, Debug)]
 pub struct VmConfig {
     pub firmware: Option<PathBuf>,
+    /// A kernel to boot: Linux (bzImage, ELF), multiboot 1 or 2.
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: Option<String>,
+    pub modules: Vec<ModuleArg>,
+    pub boot_protocol: BootProtocol,
+    pub disk: Option<DiskArg>,
     pub mem_size: u64,
     pub cpus: u32,
     pub serial: SerialMode,
@@ -83,6 +134,12 @@ impl Default for VmConfig {
     fn default() -> Self {
         VmConfig {
             firmware: None,
+            kernel: None,
+            initrd: None,
+            cmdline: None,
+            modules: Vec::new(),
+            boot_protocol: BootProtocol::Auto,
+            disk: None,
             mem_size: DEFAULT_MEM,
             cpus: 1,
             serial: SerialMode::Stdio,
@@ -132,6 +189,16 @@ pub enum ConfigError {
     BadLogLevel(String),
     #[error("unexpected argument '{0}' (see --help)")]
     Positional(String),
+    #[error("--boot-protocol: '{0}' is not 64, 32, 16 or pvh")]
+    BadBootProtocol(String),
+    #[error("{0} needs --kernel")]
+    NeedsKernel(&'static str),
+    #[error("--firmware and {0} exclude each other: a user's firmware boots by itself")]
+    FirmwareConflict(&'static str),
+    #[error("--disk: '{0}' is not PATH or PATH,rw")]
+    BadDisk(String),
+    #[error("--module: '{0}' has no file name")]
+    BadModule(String),
 }
 
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, ConfigError> {
@@ -146,6 +213,12 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, ConfigE
         let takes_value = matches!(
             name.as_str(),
             "--firmware"
+                | "--kernel"
+                | "--initrd"
+                | "--cmdline"
+                | "--module"
+                | "--boot-protocol"
+                | "--disk"
                 | "--mem"
                 | "--cpus"
                 | "--serial"
@@ -167,7 +240,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, ConfigE
             }
             String::new()
         };
-        if name.starts_with('-') && seen.contains(&name) {
+        if name.starts_with('-') && name != "--module" && seen.contains(&name) {
             return Err(ConfigError::Duplicate(name));
         }
         seen.push(name.clone());
@@ -175,6 +248,45 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, ConfigE
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
             "--firmware" => cfg.firmware = Some(PathBuf::from(value)),
+            "--kernel" => cfg.kernel = Some(PathBuf::from(value)),
+            "--initrd" => cfg.initrd = Some(PathBuf::from(value)),
+            "--cmdline" => cfg.cmdline = Some(value),
+            "--module" => {
+                let (path, string) = match value.split_once(',') {
+                    Some((p, s)) => (p, Some(s.to_string())),
+                    None => (value.as_str(), None),
+                };
+                if path.is_empty() {
+                    return Err(ConfigError::BadModule(value));
+                }
+                cfg.modules.push(ModuleArg {
+                    path: PathBuf::from(path),
+                    string,
+                });
+            }
+            "--boot-protocol" => {
+                cfg.boot_protocol = match value.as_str() {
+                    "64" => BootProtocol::Linux64,
+                    "32" => BootProtocol::Linux32,
+                    "16" => BootProtocol::Linux16,
+                    "pvh" => BootProtocol::Pvh,
+                    _ => return Err(ConfigError::BadBootProtocol(value)),
+                }
+            }
+            "--disk" => {
+                let (path, writable) = match value.rsplit_once(',') {
+                    Some((p, "rw")) => (p, true),
+                    Some((p, "ro")) => (p, false),
+                    _ => (value.as_str(), false),
+                };
+                if path.is_empty() {
+                    return Err(ConfigError::BadDisk(value));
+                }
+                cfg.disk = Some(DiskArg {
+                    path: PathBuf::from(path),
+                    writable,
+                });
+            }
             "--mem" => {
                 let size = parse_size(&value).ok_or(ConfigError::BadSize(value))?;
                 MemoryLayout::new(size)?;
@@ -230,6 +342,21 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, ConfigE
             s if s.starts_with('-') => return Err(ConfigError::UnknownOption(arg)),
             _ => return Err(ConfigError::Positional(arg)),
         }
+    }
+    if cfg.kernel.is_none() {
+        for (given, name) in [
+            (cfg.initrd.is_some(), "--initrd"),
+            (cfg.cmdline.is_some(), "--cmdline"),
+            (!cfg.modules.is_empty(), "--module"),
+            (cfg.boot_protocol != BootProtocol::Auto, "--boot-protocol"),
+        ] {
+            if given {
+                return Err(ConfigError::NeedsKernel(name));
+            }
+        }
+    }
+    if cfg.firmware.is_some() && cfg.disk.is_some() {
+        return Err(ConfigError::FirmwareConflict("--disk"));
     }
     Ok(Command::Run(cfg))
 }
@@ -318,6 +445,71 @@ mod tests {
         assert!(run(&["--reboot"]).unwrap().reboot);
         assert!(run(&[]).unwrap().acpi);
         assert!(run(&["--seccomp", "maybe"]).is_err());
+    }
+
+    #[test]
+    fn boot_options() {
+        let c = run(&[
+            "--kernel",
+            "k",
+            "--initrd=i",
+            "--cmdline",
+            "a b=c",
+            "--module",
+            "m1,name x",
+            "--module",
+            "m2",
+            "--boot-protocol",
+            "16",
+            "--disk",
+            "d.img,rw",
+        ])
+        .unwrap();
+        assert_eq!(c.kernel, Some(PathBuf::from("k")));
+        assert_eq!(c.initrd, Some(PathBuf::from("i")));
+        assert_eq!(c.cmdline.as_deref(), Some("a b=c"));
+        assert_eq!(
+            c.modules,
+            [
+                ModuleArg {
+                    path: "m1".into(),
+                    string: Some("name x".into())
+                },
+                ModuleArg {
+                    path: "m2".into(),
+                    string: None
+                }
+            ]
+        );
+        assert_eq!(c.boot_protocol, BootProtocol::Linux16);
+        assert_eq!(
+            c.disk,
+            Some(DiskArg {
+                path: "d.img".into(),
+                writable: true
+            })
+        );
+        assert!(!run(&["--disk", "a,b"]).unwrap().disk.unwrap().writable);
+        assert_eq!(
+            run(&["--disk", "x,ro"]).unwrap().disk.unwrap().path,
+            PathBuf::from("x")
+        );
+        assert_eq!(
+            run(&["--initrd", "i"]).unwrap_err(),
+            ConfigError::NeedsKernel("--initrd")
+        );
+        assert_eq!(
+            run(&["--cmdline", "x"]).unwrap_err(),
+            ConfigError::NeedsKernel("--cmdline")
+        );
+        assert_eq!(
+            run(&["--kernel", "k", "--boot-protocol", "8"]).unwrap_err(),
+            ConfigError::BadBootProtocol("8".into())
+        );
+        assert!(run(&["--kernel", "k", "--module", ",x"]).is_err());
+        assert!(run(&["--disk", ",rw"]).is_err());
+        assert!(run(&["--firmware", "f", "--disk", "d"]).is_err());
+        assert!(run(&["--kernel", "a", "--kernel", "b"]).is_err());
     }
 
     #[test]

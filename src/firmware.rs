@@ -11,7 +11,7 @@ pub static EMBEDDED: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/firmware.
 /// The fw_cfg file that carries the boot descriptor.
 pub const BOOT_DESCRIPTOR_FILE: &str = "opt/minipc/boot";
 const BOOT_MAGIC: &[u8; 4] = b"MPCB";
-const BOOT_DESCRIPTOR_VERSION: u16 = 1;
+const BOOT_DESCRIPTOR_VERSION: u16 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FirmwareError {
@@ -67,16 +67,80 @@ impl Rom {
     }
 }
 
-/// What the firmware starts after POST.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What the firmware starts after POST (its jump table in `firmware/post.s`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(u16)]
 pub enum BootKind {
     /// The built-in demo: banner, E820 map, vCPU count, halt.
+    #[default]
     Demo = 0,
+    /// Real mode: segments and registers from the descriptor, far jump to CS:IP.
+    Real = 1,
+    /// 32-bit protected mode, paging off, the VMM's GDT.
+    Protected = 2,
+    /// 64-bit long mode with the VMM's identity page tables and GDT.
+    Long = 3,
+    /// The disk's boot sector, through INT 19h.
+    Disk = 4,
 }
 
-/// The boot descriptor (`opt/minipc/boot`), little-endian.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The segment registers at the hand-off: selectors in protected and long mode, segment
+/// values in real mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Segs {
+    pub cs: u16,
+    pub ds: u16,
+    pub es: u16,
+    pub ss: u16,
+    pub fs: u16,
+    pub gs: u16,
+}
+
+impl Segs {
+    /// Every data segment the same.
+    pub fn flat(cs: u16, data: u16) -> Segs {
+        Segs {
+            cs,
+            ds: data,
+            es: data,
+            ss: data,
+            fs: data,
+            gs: data,
+        }
+    }
+}
+
+/// The general registers at the hand-off (zero-extended in long mode).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Regs {
+    pub eax: u32,
+    pub ebx: u32,
+    pub ecx: u32,
+    pub edx: u32,
+    pub esi: u32,
+    pub edi: u32,
+    pub ebp: u32,
+    pub esp: u32,
+}
+
+/// Where and how the firmware hands off to a loaded guest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Handoff {
+    /// The entry: a linear address (protected, long), or the IP (real mode).
+    pub entry: u32,
+    pub segs: Segs,
+    pub regs: Regs,
+    /// Interrupts enabled at the jump (real mode only).
+    pub interrupts: bool,
+    /// The GDT the firmware loads before the jump: (linear base, limit).
+    pub gdt: (u64, u16),
+    /// The top page table (long mode).
+    pub cr3: u32,
+}
+
+/// The boot descriptor (`opt/minipc/boot`), little-endian; layout in firmware/README.md
+/// and firmware/layout.inc.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BootDescriptor {
     pub kind: BootKind,
     /// Conventional memory in KiB, for the BDA.
@@ -84,18 +148,42 @@ pub struct BootDescriptor {
     /// Segment of the EBDA, for the BDA.
     pub ebda_segment: u16,
     pub cpus: u16,
+    pub handoff: Handoff,
 }
+
+/// The descriptor's size in bytes (the firmware reads at most 0xF0).
+pub const BOOT_DESCRIPTOR_SIZE: usize = 80;
 
 impl BootDescriptor {
     pub fn to_bytes(self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(16);
+        let h = &self.handoff;
+        let mut v = Vec::with_capacity(BOOT_DESCRIPTOR_SIZE);
         v.extend_from_slice(BOOT_MAGIC);
-        v.extend_from_slice(&BOOT_DESCRIPTOR_VERSION.to_le_bytes());
-        v.extend_from_slice(&(self.kind as u16).to_le_bytes());
-        v.extend_from_slice(&self.base_memory_kib.to_le_bytes());
-        v.extend_from_slice(&self.ebda_segment.to_le_bytes());
-        v.extend_from_slice(&self.cpus.to_le_bytes());
+        for w in [
+            BOOT_DESCRIPTOR_VERSION,
+            self.kind as u16,
+            self.base_memory_kib,
+            self.ebda_segment,
+            self.cpus,
+            h.interrupts as u16,
+        ] {
+            v.extend_from_slice(&w.to_le_bytes());
+        }
+        v.extend_from_slice(&h.entry.to_le_bytes());
+        for w in [
+            h.segs.cs, h.segs.ds, h.segs.es, h.segs.ss, h.segs.fs, h.segs.gs,
+        ] {
+            v.extend_from_slice(&w.to_le_bytes());
+        }
+        v.extend_from_slice(&h.cr3.to_le_bytes());
         v.extend_from_slice(&[0, 0]);
+        v.extend_from_slice(&h.gdt.1.to_le_bytes());
+        v.extend_from_slice(&h.gdt.0.to_le_bytes());
+        let r = &h.regs;
+        for d in [r.eax, r.ebx, r.ecx, r.edx, r.esi, r.edi, r.ebp, r.esp] {
+            v.extend_from_slice(&d.to_le_bytes());
+        }
+        debug_assert_eq!(v.len(), BOOT_DESCRIPTOR_SIZE);
         v
     }
 }
@@ -117,19 +205,52 @@ mod tests {
 
     #[test]
     fn descriptor_layout_matches_the_firmware_abi() {
+        // Offsets as in firmware/layout.inc.
         let b = BootDescriptor {
-            kind: BootKind::Demo,
+            kind: BootKind::Long,
             base_memory_kib: 639,
             ebda_segment: 0x9FC0,
             cpus: 4,
+            handoff: Handoff {
+                entry: 0x0100_0200,
+                segs: Segs::flat(0x10, 0x18),
+                regs: Regs {
+                    eax: 1,
+                    ebx: 2,
+                    ecx: 3,
+                    edx: 4,
+                    esi: 0x7000,
+                    edi: 6,
+                    ebp: 7,
+                    esp: 0x7C00,
+                },
+                interrupts: true,
+                gdt: (0x8000, 0x1F),
+                cr3: 0x9000,
+            },
         }
         .to_bytes();
+        let w = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+        let d = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        assert_eq!(b.len(), BOOT_DESCRIPTOR_SIZE);
         assert_eq!(&b[0..4], b"MPCB");
-        assert_eq!(u16::from_le_bytes([b[4], b[5]]), 1);
-        assert_eq!(u16::from_le_bytes([b[6], b[7]]), 0);
-        assert_eq!(u16::from_le_bytes([b[8], b[9]]), 639);
-        assert_eq!(u16::from_le_bytes([b[10], b[11]]), 0x9FC0);
-        assert_eq!(u16::from_le_bytes([b[12], b[13]]), 4);
+        assert_eq!(
+            [w(4), w(6), w(8), w(10), w(12), w(14)],
+            [2, 3, 639, 0x9FC0, 4, 1]
+        );
+        assert_eq!(d(16), 0x0100_0200);
+        assert_eq!(
+            [w(20), w(22), w(24), w(26), w(28), w(30)],
+            [0x10, 0x18, 0x18, 0x18, 0x18, 0x18]
+        );
+        assert_eq!(d(32), 0x9000);
+        assert_eq!(w(38), 0x1F);
+        assert_eq!(d(40), 0x8000);
+        assert_eq!(d(44), 0);
+        assert_eq!(
+            [d(48), d(52), d(56), d(60), d(64), d(68), d(72), d(76)],
+            [1, 2, 3, 4, 0x7000, 6, 7, 0x7C00]
+        );
     }
 
     fn write_tmp(name: &str, len: usize) -> std::path::PathBuf {

@@ -3,6 +3,7 @@
 
 mod acpi;
 mod bios;
+mod boot;
 mod bus;
 mod config;
 mod devices;
@@ -105,12 +106,16 @@ fn run(cfg: &VmConfig, start: Instant, filters: Option<Filters>) -> i32 {
         Some(p) => Rom::from_file(p).unwrap_or_else(|e| config_error(&e.to_string())),
         None => Rom::embedded(),
     };
+    let layout = memory::MemoryLayout::new(cfg.mem_size)
+        .unwrap_or_else(|e| config_error(&format!("--mem: {e}")));
+    let boot = boot::BootPlan::new(cfg, &layout).unwrap_or_else(|e| config_error(&e.to_string()));
     let serial_out =
         vm::open_serial_out(&cfg.serial).unwrap_or_else(|e| config_error(&e.to_string()));
     phases.config = start.elapsed();
 
-    let mut machine = match vm::build(cfg, &rom, serial_out, &mut phases) {
+    let mut machine = match vm::build(cfg, &rom, &boot, serial_out, &mut phases) {
         Ok(m) => m,
+        Err(e @ vm::VmError::Boot(_)) => config_error(&e.to_string()),
         Err(e) => {
             eprintln!("minipc: {e}");
             return code::HOST_ERROR;

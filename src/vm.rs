@@ -30,7 +30,7 @@ use crate::devices::piix::{
 use crate::devices::rtc::{Rtc, RTC_IRQ, RTC_LEN, RTC_PORT};
 use crate::devices::serial::{Serial, SerialOut, Sink, COM1_IRQ, COM1_LEN, COM1_PORT};
 use crate::devices::timer::{Expire, Timed};
-use crate::firmware::{BootDescriptor, BootKind, Rom, BOOT_DESCRIPTOR_FILE};
+use crate::firmware::{BootDescriptor, Rom, BOOT_DESCRIPTOR_FILE};
 use crate::memory::{self, MemoryLayout};
 use crate::shadow::{Shadow, ShadowMmio, SHADOW_LEN, SHADOW_START};
 use crate::stats::Phases;
@@ -54,6 +54,8 @@ pub enum VmError {
     GuestMemory(String),
     #[error("device setup: {0}")]
     Device(String),
+    #[error("{0}")]
+    Boot(String),
     #[error("{path}: cannot open serial output: {err}")]
     SerialFile { path: String, err: std::io::Error },
 }
@@ -209,17 +211,78 @@ fn rom_mapping(bytes: &[u8]) -> Result<Arc<MmapRegion>, VmError> {
     Ok(Arc::new(map))
 }
 
+/// Builds the machine, stage by stage; each stage returns what the next needs.
 pub fn build(
     cfg: &VmConfig,
     rom: &Rom,
+    boot: &crate::boot::BootPlan,
     serial_out: SerialOut,
     phases: &mut Phases,
 ) -> Result<Machine, VmError> {
     let layout =
         MemoryLayout::new(cfg.mem_size).map_err(|e| VmError::GuestMemory(e.to_string()))?;
 
-    // KVM and the VM.
     let t = Instant::now();
+    let (vm, cpuid) = open_kvm()?;
+    phases.kvm = t.elapsed();
+
+    let t = Instant::now();
+    let guest_mem = map_ram(&layout)?;
+    let (rom_maps, shadow) = register_memory(&vm, &guest_mem, rom, cfg, &layout)?;
+    let vm = Arc::new(vm);
+    let shadow = Shadow::new(vm.clone(), rom_maps[1].clone(), shadow)
+        .map_err(|e| VmError::GuestMemory(e.to_string()))?;
+    let shadow = Arc::new(Mutex::new(shadow));
+    phases.memory = t.elapsed();
+
+    let t = Instant::now();
+    create_interrupt_controllers(&vm)?;
+    let mut devices = platform_devices(&vm, cfg, &layout, shadow, serial_out)?;
+    let descriptor = boot
+        .load(&guest_mem, &layout)
+        .map_err(|e| VmError::Boot(e.to_string()))?;
+    let e820 = layout.e820(rom.size());
+    let fw_cfg = firmware_config(cfg, &layout, &guest_mem, &e820, descriptor, boot)?;
+    devices
+        .pio
+        .insert(FW_CFG_PORT, FW_CFG_LEN, Arc::new(Mutex::new(fw_cfg)))
+        .map_err(|e| VmError::Device(e.to_string()))?;
+    let pio = Arc::new(devices.pio);
+    let bios = Arc::new(crate::bios::Bios {
+        mem: guest_mem.clone(),
+        e820,
+        layout,
+        pio: pio.clone(),
+    });
+    phases.devices = t.elapsed();
+
+    let chips_at_reset = if cfg.reboot {
+        Some(capture_chips(&vm)?)
+    } else {
+        None
+    };
+
+    let t = Instant::now();
+    let vcpus = create_vcpus(&vm, &cpuid, cfg.cpus)?;
+    phases.vcpus = t.elapsed();
+
+    Ok(Machine {
+        vm,
+        guest_mem,
+        rom: rom_maps,
+        pio,
+        mmio: Arc::new(devices.mmio),
+        serial: devices.serial,
+        timers: devices.timers,
+        vcpus,
+        bios,
+        chips_at_reset,
+    })
+}
+
+/// KVM and the VM: the capabilities minipc needs, the TSS and identity map, the CPUID the
+/// host supports.
+fn open_kvm() -> Result<(VmFd, CpuId), VmError> {
     let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
     let api = kvm.get_api_version();
     if api != kvm_bindings::KVM_API_VERSION as i32 {
@@ -242,10 +305,11 @@ pub fn build(
     let cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("get supported CPUID"))?;
-    phases.kvm = t.elapsed();
+    Ok((vm, cpuid))
+}
 
-    // Memory: RAM regions, then the ROM at its two addresses. All slots before the irqchip.
-    let t = Instant::now();
+/// Guest RAM: lazily mapped anonymous memory, one mapping per RAM region.
+fn map_ram(layout: &MemoryLayout) -> Result<GuestMemoryMmap, VmError> {
     let mut regions = Vec::new();
     for r in layout.ram_regions() {
         let m = anon_mapping(r.size as usize, "guest RAM")?;
@@ -254,15 +318,28 @@ pub fn build(
                 .ok_or_else(|| VmError::GuestMemory(format!("region at {:#x}", r.start.0)))?,
         );
     }
-    let guest_mem =
-        GuestMemoryMmap::from_regions(regions).map_err(|e| VmError::GuestMemory(e.to_string()))?;
+    GuestMemoryMmap::from_regions(regions).map_err(|e| VmError::GuestMemory(e.to_string()))
+}
+
+/// Registers RAM and the ROM with KVM, before the irqchip exists (DESIGN: that order is
+/// milliseconds faster). The ROM is the whole image just below 4 GiB, and the 128 KiB window
+/// 0xE0000-0xFFFFF holding its last 128 KiB; an image that is smaller leaves the window's
+/// bottom free for the VMM's tables. Returns the two ROM mappings and the first slot free
+/// for the shadow areas (0xC0000-0xFFFFF, under PAM control).
+fn register_memory(
+    vm: &VmFd,
+    guest_mem: &GuestMemoryMmap,
+    rom: &Rom,
+    cfg: &VmConfig,
+    layout: &MemoryLayout,
+) -> Result<([Arc<MmapRegion>; 2], u32), VmError> {
     let mut slot = 0u32;
     for region in guest_mem.iter() {
         let host = region
             .get_host_address(vm_memory::MemoryRegionAddress(0))
             .map_err(|e| VmError::GuestMemory(e.to_string()))?;
         set_slot(
-            &vm,
+            vm,
             slot,
             region.start_addr().0,
             region.len(),
@@ -271,15 +348,12 @@ pub fn build(
         )?;
         slot += 1;
     }
-    // The ROM: the whole image just below 4 GiB, and the 128 KiB window 0xE0000-0xFFFFF
-    // holding its last 128 KiB (an image that is smaller leaves the window's bottom free for
-    // the VMM's tables).
     let (high, _, low_len) = MemoryLayout::firmware_windows(rom.size());
     let mut window = vec![0u8; memory::BIOS_WINDOW_SIZE as usize];
     let tail = &rom.bytes[rom.bytes.len() - low_len as usize..];
     let at = window.len() - tail.len();
     window[at..].copy_from_slice(tail);
-    if let Some(fp) = write_tables(cfg, &layout, &mut window)? {
+    if let Some(fp) = write_tables(cfg, layout, &mut window)? {
         // 16 bytes into the EBDA: its first byte is the EBDA's size, set by the firmware.
         guest_mem
             .write_slice(&fp, vm_memory::GuestAddress(memory::EBDA_START + 16))
@@ -288,30 +362,41 @@ pub fn build(
     let high_map = rom_mapping(&rom.bytes)?;
     let low_map = rom_mapping(&window)?;
     set_slot(
-        &vm,
+        vm,
         slot,
         high.0,
         rom.size(),
         high_map.as_ptr() as u64,
         KVM_MEM_READONLY,
     )?;
-    slot += 1;
-    // 0xC0000-0xFFFFF: the ROM window and shadow RAM, segment by segment, under PAM control.
-    let vm = Arc::new(vm);
-    let shadow = Shadow::new(vm.clone(), low_map.clone(), slot)
-        .map_err(|e| VmError::GuestMemory(e.to_string()))?;
-    let shadow = Arc::new(Mutex::new(shadow));
-    phases.memory = t.elapsed();
+    Ok(([high_map, low_map], slot + 1))
+}
 
-    // Interrupt controllers, then devices (irqfds need the irqchip).
-    let t = Instant::now();
+/// The in-kernel PICs, IOAPIC and PIT (irqfds need the irqchip).
+fn create_interrupt_controllers(vm: &VmFd) -> Result<(), VmError> {
     vm.create_irq_chip().map_err(kvm_err("create irqchip"))?;
     let pit = kvm_pit_config {
         flags: KVM_PIT_SPEAKER_DUMMY,
         ..Default::default()
     };
-    vm.create_pit2(pit).map_err(kvm_err("create PIT"))?;
+    vm.create_pit2(pit).map_err(kvm_err("create PIT"))
+}
 
+/// The platform devices on their buses (fw_cfg comes later, once the boot is loaded).
+struct Devices {
+    pio: Bus,
+    mmio: Bus,
+    serial: Arc<Mutex<Serial>>,
+    timers: Vec<Arc<Mutex<dyn Expire>>>,
+}
+
+fn platform_devices(
+    vm: &VmFd,
+    cfg: &VmConfig,
+    layout: &MemoryLayout,
+    shadow: Arc<Mutex<Shadow>>,
+    serial_out: SerialOut,
+) -> Result<Devices, VmError> {
     let mut pio = Bus::new("port I/O");
     let mut mmio = Bus::new("MMIO");
     mmio.insert(
@@ -344,7 +429,7 @@ pub fn build(
     let timer_err = |e: std::io::Error| VmError::Device(format!("timer: {e}"));
 
     let rtc = Rtc::new(
-        &layout,
+        layout,
         cfg.cpus,
         cfg.rtc_localtime,
         Some(irqfd(RTC_IRQ, "register RTC irqfd")?),
@@ -364,16 +449,27 @@ pub fn build(
         .map_err(dev_err)?;
     timers.push(pm);
 
-    // PCI bus 0: the i440fx host bridge, the PIIX3 ISA bridge and its ACPI function.
+    let pci = pci_bus(shadow)?;
+    pio.insert(PCI_CONFIG_PORT, PCI_CONFIG_LEN, Arc::new(Mutex::new(pci)))
+        .map_err(dev_err)?;
+    Ok(Devices {
+        pio,
+        mmio,
+        serial,
+        timers,
+    })
+}
+
+/// PCI bus 0: the i440fx host bridge, the PIIX3 ISA bridge and its ACPI function.
+fn pci_bus(shadow: Arc<Mutex<Shadow>>) -> Result<PciBus, VmError> {
     let mut pci = PciBus::new();
     let pci_err = |e| VmError::Device(format!("PCI: {e}"));
-    let pam_target = shadow.clone();
     let bridge = I440fx::new(Box::new(move |c: PamChange| {
         crate::log::debug(format_args!(
             "i440fx: PAM {:#x}+{:#x} -> {:?}",
             c.start, c.size, c.mode
         ));
-        crate::bus::lock(&pam_target).apply(c)
+        crate::bus::lock(&shadow).apply(c)
     }));
     pci.add(I440FX_DEVICE, I440FX_FUNCTION, Arc::new(Mutex::new(bridge)))
         .map_err(pci_err)?;
@@ -389,24 +485,29 @@ pub fn build(
         Arc::new(Mutex::new(Piix4Acpi::new())),
     )
     .map_err(pci_err)?;
-    pio.insert(PCI_CONFIG_PORT, PCI_CONFIG_LEN, Arc::new(Mutex::new(pci)))
-        .map_err(dev_err)?;
+    Ok(pci)
+}
 
+/// fw_cfg: QEMU's keys and files, the boot descriptor, and the boot's own items.
+fn firmware_config(
+    cfg: &VmConfig,
+    layout: &MemoryLayout,
+    guest_mem: &GuestMemoryMmap,
+    e820: &[memory::E820Entry],
+    mut descriptor: BootDescriptor,
+    boot: &crate::boot::BootPlan,
+) -> Result<FwCfg, VmError> {
     let mut fw_cfg = FwCfg::new(guest_mem.clone());
     fw_cfg.add_item(key::RAM_SIZE, layout.ram_size.to_le_bytes().to_vec());
     fw_cfg.add_item(key::NOGRAPHIC, 1u16.to_le_bytes().to_vec());
     fw_cfg.add_item(key::NB_CPUS, (cfg.cpus as u16).to_le_bytes().to_vec());
     fw_cfg.add_item(key::MAX_CPUS, (cfg.cpus as u16).to_le_bytes().to_vec());
-    // One E820 map for fw_cfg and INT 15h alike.
-    let e820_map = layout.e820(rom.size());
-    let e820: Vec<u8> = e820_map.iter().flat_map(|e| e.to_bytes()).collect();
-    let descriptor = BootDescriptor {
-        kind: BootKind::Demo,
-        base_memory_kib: layout.base_memory_kib(),
-        ebda_segment: (memory::EBDA_START >> 4) as u16,
-        cpus: cfg.cpus as u16,
-    };
+    descriptor.base_memory_kib = layout.base_memory_kib();
+    descriptor.ebda_segment = (memory::EBDA_START >> 4) as u16;
+    descriptor.cpus = cfg.cpus as u16;
     let fw_err = |e: crate::devices::fw_cfg::FwCfgError| VmError::Device(e.to_string());
+    // One E820 map for fw_cfg, INT 15h and the boot structures alike.
+    let e820: Vec<u8> = e820.iter().flat_map(|e| e.to_bytes()).collect();
     fw_cfg.add_file("etc/e820", e820).map_err(fw_err)?;
     fw_cfg
         .add_file(BOOT_DESCRIPTOR_FILE, descriptor.to_bytes())
@@ -415,47 +516,22 @@ pub fn build(
         .add_file("etc/sercon-port", (COM1_PORT as u16).to_le_bytes().to_vec())
         .map_err(fw_err)?;
     fw_cfg.add_file("bootorder", Vec::new()).map_err(fw_err)?;
-    pio.insert(FW_CFG_PORT, FW_CFG_LEN, Arc::new(Mutex::new(fw_cfg)))
-        .map_err(dev_err)?;
-    let pio = Arc::new(pio);
-    let bios = Arc::new(crate::bios::Bios {
-        mem: guest_mem.clone(),
-        e820: e820_map,
-        layout,
-        pio: pio.clone(),
-    });
-    phases.devices = t.elapsed();
+    boot.add_fw_cfg_items(&mut fw_cfg).map_err(fw_err)?;
+    Ok(fw_cfg)
+}
 
-    let chips_at_reset = if cfg.reboot {
-        Some(capture_chips(&vm)?)
-    } else {
-        None
-    };
-
-    // vCPUs at the architectural reset state; the in-kernel LAPIC holds the APs until SIPI.
-    let t = Instant::now();
-    let mut vcpus = Vec::with_capacity(cfg.cpus as usize);
-    for id in 0..cfg.cpus {
+/// The vCPUs at the architectural reset state; the in-kernel LAPIC holds the APs until
+/// SIPI.
+fn create_vcpus(vm: &VmFd, cpuid: &CpuId, cpus: u32) -> Result<Vec<VcpuFd>, VmError> {
+    let mut vcpus = Vec::with_capacity(cpus as usize);
+    for id in 0..cpus {
         let vcpu = vm.create_vcpu(id as u64).map_err(kvm_err("create vCPU"))?;
         let mut c = cpuid.clone();
-        set_topology(&mut c, id, cfg.cpus);
+        set_topology(&mut c, id, cpus);
         vcpu.set_cpuid2(&c).map_err(kvm_err("set CPUID"))?;
         vcpus.push(vcpu);
     }
-    phases.vcpus = t.elapsed();
-
-    Ok(Machine {
-        vm,
-        guest_mem,
-        rom: [high_map, low_map],
-        pio,
-        mmio: Arc::new(mmio),
-        serial,
-        timers,
-        vcpus,
-        bios,
-        chips_at_reset,
-    })
+    Ok(vcpus)
 }
 
 fn set_slot(
