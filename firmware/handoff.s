@@ -32,6 +32,8 @@
 # then a far return to its CS:IP.
         .globl handoff_real
 handoff_real:
+        mov     al, 0xB0 + 1
+        out     0x80, al                        # POST code: the hand-off (--stats handoff_us)
         xor     ax, ax
         mov     ds, ax
         mov     ss, [BOOT_DESC + BD_SS]
@@ -57,6 +59,9 @@ handoff_real:
 # with the VMM's page tables; finally the VMM's GDT, segments and registers, and a far jump.
         .globl handoff_protected
 handoff_protected:
+        mov     al, 0xB0
+        or      al, es:[BOOT_DESC + BD_KIND]
+        out     0x80, al                        # POST code: the hand-off (--stats handoff_us)
         lgdt    [fw_gdt_desc]                   # DS = CS = F000 during POST
         mov     eax, cr0
         or      al, 1                           # PE

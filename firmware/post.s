@@ -77,6 +77,8 @@ post:
 
 # Kind 4: the disk's boot sector, through INT 19h (which returns only when it cannot boot).
 boot_disk:
+        mov     al, 0xB4
+        out     0x80, al                        # POST code: the hand-off (--stats handoff_us)
         int     0x19
         mov     si, offset msg_no_boot
         jmp     fatal

@@ -158,7 +158,7 @@ impl Default for VmConfig {
 /// What the command line asks for.
 #[derive(Debug)]
 pub enum Command {
-    Run(VmConfig),
+    Run(Box<VmConfig>),
     Help,
     Version,
 }
@@ -358,7 +358,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, ConfigE
     if cfg.firmware.is_some() && cfg.disk.is_some() {
         return Err(ConfigError::FirmwareConflict("--disk"));
     }
-    Ok(Command::Run(cfg))
+    Ok(Command::Run(Box::new(cfg)))
 }
 
 #[cfg(test)]
@@ -367,7 +367,7 @@ mod tests {
 
     fn run(args: &[&str]) -> Result<VmConfig, ConfigError> {
         match parse(args.iter().map(|s| s.to_string()))? {
-            Command::Run(c) => Ok(c),
+            Command::Run(c) => Ok(*c),
             other => panic!("{other:?}"),
         }
     }

@@ -44,6 +44,9 @@ fn emit(l: Level, tag: &str, args: Arguments<'_>) {
 pub fn error(args: Arguments<'_>) {
     emit(Level::Error, "error: ", args)
 }
+pub fn warn(args: Arguments<'_>) {
+    emit(Level::Warn, "warning: ", args)
+}
 pub fn info(args: Arguments<'_>) {
     emit(Level::Info, "", args)
 }

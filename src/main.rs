@@ -40,7 +40,7 @@ fn main() {
         log::set_level(l);
     }
     let cfg = match config::parse(args) {
-        Ok(Command::Run(cfg)) => cfg,
+        Ok(Command::Run(cfg)) => *cfg,
         Ok(Command::Help) => {
             print!("{}", config::USAGE);
             std::process::exit(0);
@@ -109,6 +109,7 @@ fn run(cfg: &VmConfig, start: Instant, filters: Option<Filters>) -> i32 {
     let layout = memory::MemoryLayout::new(cfg.mem_size)
         .unwrap_or_else(|e| config_error(&format!("--mem: {e}")));
     let boot = boot::BootPlan::new(cfg, &layout).unwrap_or_else(|e| config_error(&e.to_string()));
+    let _ = stats::BOOT.set(boot.describe());
     let serial_out =
         vm::open_serial_out(&cfg.serial).unwrap_or_else(|e| config_error(&e.to_string()));
     phases.config = start.elapsed();

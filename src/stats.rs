@@ -8,6 +8,8 @@ use crate::exit::ExitReason;
 /// When the first vCPU came back to user space for the first time: the firmware's first port
 /// access, a few instructions after the reset vector.
 pub static FIRST_EXIT: OnceLock<Instant> = OnceLock::new();
+/// What boots, for `--stats` (`BootPlan::describe`).
+pub static BOOT: OnceLock<&'static str> = OnceLock::new();
 /// When the first vCPU entered KVM_RUN.
 pub static FIRST_RUN: OnceLock<Instant> = OnceLock::new();
 
@@ -49,7 +51,8 @@ impl Phases {
             concat!(
                 "{{\"exit_reason\":\"{}\",\"exit_code\":{},\"detail\":{},",
                 "\"phases_us\":{{\"config\":{},\"kvm\":{},\"memory\":{},\"devices\":{},\"vcpus\":{}}},",
-                "\"first_run_us\":{},\"first_exit_us\":{},\"total_us\":{},\"peak_rss_kib\":{},",
+                "\"boot\":\"{}\",\"first_run_us\":{},\"first_exit_us\":{},\"handoff_us\":{},",
+                "\"total_us\":{},\"peak_rss_kib\":{},",
                 "\"cpu_us\":{}}}"
             ),
             reason.name(),
@@ -60,8 +63,10 @@ impl Phases {
             self.memory.as_micros(),
             self.devices.as_micros(),
             self.vcpus.as_micros(),
+            BOOT.get().copied().unwrap_or("demo"),
             self.since_start(FIRST_RUN.get()),
             self.since_start(FIRST_EXIT.get()),
+            self.since_start(crate::devices::post_code::HANDOFF.get()),
             self.start.elapsed().as_micros(),
             usage.0,
             usage.1,

@@ -27,6 +27,7 @@ use crate::devices::pci::{PciBus, PCI_CONFIG_LEN, PCI_CONFIG_PORT};
 use crate::devices::piix::{
     Piix3Isa, Piix4Acpi, PIIX3_ISA_FUNCTION, PIIX4_ACPI_FUNCTION, PIIX_DEVICE,
 };
+use crate::devices::post_code::{PostCode, POST_CODE_LEN, POST_CODE_PORT};
 use crate::devices::rtc::{Rtc, RTC_IRQ, RTC_LEN, RTC_PORT};
 use crate::devices::serial::{Serial, SerialOut, Sink, COM1_IRQ, COM1_LEN, COM1_PORT};
 use crate::devices::timer::{Expire, Timed};
@@ -228,9 +229,13 @@ pub fn build(
 
     let t = Instant::now();
     let guest_mem = map_ram(&layout)?;
-    let (rom_maps, shadow) = register_memory(&vm, &guest_mem, rom, cfg, &layout)?;
+    let RegisteredMemory {
+        rom: rom_maps,
+        first_shadow_slot,
+        rsdp,
+    } = register_memory(&vm, &guest_mem, rom, cfg, &layout)?;
     let vm = Arc::new(vm);
-    let shadow = Shadow::new(vm.clone(), rom_maps[1].clone(), shadow)
+    let shadow = Shadow::new(vm.clone(), rom_maps[1].clone(), first_shadow_slot)
         .map_err(|e| VmError::GuestMemory(e.to_string()))?;
     let shadow = Arc::new(Mutex::new(shadow));
     phases.memory = t.elapsed();
@@ -238,10 +243,15 @@ pub fn build(
     let t = Instant::now();
     create_interrupt_controllers(&vm)?;
     let mut devices = platform_devices(&vm, cfg, &layout, shadow, serial_out)?;
-    let descriptor = boot
-        .load(&guest_mem, &layout)
-        .map_err(|e| VmError::Boot(e.to_string()))?;
     let e820 = layout.e820(rom.size());
+    let env = crate::boot::BootEnv {
+        layout: &layout,
+        e820: &e820,
+        rsdp: rsdp.as_deref(),
+    };
+    let descriptor = boot
+        .load(&guest_mem, &env)
+        .map_err(|e| VmError::Boot(e.to_string()))?;
     let fw_cfg = firmware_config(cfg, &layout, &guest_mem, &e820, descriptor, boot)?;
     devices
         .pio
@@ -321,18 +331,28 @@ fn map_ram(layout: &MemoryLayout) -> Result<GuestMemoryMmap, VmError> {
     GuestMemoryMmap::from_regions(regions).map_err(|e| VmError::GuestMemory(e.to_string()))
 }
 
+/// What `register_memory` set up.
+struct RegisteredMemory {
+    /// The ROM mapped below 4 GiB, and the 128 KiB window at 0xE0000.
+    rom: [Arc<MmapRegion>; 2],
+    first_shadow_slot: u32,
+    /// The ACPI RSDP written at 0xE0000, if any.
+    rsdp: Option<Vec<u8>>,
+}
+
 /// Registers RAM and the ROM with KVM, before the irqchip exists (DESIGN: that order is
 /// milliseconds faster). The ROM is the whole image just below 4 GiB, and the 128 KiB window
 /// 0xE0000-0xFFFFF holding its last 128 KiB; an image that is smaller leaves the window's
-/// bottom free for the VMM's tables. Returns the two ROM mappings and the first slot free
-/// for the shadow areas (0xC0000-0xFFFFF, under PAM control).
+/// bottom free for the VMM's tables. Returns the two ROM mappings, the first slot free
+/// for the shadow areas (0xC0000-0xFFFFF, under PAM control), and the ACPI RSDP written at
+/// 0xE0000 if there is one.
 fn register_memory(
     vm: &VmFd,
     guest_mem: &GuestMemoryMmap,
     rom: &Rom,
     cfg: &VmConfig,
     layout: &MemoryLayout,
-) -> Result<([Arc<MmapRegion>; 2], u32), VmError> {
+) -> Result<RegisteredMemory, VmError> {
     let mut slot = 0u32;
     for region in guest_mem.iter() {
         let host = region
@@ -369,7 +389,12 @@ fn register_memory(
         high_map.as_ptr() as u64,
         KVM_MEM_READONLY,
     )?;
-    Ok(([high_map, low_map], slot + 1))
+    let rsdp = (cfg.acpi && window.starts_with(b"RSD PTR ")).then(|| window[..36].to_vec());
+    Ok(RegisteredMemory {
+        rom: [high_map, low_map],
+        first_shadow_slot: slot + 1,
+        rsdp,
+    })
 }
 
 /// The in-kernel PICs, IOAPIC and PIT (irqfds need the irqchip).
@@ -417,6 +442,12 @@ fn platform_devices(
         DEBUG_EXIT_PORT,
         DEBUG_EXIT_LEN,
         Arc::new(Mutex::new(DebugExit)),
+    )
+    .map_err(dev_err)?;
+    pio.insert(
+        POST_CODE_PORT,
+        POST_CODE_LEN,
+        Arc::new(Mutex::new(PostCode::default())),
     )
     .map_err(dev_err)?;
 

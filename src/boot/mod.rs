@@ -1,24 +1,190 @@
 //! Boot paths: what the user asked to boot, turned into a *boot plan* before any KVM call
 //! (every file read and every header checked), then loaded into guest memory while the
-//! machine is built. The plan tells the firmware what to start through the boot
-//! descriptor; the firmware only switches mode and jumps (firmware/handoff.s).
+//! machine is built, and again on every reboot. The plan tells the firmware what to start
+//! through the boot descriptor; the firmware only switches mode and jumps
+//! (firmware/handoff.s).
 //!
-//! One file per format; `detect.rs` decides which one a `--kernel` file is.
+//! One file per format: `linux.rs` (bzImage and ELF vmlinux), `multiboot.rs` (multiboot 1),
+//! `multiboot2.rs`; `detect.rs` decides which one a `--kernel` file is; `elf.rs` reads ELF
+//! program headers for the multiboot loaders.
 
-use vm_memory::GuestMemoryMmap;
+mod detect;
+mod elf;
+mod linux;
+mod multiboot;
+mod multiboot2;
+
+use std::path::Path;
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::config::VmConfig;
 use crate::devices::fw_cfg::{FwCfg, FwCfgError};
-use crate::firmware::{BootDescriptor, BootKind};
-use crate::memory::MemoryLayout;
+use crate::firmware::{BootDescriptor, BootKind, Handoff};
+use crate::memory::{E820Entry, MemoryLayout, EBDA_START, HIGH_MEMORY_START};
+
+/// Guest-physical addresses of the boot structures the VMM writes. The firmware's own
+/// scratch (IVT, BDA, 0x500-0x5FFF, its stack below 0x7C00) stays clear of them, so they
+/// survive POST.
+pub mod area {
+    /// The GDT loaded at the hand-off (4 entries).
+    pub const GDT: u64 = 0x8000;
+    /// The stack pointer at a protected- or long-mode hand-off (grows down from here).
+    pub const STACK_TOP: u64 = 0x8000;
+    /// Identity page tables for the 64-bit entry: PML4, PDPT, four page directories.
+    pub const PAGE_TABLES: u64 = 0x9000;
+    /// Linux's boot_params (the "zero page"), the multiboot information, or PVH's
+    /// hvm_start_info.
+    pub const ZERO_PAGE: u64 = 0xF000;
+    /// Linux's real-mode setup code and heap (16-bit protocol), one 64 KiB segment.
+    pub const SETUP: u64 = 0x1_0000;
+    /// The command line.
+    pub const CMDLINE: u64 = 0x2_0000;
+    pub const CMDLINE_MAX: u64 = 0x1_0000;
+    /// Further boot information: memory maps, module lists, strings.
+    pub const INFO: u64 = 0x3_0000;
+    pub const INFO_END: u64 = 0x4_0000;
+}
 
 /// Why a boot plan could not be made or loaded: the message names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
     #[error("{path}: {why}")]
     File { path: String, why: String },
+    #[error("--cmdline: {0}")]
+    Cmdline(String),
+    #[error("{0}")]
+    Config(String),
     #[error("guest memory: {0}")]
     Memory(String),
+}
+
+fn file_err(path: &str, why: impl Into<String>) -> BootError {
+    BootError::File {
+        path: path.to_string(),
+        why: why.into(),
+    }
+}
+
+/// Reads a whole input file, trusting what was read rather than its metadata (a pipe or a
+/// procfs file has none), and refuses one of more than `max` bytes without reading it all.
+pub fn read_input(path: &Path, what: &str, max: u64) -> Result<Vec<u8>, BootError> {
+    use std::io::Read;
+    let p = path.display().to_string();
+    let f =
+        std::fs::File::open(path).map_err(|e| file_err(&p, format!("cannot read {what}: {e}")))?;
+    let mut bytes = Vec::new();
+    f.take(max.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| file_err(&p, format!("cannot read {what}: {e}")))?;
+    if bytes.len() as u64 > max {
+        return Err(file_err(
+            &p,
+            format!("{what} is larger than the guest's RAM ({max} bytes)"),
+        ));
+    }
+    if bytes.is_empty() {
+        return Err(file_err(&p, format!("{what} is empty")));
+    }
+    Ok(bytes)
+}
+
+/// What a loader needs to know of the machine.
+pub struct BootEnv<'a> {
+    pub layout: &'a MemoryLayout,
+    /// The E820 map, the one the firmware and fw_cfg give too.
+    pub e820: &'a [E820Entry],
+    /// The ACPI RSDP as written at 0xE0000, when there are ACPI tables.
+    pub rsdp: Option<&'a [u8]>,
+}
+
+/// Where an image may be loaded: RAM above the boot structures and below the EBDA, or RAM
+/// from 1 MiB to the PCI hole. Refuses `[start, end)` anywhere else.
+pub fn check_image_range(
+    path: &str,
+    what: &str,
+    start: u64,
+    end: u64,
+    layout: &MemoryLayout,
+) -> Result<(), BootError> {
+    let fits = start < end
+        && ((start >= area::INFO_END && end <= EBDA_START)
+            || (start >= HIGH_MEMORY_START && end <= layout.low_ram_end));
+    if fits {
+        Ok(())
+    } else {
+        Err(file_err(
+            path,
+            format!(
+                "{what} at {start:#x}-{end:#x} is outside the guest's usable RAM (0x40000-0x9fc00, 0x100000-{:#x})",
+                layout.low_ram_end
+            ),
+        ))
+    }
+}
+
+/// Writes `bytes` at `addr` in guest memory.
+pub fn put(mem: &GuestMemoryMmap, addr: u64, bytes: &[u8]) -> Result<(), BootError> {
+    mem.write_slice(bytes, GuestAddress(addr))
+        .map_err(|e| BootError::Memory(format!("{} bytes at {addr:#x}: {e}", bytes.len())))
+}
+
+/// Zeroes `[start, end)` in guest memory.
+pub fn zero(mem: &GuestMemoryMmap, start: u64, end: u64) -> Result<(), BootError> {
+    const CHUNK: u64 = 64 * 1024;
+    let zeros = [0u8; CHUNK as usize];
+    let mut at = start;
+    while at < end {
+        let n = (end - at).min(CHUNK);
+        put(mem, at, &zeros[..n as usize])?;
+        at += n;
+    }
+    Ok(())
+}
+
+/// GDT selectors of the hand-off GDT.
+pub const CODE_SELECTOR: u16 = 0x10;
+pub const DATA_SELECTOR: u16 = 0x18;
+
+/// Writes the hand-off GDT: 0x10 a flat code segment (64-bit when `long`), 0x18 flat data.
+/// Linux's boot protocols name these selectors; multiboot and PVH only need them flat.
+/// Returns (base, limit) for the descriptor.
+pub fn write_gdt(mem: &GuestMemoryMmap, long: bool) -> Result<(u64, u16), BootError> {
+    let code: u64 = if long {
+        0x00AF_9B00_0000_FFFF
+    } else {
+        0x00CF_9B00_0000_FFFF
+    };
+    let entries = [0u64, 0, code, 0x00CF_9300_0000_FFFF];
+    let bytes: Vec<u8> = entries.iter().flat_map(|e| e.to_le_bytes()).collect();
+    put(mem, area::GDT, &bytes)?;
+    Ok((area::GDT, (bytes.len() - 1) as u16))
+}
+
+/// Writes page tables that identity-map the first 4 GiB with 2 MiB pages; returns CR3.
+pub fn write_identity_page_tables(mem: &GuestMemoryMmap) -> Result<u32, BootError> {
+    const PRESENT_RW: u64 = 0x3;
+    const PAGE_SIZE_2M: u64 = 0x80;
+    let pml4 = area::PAGE_TABLES;
+    let pdpt = pml4 + 0x1000;
+    let pd = pdpt + 0x1000;
+    let mut table = vec![0u8; 0x1000];
+    table[..8].copy_from_slice(&(pdpt | PRESENT_RW).to_le_bytes());
+    put(mem, pml4, &table)?;
+    table.fill(0);
+    for i in 0..4u64 {
+        table[i as usize * 8..][..8]
+            .copy_from_slice(&((pd + i * 0x1000) | PRESENT_RW).to_le_bytes());
+    }
+    put(mem, pdpt, &table)?;
+    for i in 0..4 * 512u64 {
+        let entry = (i << 21) | PRESENT_RW | PAGE_SIZE_2M;
+        table[(i % 512) as usize * 8..][..8].copy_from_slice(&entry.to_le_bytes());
+        if i % 512 == 511 {
+            put(mem, pd + (i / 512) * 0x1000, &table)?;
+        }
+    }
+    Ok(pml4 as u32)
 }
 
 /// What the firmware starts, and what must be in guest memory for it.
@@ -30,6 +196,9 @@ enum Payload {
     Disk,
     /// A user's firmware image: it boots by itself.
     Firmware,
+    Linux(Box<linux::Linux>),
+    Multiboot(Box<multiboot::Multiboot>),
+    Multiboot2(Box<multiboot2::Multiboot2>),
 }
 
 /// A validated boot: made from the configuration before KVM is touched, loaded (again on
@@ -41,30 +210,42 @@ pub struct BootPlan {
 
 impl BootPlan {
     /// Reads and checks everything the configuration names for the boot.
-    pub fn new(cfg: &VmConfig, _layout: &MemoryLayout) -> Result<BootPlan, BootError> {
-        let payload = if cfg.firmware.is_some() {
-            Payload::Firmware
-        } else if cfg.disk.is_some() {
-            Payload::Disk
-        } else {
-            Payload::Demo
+    pub fn new(cfg: &VmConfig, layout: &MemoryLayout) -> Result<BootPlan, BootError> {
+        let payload = match &cfg.kernel {
+            Some(_) if cfg.firmware.is_some() => Payload::Firmware,
+            Some(path) => detect::plan(path, cfg, layout)?,
+            None if cfg.firmware.is_some() => Payload::Firmware,
+            None if cfg.disk.is_some() => Payload::Disk,
+            None => Payload::Demo,
         };
         Ok(BootPlan { payload })
     }
 
+    /// A short name of what boots, for logs and `--stats`.
+    pub fn describe(&self) -> &'static str {
+        match &self.payload {
+            Payload::Demo => "demo",
+            Payload::Disk => "disk",
+            Payload::Firmware => "firmware",
+            Payload::Linux(l) => l.describe(),
+            Payload::Multiboot(_) => "multiboot",
+            Payload::Multiboot2(_) => "multiboot2",
+        }
+    }
+
     /// Places the payload and its boot structures in guest memory; returns the boot
     /// descriptor for the firmware.
-    pub fn load(
-        &self,
-        _mem: &GuestMemoryMmap,
-        _layout: &MemoryLayout,
-    ) -> Result<BootDescriptor, BootError> {
-        let kind = match self.payload {
-            Payload::Demo | Payload::Firmware => BootKind::Demo,
-            Payload::Disk => BootKind::Disk,
+    pub fn load(&self, mem: &GuestMemoryMmap, env: &BootEnv) -> Result<BootDescriptor, BootError> {
+        let (kind, handoff) = match &self.payload {
+            Payload::Demo | Payload::Firmware => (BootKind::Demo, Handoff::default()),
+            Payload::Disk => (BootKind::Disk, Handoff::default()),
+            Payload::Linux(l) => l.load(mem, env)?,
+            Payload::Multiboot(m) => m.load(mem, env)?,
+            Payload::Multiboot2(m) => m.load(mem, env)?,
         };
         Ok(BootDescriptor {
             kind,
+            handoff,
             ..Default::default()
         })
     }
@@ -72,5 +253,54 @@ impl BootPlan {
     /// The fw_cfg items of this boot (QEMU's kernel, initrd and command line items).
     pub fn add_fw_cfg_items(&self, _fw_cfg: &mut FwCfg) -> Result<(), FwCfgError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    use super::*;
+
+    /// Guest memory shaped like the machine's: low RAM and RAM from 1 MiB.
+    pub fn memory(layout: &MemoryLayout) -> GuestMemoryMmap {
+        let ranges: Vec<(GuestAddress, usize)> = layout
+            .ram_regions()
+            .iter()
+            .map(|r| (r.start, r.size as usize))
+            .collect();
+        GuestMemoryMmap::from_ranges(&ranges).unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MIB;
+
+    #[test]
+    fn identity_tables_map_4g_with_2m_pages() {
+        let layout = MemoryLayout::new(64 * MIB).unwrap();
+        let mem = test_util::memory(&layout);
+        let cr3 = write_identity_page_tables(&mem).unwrap() as u64;
+        let rd = |a: u64| mem.read_obj::<u64>(GuestAddress(a)).unwrap();
+        let pdpt = rd(cr3) & !0xFFF;
+        let pd3 = rd(pdpt + 3 * 8) & !0xFFF;
+        // The last 2 MiB page below 4 GiB maps to itself.
+        assert_eq!(rd(pd3 + 511 * 8), 0xFFE0_0000 | 0x83);
+        let pd0 = rd(pdpt) & !0xFFF;
+        assert_eq!(rd(pd0 + 8), 0x20_0000 | 0x83);
+        assert!(pd3 + 0x1000 <= area::ZERO_PAGE);
+    }
+
+    #[test]
+    fn image_ranges_avoid_the_holes_and_boot_structures() {
+        let layout = MemoryLayout::new(64 * MIB).unwrap();
+        let ok = |s, e| check_image_range("k", "x", s, e, &layout).is_ok();
+        assert!(ok(0x10_0000, 0x20_0000));
+        assert!(ok(0x4_0000, 0x9_0000));
+        assert!(!ok(0x9_0000, 0xA_0000));
+        assert!(!ok(0xF_0000, 0x10_1000));
+        assert!(!ok(0x1000, 0x2000));
+        assert!(!ok(0x10_0000, 65 * MIB));
+        assert!(!ok(0x20_0000, 0x20_0000));
     }
 }

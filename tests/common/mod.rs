@@ -142,3 +142,113 @@ pub fn minipc_with_input(args: &[&str], input: Option<&[u8]>) -> Run {
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
+
+/// How a test kernel is linked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Link {
+    /// An ELF executable, 32- or 64-bit.
+    Elf32,
+    Elf64,
+    /// A flat binary from a 32- or 64-bit object (objcopy -O binary).
+    Flat32,
+    Flat64,
+}
+
+/// Assembles tests/guests/SRC.s with `defs` and links it with tests/guests/SCRIPT.ld into a
+/// test kernel; returns its path.
+pub fn kernel(src: &str, script: &str, link: Link, defs: &[(&str, u64)]) -> PathBuf {
+    let dir_src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests");
+    let tag: String = defs.iter().map(|(k, v)| format!("-{k}{v}")).collect();
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kernels");
+    std::fs::create_dir_all(&dir).expect("create kernel dir");
+    // Tests build the same kernel in parallel: each builds under its own name, then
+    // renames the result into place.
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("{src}{tag}-{link:?}");
+    let base = dir.join(format!("{name}-tmp{}-{seq}", std::process::id()));
+    let obj = base.with_extension("o");
+    let elf = base.with_extension("elf");
+    let (bits, emul) = match link {
+        Link::Elf32 | Link::Flat32 => ("--32", "elf_i386"),
+        Link::Elf64 | Link::Flat64 => ("--64", "elf_x86_64"),
+    };
+    let mut asm = Command::new("as");
+    asm.arg(bits).arg("-I").arg(&dir_src);
+    for (k, v) in defs {
+        asm.arg(format!("--defsym={k}={v}"));
+    }
+    run_tool(
+        asm.arg("-o")
+            .arg(&obj)
+            .arg(dir_src.join(format!("{src}.s"))),
+    );
+    run_tool(
+        Command::new("ld")
+            .args(["-m", emul, "-nostdlib", "--no-warn-rwx-segments", "-T"])
+            .arg(dir_src.join(format!("{script}.ld")))
+            .arg("-o")
+            .arg(&elf)
+            .arg(&obj),
+    );
+    let (built, ext) = match link {
+        Link::Elf32 | Link::Elf64 => (elf, "elf"),
+        Link::Flat32 | Link::Flat64 => {
+            let bin = base.with_extension("bin");
+            run_tool(
+                Command::new("objcopy")
+                    .args(["-O", "binary"])
+                    .arg(&elf)
+                    .arg(&bin),
+            );
+            (bin, "bin")
+        }
+    };
+    let out = dir.join(format!("{name}.{ext}"));
+    std::fs::rename(&built, &out).expect("move the kernel into place");
+    let _ = std::fs::remove_file(&obj);
+    let _ = std::fs::remove_file(base.with_extension("elf"));
+    out
+}
+
+/// The `name=value` lines a test kernel printed, in order.
+pub fn report(stdout: &str) -> Vec<(String, String)> {
+    stdout
+        .lines()
+        .filter_map(|l| l.trim_end_matches('\r').split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The first value of `key` in a report, as a number when it is hex.
+pub fn value(r: &[(String, String)], key: &str) -> String {
+    r.iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| panic!("no {key}= line in the report: {r:?}"))
+}
+
+pub fn hex(r: &[(String, String)], key: &str) -> u64 {
+    let v = value(r, key);
+    u64::from_str_radix(&v, 16).unwrap_or_else(|_| panic!("{key}={v} is not hex"))
+}
+
+/// Every value of `key`, as numbers.
+pub fn hexes(r: &[(String, String)], key: &str) -> Vec<u64> {
+    r.iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| u64::from_str_radix(v, 16).unwrap_or_else(|_| panic!("{key}={v}")))
+        .collect()
+}
+
+/// The E820 map minipc gives a guest of `mem` bytes below 3.5 GiB with the embedded
+/// firmware: (base, length, type), as the README documents it.
+pub fn expected_e820(mem: u64) -> Vec<(u64, u64, u64)> {
+    vec![
+        (0, 0x9_FC00, 1),
+        (0x9_FC00, 0x400, 2),
+        (0xC_0000, 0x4_0000, 2),
+        (0x10_0000, mem - 0x10_0000, 1),
+        (0xFFFE_0000, 0x2_0000, 2),
+    ]
+}

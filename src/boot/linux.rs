@@ -1,0 +1,779 @@
+//! Linux: a bzImage (boot protocol 2.02 or later) or an ELF vmlinux, loaded with
+//! `linux-loader`, entered through the 64-bit entry (default when the kernel has one), the
+//! 32-bit entry, the kernel's own real-mode setup code (`--boot-protocol 16`, on the
+//! firmware's BIOS services), or PVH (an ELF with a Xen PVH note).
+//!
+//! See the kernel's Documentation/arch/x86/boot.rst for every field used here.
+
+use std::io::Cursor;
+
+use linux_loader::cmdline::Cmdline;
+use linux_loader::configurator::linux::LinuxBootConfigurator;
+use linux_loader::configurator::pvh::PvhBootConfigurator;
+use linux_loader::configurator::{BootConfigurator, BootParams};
+use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
+use linux_loader::loader::bzimage::BzImage;
+use linux_loader::loader::elf::{Elf, PvhBootCapability};
+use linux_loader::loader::KernelLoader;
+use linux_loader::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
+use vm_memory::{ByteValued, GuestAddress, GuestMemoryMmap};
+
+use super::{
+    area, check_image_range, file_err, put, write_gdt, write_identity_page_tables, BootEnv,
+    BootError, CODE_SELECTOR, DATA_SELECTOR,
+};
+use crate::config::BootProtocol;
+use crate::firmware::{BootKind, Handoff, Regs, Segs};
+use crate::memory::{MemoryLayout, BIOS_WINDOW_START, HIGH_MEMORY_START, MIB};
+
+const HDRS: u32 = 0x5372_6448;
+const LOADED_HIGH: u8 = 0x01;
+const CAN_USE_HEAP: u8 = 0x80;
+const XLF_KERNEL_64: u16 = 0x01;
+const LOADER_UNDEFINED: u8 = 0xFF;
+/// The real-mode segment's layout for the 16-bit protocol: setup code from 0, heap up to
+/// HEAP_END, the stack above it.
+const HEAP_END: u16 = 0xFE00;
+const SETUP_STACK: u32 = 0xFFF0;
+const MAX_SETUP_LEN: usize = 0x8000;
+const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
+const PVH_MAGIC: u32 = 0x336E_C578;
+
+/// How the kernel is entered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry {
+    Long,
+    Protected,
+    Real,
+    Pvh,
+}
+
+#[derive(Debug)]
+enum Format {
+    BzImage {
+        /// The setup header as the image has it.
+        header: setup_header,
+        /// The real-mode part: boot sector and setup code.
+        setup_len: usize,
+        /// Where the protected-mode kernel goes.
+        load_addr: u64,
+    },
+    Elf {
+        entry: u64,
+        pvh_entry: Option<u32>,
+    },
+}
+
+#[derive(Debug)]
+pub struct Linux {
+    path: String,
+    image: Vec<u8>,
+    format: Format,
+    entry: Entry,
+    cmdline: Vec<u8>,
+    initrd: Option<(String, Vec<u8>, u64)>,
+    acpi: bool,
+}
+
+fn u32_at(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+}
+
+/// True when the image has a bzImage setup header ("HdrS" at 0x202).
+pub fn is_bzimage(b: &[u8]) -> bool {
+    b.len() >= 0x206 && u32_at(b, 0x202) == HDRS
+}
+
+/// The setup header, as the image has it (bytes 0x1F1 onward).
+fn read_header(b: &[u8]) -> setup_header {
+    let mut h = setup_header::default();
+    let n = std::mem::size_of::<setup_header>().min(b.len().saturating_sub(0x1F1));
+    h.as_mut_slice()[..n].copy_from_slice(&b[0x1F1..0x1F1 + n]);
+    h
+}
+
+impl Linux {
+    pub fn describe(&self) -> &'static str {
+        match (&self.format, self.entry) {
+            (Format::BzImage { .. }, Entry::Long) => "linux-bzimage-64",
+            (Format::BzImage { .. }, Entry::Protected) => "linux-bzimage-32",
+            (Format::BzImage { .. }, Entry::Real) => "linux-bzimage-16",
+            (Format::Elf { .. }, Entry::Pvh) => "linux-elf-pvh",
+            (Format::Elf { .. }, _) => "linux-elf-64",
+            (Format::BzImage { .. }, Entry::Pvh) => "linux-bzimage",
+        }
+    }
+
+    /// A bzImage: every header field the load relies on is checked here.
+    fn bzimage(
+        path: &str,
+        b: &[u8],
+        protocol: BootProtocol,
+        layout: &MemoryLayout,
+    ) -> Result<(Format, Entry, usize), BootError> {
+        if b.len() < 0x268 {
+            return Err(file_err(
+                path,
+                "bzImage is truncated (no complete setup header)",
+            ));
+        }
+        let header = read_header(b);
+        let version = header.version;
+        if version < 0x0202 || header.loadflags & LOADED_HIGH == 0 {
+            return Err(file_err(
+                path,
+                format!("Linux boot protocol {}.{:02} is too old (a bzImage of protocol 2.02 or later is needed)", version >> 8, version & 0xFF),
+            ));
+        }
+        let setup_sects = if header.setup_sects == 0 {
+            4
+        } else {
+            header.setup_sects as usize
+        };
+        let setup_len = (setup_sects + 1) * 512;
+        if setup_len >= b.len() {
+            return Err(file_err(
+                path,
+                format!(
+                    "bzImage is truncated: {} bytes, its setup code alone is {setup_len}",
+                    b.len()
+                ),
+            ));
+        }
+        let pm_len = (b.len() - setup_len) as u64;
+        let syssize = header.syssize as u64 * 16;
+        if version >= 0x0204 && syssize > pm_len {
+            return Err(file_err(
+                path,
+                format!(
+                    "bzImage is truncated: its kernel is {pm_len} bytes, the header says {syssize}"
+                ),
+            ));
+        }
+        let entry = match protocol {
+            BootProtocol::Pvh => {
+                return Err(file_err(
+                    path,
+                    "PVH needs an ELF kernel with a PVH note, not a bzImage",
+                ))
+            }
+            BootProtocol::Linux16 => Entry::Real,
+            BootProtocol::Linux32 => Entry::Protected,
+            BootProtocol::Linux64 | BootProtocol::Auto => {
+                let has_64 = version >= 0x020C && header.xloadflags & XLF_KERNEL_64 != 0;
+                match (has_64, protocol) {
+                    (true, _) => Entry::Long,
+                    (false, BootProtocol::Auto) => Entry::Protected,
+                    (false, _) => return Err(file_err(
+                        path,
+                        "the kernel has no 64-bit entry (XLF_KERNEL_64); try --boot-protocol 32",
+                    )),
+                }
+            }
+        };
+        if entry == Entry::Real && setup_len > MAX_SETUP_LEN {
+            return Err(file_err(
+                path,
+                format!("setup code of {setup_len} bytes does not fit the real-mode segment"),
+            ));
+        }
+        let need = if version >= 0x020A {
+            (header.init_size as u64).max(pm_len)
+        } else {
+            pm_len
+        };
+        let load_addr = load_address(&header, need, layout);
+        check_image_range(
+            path,
+            "the kernel",
+            load_addr,
+            load_addr.saturating_add(need),
+            layout,
+        )?;
+        let cmdline_size = if version >= 0x0206 {
+            header.cmdline_size as usize
+        } else {
+            255
+        };
+        Ok((
+            Format::BzImage {
+                header,
+                setup_len,
+                load_addr,
+            },
+            entry,
+            cmdline_size,
+        ))
+    }
+
+    pub fn new(
+        path: &str,
+        image: Vec<u8>,
+        cfg: &crate::config::VmConfig,
+        layout: &MemoryLayout,
+    ) -> Result<Linux, BootError> {
+        let (format, entry, cmdline_size) = if is_bzimage(&image) {
+            Self::bzimage(path, &image, cfg.boot_protocol, layout)?
+        } else {
+            let (f, e) = elf_kernel(path, &image, cfg.boot_protocol, layout)?;
+            (f, e, area::CMDLINE_MAX as usize)
+        };
+        let text = cfg.cmdline.clone().unwrap_or_default();
+        let cmdline = Cmdline::try_from(&text, cmdline_size.min(area::CMDLINE_MAX as usize))
+            .map_err(|e| {
+                BootError::Cmdline(format!("{e} (the kernel takes {cmdline_size} bytes)"))
+            })?
+            .as_cstring()
+            .map_err(|e| BootError::Cmdline(e.to_string()))?
+            .into_bytes_with_nul();
+        let kernel_end = match &format {
+            Format::BzImage {
+                header,
+                setup_len,
+                load_addr,
+            } => {
+                let pm = (image.len() - setup_len) as u64;
+                load_addr + (header.init_size as u64).max(pm)
+            }
+            Format::Elf { .. } => elf_end(&image),
+        };
+        let initrd = match &cfg.initrd {
+            Some(p) => {
+                let ip = p.display().to_string();
+                let bytes = super::read_input(p, "initrd", layout.ram_size)?;
+                let max = match &format {
+                    Format::BzImage { header, .. } if header.version >= 0x0203 => {
+                        header.initrd_addr_max as u64
+                    }
+                    Format::BzImage { .. } => 0x37FF_FFFF,
+                    Format::Elf { .. } => u32::MAX as u64,
+                };
+                let addr = place_initrd(bytes.len() as u64, kernel_end, max, layout)
+                    .ok_or_else(|| file_err(&ip, format!(
+                        "initrd of {} bytes does not fit between the kernel's end ({kernel_end:#x}) and {:#x}",
+                        bytes.len(),
+                        max.min(layout.low_ram_end - 1) + 1
+                    )))?;
+                Some((ip, bytes, addr))
+            }
+            None => None,
+        };
+        Ok(Linux {
+            path: path.to_string(),
+            image,
+            format,
+            entry,
+            cmdline,
+            initrd,
+            acpi: cfg.acpi,
+        })
+    }
+
+    pub fn load(
+        &self,
+        mem: &GuestMemoryMmap,
+        env: &BootEnv,
+    ) -> Result<(BootKind, Handoff), BootError> {
+        let load_err = |e: linux_loader::loader::Error| {
+            file_err(&self.path, format!("cannot load the kernel: {e}"))
+        };
+        put(mem, area::CMDLINE, &self.cmdline)?;
+        let (ramdisk_image, ramdisk_size) = match &self.initrd {
+            Some((_, bytes, addr)) => {
+                put(mem, *addr, bytes)?;
+                (*addr as u32, bytes.len() as u32)
+            }
+            None => (0, 0),
+        };
+        match &self.format {
+            Format::BzImage {
+                header,
+                setup_len,
+                load_addr,
+            } => {
+                let r = BzImage::load(
+                    mem,
+                    Some(GuestAddress(*load_addr)),
+                    &mut Cursor::new(&self.image),
+                    None,
+                )
+                .map_err(load_err)?;
+                let mut hdr = r.setup_header.unwrap_or(*header);
+                hdr.type_of_loader = LOADER_UNDEFINED;
+                hdr.cmd_line_ptr = area::CMDLINE as u32;
+                hdr.ramdisk_image = ramdisk_image;
+                hdr.ramdisk_size = ramdisk_size;
+                hdr.code32_start = *load_addr as u32;
+                if self.entry == Entry::Real {
+                    return self.load_real(mem, &hdr, *setup_len);
+                }
+                let params = self.boot_params(hdr, env);
+                LinuxBootConfigurator::write_bootparams(
+                    &BootParams::new(&params, GuestAddress(area::ZERO_PAGE)),
+                    mem,
+                )
+                .map_err(|e| BootError::Memory(e.to_string()))?;
+                let entry = if self.entry == Entry::Long {
+                    load_addr + 0x200
+                } else {
+                    *load_addr
+                };
+                self.handoff(mem, entry)
+            }
+            Format::Elf { entry, pvh_entry } => {
+                let r = Elf::load(
+                    mem,
+                    None,
+                    &mut Cursor::new(&self.image),
+                    Some(GuestAddress(HIGH_MEMORY_START)),
+                )
+                .map_err(load_err)?;
+                if self.entry == Entry::Pvh {
+                    let pvh = match (r.pvh_boot_cap, pvh_entry) {
+                        (PvhBootCapability::PvhEntryPresent(a), _) => a.0 as u32,
+                        (_, Some(a)) => *a,
+                        _ => return Err(file_err(&self.path, "the kernel has no PVH entry")),
+                    };
+                    return self.load_pvh(mem, env, pvh, ramdisk_image, ramdisk_size);
+                }
+                let hdr = setup_header {
+                    boot_flag: 0xAA55,
+                    header: HDRS,
+                    type_of_loader: LOADER_UNDEFINED,
+                    kernel_alignment: 0x100_0000,
+                    cmd_line_ptr: area::CMDLINE as u32,
+                    cmdline_size: self.cmdline.len() as u32,
+                    ramdisk_image,
+                    ramdisk_size,
+                    ..Default::default()
+                };
+                let params = self.boot_params(hdr, env);
+                LinuxBootConfigurator::write_bootparams(
+                    &BootParams::new(&params, GuestAddress(area::ZERO_PAGE)),
+                    mem,
+                )
+                .map_err(|e| BootError::Memory(e.to_string()))?;
+                self.handoff(mem, *entry)
+            }
+        }
+    }
+
+    /// The zero page for the 32- and 64-bit entries.
+    fn boot_params(&self, hdr: setup_header, env: &BootEnv) -> boot_params {
+        let mut p = boot_params {
+            hdr,
+            ..Default::default()
+        };
+        for (slot, e) in p.e820_table.iter_mut().zip(env.e820) {
+            *slot = boot_e820_entry {
+                addr: e.addr,
+                size: e.size,
+                r#type: e.kind as u32,
+            };
+        }
+        p.e820_entries = env.e820.len().min(p.e820_table.len()) as u8;
+        if self.acpi && env.rsdp.is_some() {
+            p.acpi_rsdp_addr = BIOS_WINDOW_START;
+        }
+        p
+    }
+
+    /// The GDT, page tables (64-bit) and registers of a protected- or long-mode entry: ESI
+    /// points at the zero page; EBX, EBP and EDI are zero; interrupts off.
+    fn handoff(&self, mem: &GuestMemoryMmap, entry: u64) -> Result<(BootKind, Handoff), BootError> {
+        let long = self.entry == Entry::Long;
+        let gdt = write_gdt(mem, long)?;
+        let cr3 = if long {
+            write_identity_page_tables(mem)?
+        } else {
+            0
+        };
+        Ok((
+            if long {
+                BootKind::Long
+            } else {
+                BootKind::Protected
+            },
+            Handoff {
+                entry: entry as u32,
+                segs: Segs::flat(CODE_SELECTOR, DATA_SELECTOR),
+                regs: Regs {
+                    esi: area::ZERO_PAGE as u32,
+                    esp: area::STACK_TOP as u32,
+                    ..Default::default()
+                },
+                interrupts: false,
+                gdt,
+                cr3,
+            },
+        ))
+    }
+
+    /// The 16-bit protocol: the real-mode part at `area::SETUP` with its header filled in;
+    /// the setup code then calls the BIOS itself and enters the protected-mode kernel.
+    fn load_real(
+        &self,
+        mem: &GuestMemoryMmap,
+        hdr: &setup_header,
+        setup_len: usize,
+    ) -> Result<(BootKind, Handoff), BootError> {
+        let mut setup = self.image[..setup_len].to_vec();
+        let mut hdr = *hdr;
+        hdr.loadflags |= CAN_USE_HEAP;
+        hdr.heap_end_ptr = HEAP_END - 0x200;
+        let n = std::mem::size_of::<setup_header>().min(setup.len() - 0x1F1);
+        setup[0x1F1..0x1F1 + n].copy_from_slice(&hdr.as_slice()[..n]);
+        put(mem, area::SETUP, &setup)?;
+        let seg = (area::SETUP >> 4) as u16;
+        Ok((
+            BootKind::Real,
+            Handoff {
+                entry: ((seg as u32 + 0x20) << 16),
+                segs: Segs::flat(seg + 0x20, seg),
+                regs: Regs {
+                    esp: SETUP_STACK,
+                    ..Default::default()
+                },
+                interrupts: false,
+                gdt: (0, 0),
+                cr3: 0,
+            },
+        ))
+    }
+
+    /// PVH: hvm_start_info with the memory map, command line, RSDP and the initrd as module
+    /// 0; 32-bit protected mode, paging off, EBX = start info.
+    fn load_pvh(
+        &self,
+        mem: &GuestMemoryMmap,
+        env: &BootEnv,
+        entry: u32,
+        ramdisk: u32,
+        ramdisk_size: u32,
+    ) -> Result<(BootKind, Handoff), BootError> {
+        let memmap: Vec<hvm_memmap_table_entry> = env
+            .e820
+            .iter()
+            .map(|e| hvm_memmap_table_entry {
+                addr: e.addr,
+                size: e.size,
+                type_: e.kind as u32,
+                reserved: 0,
+            })
+            .collect();
+        let memmap_addr = area::INFO;
+        let modlist_addr = area::INFO + 0x1000;
+        let start = hvm_start_info {
+            magic: PVH_MAGIC,
+            version: 1,
+            cmdline_paddr: area::CMDLINE,
+            rsdp_paddr: if self.acpi && env.rsdp.is_some() {
+                BIOS_WINDOW_START
+            } else {
+                0
+            },
+            memmap_paddr: memmap_addr,
+            memmap_entries: memmap.len() as u32,
+            nr_modules: (ramdisk_size > 0) as u32,
+            modlist_paddr: if ramdisk_size > 0 { modlist_addr } else { 0 },
+            ..Default::default()
+        };
+        let mut params = BootParams::new(&start, GuestAddress(area::ZERO_PAGE));
+        params.set_sections(&memmap, GuestAddress(memmap_addr));
+        if ramdisk_size > 0 {
+            params.set_modules(
+                &[hvm_modlist_entry {
+                    paddr: ramdisk as u64,
+                    size: ramdisk_size as u64,
+                    ..Default::default()
+                }],
+                GuestAddress(modlist_addr),
+            );
+        }
+        PvhBootConfigurator::write_bootparams(&params, mem)
+            .map_err(|e| BootError::Memory(e.to_string()))?;
+        let gdt = write_gdt(mem, false)?;
+        Ok((
+            BootKind::Protected,
+            Handoff {
+                entry,
+                segs: Segs::flat(CODE_SELECTOR, DATA_SELECTOR),
+                regs: Regs {
+                    ebx: area::ZERO_PAGE as u32,
+                    esp: area::STACK_TOP as u32,
+                    ..Default::default()
+                },
+                interrupts: false,
+                gdt,
+                cr3: 0,
+            },
+        ))
+    }
+}
+
+/// Where the protected-mode kernel of a bzImage goes: a relocatable kernel at its
+/// preferred address when that fits, else at the first aligned address above 1 MiB; a
+/// fixed one at `code32_start`.
+fn load_address(h: &setup_header, need: u64, layout: &MemoryLayout) -> u64 {
+    let relocatable = h.version >= 0x0205 && h.relocatable_kernel != 0;
+    if !relocatable {
+        return h.code32_start as u64;
+    }
+    let align = (h.kernel_alignment as u64)
+        .clamp(0x1000, 1 << 30)
+        .next_power_of_two();
+    if h.version >= 0x020A {
+        let pref = h.pref_address;
+        if pref >= HIGH_MEMORY_START
+            && pref
+                .checked_add(need)
+                .is_some_and(|e| e <= layout.low_ram_end)
+        {
+            return pref;
+        }
+    }
+    (HIGH_MEMORY_START + align - 1) & !(align - 1)
+}
+
+/// The initrd's address: as high as it fits below `max` and the end of low RAM, page
+/// aligned, above the kernel.
+fn place_initrd(size: u64, kernel_end: u64, max: u64, layout: &MemoryLayout) -> Option<u64> {
+    let top = max.min(layout.low_ram_end - 1).checked_add(1)?;
+    let addr = top.checked_sub(size)? & !0xFFF;
+    let floor = (kernel_end + 0xFFF) & !0xFFF;
+    (addr >= floor && addr >= MIB).then_some(addr)
+}
+
+/// The highest address an ELF kernel's segments reach.
+fn elf_end(image: &[u8]) -> u64 {
+    super::elf::parse(image)
+        .map(|e| {
+            e.segments
+                .iter()
+                .map(|s| s.paddr + s.memsz)
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+/// An ELF vmlinux: a 64-bit x86 executable whose segments fit in RAM from 1 MiB.
+fn elf_kernel(
+    path: &str,
+    b: &[u8],
+    protocol: BootProtocol,
+    layout: &MemoryLayout,
+) -> Result<(Format, Entry), BootError> {
+    let elf = super::elf::parse(b).map_err(|e| file_err(path, e))?;
+    if !elf.is_64 {
+        return Err(file_err(
+            path,
+            "a 32-bit ELF without a multiboot header is not a Linux kernel",
+        ));
+    }
+    for s in &elf.segments {
+        check_image_range(path, "an ELF segment", s.paddr, s.paddr + s.memsz, layout)?;
+    }
+    let pvh_entry = pvh_note(b);
+    let entry = match protocol {
+        BootProtocol::Pvh if pvh_entry.is_some() => Entry::Pvh,
+        BootProtocol::Pvh => {
+            return Err(file_err(
+                path,
+                "the kernel has no PVH note (XEN_ELFNOTE_PHYS32_ENTRY)",
+            ))
+        }
+        BootProtocol::Auto | BootProtocol::Linux64 => Entry::Long,
+        BootProtocol::Linux32 | BootProtocol::Linux16 => return Err(file_err(
+            path,
+            "an ELF kernel is entered at its 64-bit entry or by PVH (--boot-protocol 64 or pvh)",
+        )),
+    };
+    if elf.entry < HIGH_MEMORY_START || elf.entry >= layout.low_ram_end {
+        return Err(file_err(
+            path,
+            format!("entry point {:#x} is outside the kernel's RAM", elf.entry),
+        ));
+    }
+    Ok((
+        Format::Elf {
+            entry: elf.entry,
+            pvh_entry,
+        },
+        entry,
+    ))
+}
+
+/// The PVH entry point from an ELF64's notes (XEN_ELFNOTE_PHYS32_ENTRY), if any.
+fn pvh_note(b: &[u8]) -> Option<u32> {
+    let rd32 = |o: usize| {
+        b.get(o..o + 4)
+            .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    };
+    let rd64 = |o: usize| {
+        b.get(o..o + 8)
+            .map(|s| u64::from_le_bytes(s.try_into().unwrap_or([0; 8])))
+    };
+    let phoff = rd64(32)? as usize;
+    let phentsize = b.get(54..56).map(|s| u16::from_le_bytes([s[0], s[1]]))? as usize;
+    let phnum = b.get(56..58).map(|s| u16::from_le_bytes([s[0], s[1]]))? as usize;
+    for i in 0..phnum.min(1024) {
+        let o = phoff.checked_add(i.checked_mul(phentsize)?)?;
+        if rd32(o)? != 4 {
+            continue; // PT_NOTE
+        }
+        let off = rd64(o + 8)? as usize;
+        let size = rd64(o + 32)? as usize;
+        let end = off.checked_add(size)?.min(b.len());
+        let mut n = off;
+        while n + 12 <= end {
+            let namesz = rd32(n)? as usize;
+            let descsz = rd32(n + 4)? as usize;
+            let kind = rd32(n + 8)?;
+            let name_at = n + 12;
+            let desc_at = name_at.checked_add((namesz + 3) & !3)?;
+            if kind == XEN_ELFNOTE_PHYS32_ENTRY && b.get(name_at..name_at + namesz)? == b"Xen\0" {
+                return rd32(desc_at);
+            }
+            n = desc_at.checked_add((descsz + 3) & !3)?;
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MemoryLayout;
+
+    /// A bzImage of protocol 2.15 with `setup_sects` sectors of setup and `pm` bytes of
+    /// protected-mode kernel.
+    pub fn bzimage(setup_sects: u8, pm: usize) -> Vec<u8> {
+        let mut b = vec![0u8; (setup_sects as usize + 1) * 512 + pm];
+        b[0x1F1] = setup_sects;
+        b[0x1FE..0x200].copy_from_slice(&0xAA55u16.to_le_bytes());
+        b[0x202..0x206].copy_from_slice(&HDRS.to_le_bytes());
+        b[0x206..0x208].copy_from_slice(&0x020Fu16.to_le_bytes());
+        b[0x211] = LOADED_HIGH;
+        b[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes());
+        b[0x22C..0x230].copy_from_slice(&0x7FFF_FFFFu32.to_le_bytes());
+        b[0x230..0x234].copy_from_slice(&0x20_0000u32.to_le_bytes());
+        b[0x234] = 1;
+        b[0x236..0x238].copy_from_slice(&0x3u16.to_le_bytes());
+        b[0x238..0x23C].copy_from_slice(&2048u32.to_le_bytes());
+        b[0x258..0x260].copy_from_slice(&0x100_0000u64.to_le_bytes());
+        b[0x260..0x264].copy_from_slice(&(pm as u32 * 2).to_le_bytes());
+        b
+    }
+
+    fn cfg(protocol: BootProtocol) -> crate::config::VmConfig {
+        crate::config::VmConfig {
+            boot_protocol: protocol,
+            cmdline: Some("console=ttyS0".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn bzimage_entries_and_placement() {
+        let layout = MemoryLayout::new(64 * MIB).unwrap();
+        let l = Linux::new("k", bzimage(4, 8192), &cfg(BootProtocol::Auto), &layout).unwrap();
+        assert_eq!(l.entry, Entry::Long);
+        let Format::BzImage {
+            load_addr,
+            setup_len,
+            ..
+        } = l.format
+        else {
+            panic!()
+        };
+        assert_eq!((load_addr, setup_len), (0x100_0000, 2560));
+        // 4 MiB of RAM cannot hold the kernel at 16 MiB: the first aligned address instead.
+        let small = MemoryLayout::new(4 * MIB).unwrap();
+        let l = Linux::new("k", bzimage(4, 8192), &cfg(BootProtocol::Linux32), &small).unwrap();
+        let Format::BzImage { load_addr, .. } = l.format else {
+            panic!()
+        };
+        assert_eq!(load_addr, 0x20_0000);
+        assert_eq!(l.entry, Entry::Protected);
+    }
+
+    #[test]
+    fn bad_bzimages_name_the_problem() {
+        let layout = MemoryLayout::new(64 * MIB).unwrap();
+        let err = |b: Vec<u8>, p| {
+            Linux::new("vmlinuz", b, &cfg(p), &layout)
+                .unwrap_err()
+                .to_string()
+        };
+        let mut old = bzimage(4, 4096);
+        old[0x206] = 0x01;
+        assert!(err(old, BootProtocol::Auto).contains("too old"));
+        assert!(err(bzimage(4, 4096)[..0x300].to_vec(), BootProtocol::Auto).contains("truncated"));
+        let mut no64 = bzimage(4, 4096);
+        no64[0x236] = 0;
+        assert!(err(no64.clone(), BootProtocol::Linux64).contains("64-bit entry"));
+        assert!(Linux::new("k", no64, &cfg(BootProtocol::Auto), &layout).is_ok());
+        assert!(err(bzimage(4, 4096), BootProtocol::Pvh).contains("PVH"));
+        assert!(err(bzimage(80, 4096), BootProtocol::Linux16).contains("real-mode segment"));
+        let mut huge = bzimage(4, 4096);
+        huge[0x260..0x264].copy_from_slice(&0x1000_0000u32.to_le_bytes());
+        assert!(err(huge, BootProtocol::Auto).starts_with("vmlinuz: the kernel at"));
+        let mut c = cfg(BootProtocol::Auto);
+        c.cmdline = Some("x".repeat(3000));
+        let e = Linux::new("k", bzimage(4, 4096), &c, &layout)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--cmdline"), "{e}");
+    }
+
+    #[test]
+    fn initrd_goes_high_and_page_aligned() {
+        let layout = MemoryLayout::new(64 * MIB).unwrap();
+        assert_eq!(
+            place_initrd(0x1800, 0x20_0000, 0x7FFF_FFFF, &layout),
+            Some(64 * MIB - 0x2000)
+        );
+        assert_eq!(
+            place_initrd(0x1000, 0x20_0000, 0x3F_FFFF, &layout),
+            Some(0x3F_F000)
+        );
+        assert_eq!(place_initrd(60 * MIB, 8 * MIB, 0x7FFF_FFFF, &layout), None);
+        assert_eq!(place_initrd(u64::MAX, 0, u64::MAX, &layout), None);
+    }
+
+    #[test]
+    fn loads_zero_page_and_handoff() {
+        let layout = MemoryLayout::new(64 * MIB).unwrap();
+        let mem = super::super::test_util::memory(&layout);
+        let e820 = layout.e820(128 * 1024);
+        let env = BootEnv {
+            layout: &layout,
+            e820: &e820,
+            rsdp: None,
+        };
+        for (p, kind, entry) in [
+            (BootProtocol::Auto, BootKind::Long, 0x100_0200),
+            (BootProtocol::Linux32, BootKind::Protected, 0x100_0000),
+        ] {
+            let l = Linux::new("k", bzimage(4, 8192), &cfg(p), &layout).unwrap();
+            let (k, h) = l.load(&mem, &env).unwrap();
+            assert_eq!((k, h.entry), (kind, entry));
+            assert_eq!(h.regs.esi, area::ZERO_PAGE as u32);
+            let zp: boot_params =
+                vm_memory::Bytes::read_obj(&mem, GuestAddress(area::ZERO_PAGE)).unwrap();
+            assert_eq!(zp.hdr.type_of_loader, 0xFF);
+            assert_eq!({ zp.hdr.cmd_line_ptr }, area::CMDLINE as u32);
+            assert_eq!(zp.e820_entries as usize, e820.len());
+            assert_eq!({ zp.e820_table[3].addr }, 0x10_0000);
+        }
+        let l = Linux::new("k", bzimage(4, 8192), &cfg(BootProtocol::Linux16), &layout).unwrap();
+        let (k, h) = l.load(&mem, &env).unwrap();
+        assert_eq!(k, BootKind::Real);
+        assert_eq!(h.entry, 0x1020 << 16);
+        assert_eq!(h.segs.ds, 0x1000);
+        let mut hdr = [0u8; 4];
+        vm_memory::Bytes::read_slice(&mem, &mut hdr, GuestAddress(area::SETUP + 0x228)).unwrap();
+        assert_eq!(u32::from_le_bytes(hdr), area::CMDLINE as u32);
+    }
+}
