@@ -108,13 +108,15 @@ fn run(cfg: &VmConfig, start: Instant, filters: Option<Filters>) -> i32 {
     };
     let layout = memory::MemoryLayout::new(cfg.mem_size)
         .unwrap_or_else(|e| config_error(&format!("--mem: {e}")));
-    let boot = boot::BootPlan::new(cfg, &layout).unwrap_or_else(|e| config_error(&e.to_string()));
+    let boot = std::sync::Arc::new(
+        boot::BootPlan::new(cfg, &layout).unwrap_or_else(|e| config_error(&e.to_string())),
+    );
     let _ = stats::BOOT.set(boot.describe());
     let serial_out =
         vm::open_serial_out(&cfg.serial).unwrap_or_else(|e| config_error(&e.to_string()));
     phases.config = start.elapsed();
 
-    let mut machine = match vm::build(cfg, &rom, &boot, serial_out, &mut phases) {
+    let mut machine = match vm::build(cfg, &rom, boot, serial_out, &mut phases) {
         Ok(m) => m,
         Err(e @ vm::VmError::Boot(_)) => config_error(&e.to_string()),
         Err(e) => {

@@ -79,6 +79,16 @@ pub struct Machine {
     pub bios: Arc<crate::bios::Bios>,
     /// The interrupt controllers and PIT as created, restored on a reboot.
     pub chips_at_reset: Option<ChipState>,
+    /// The boot, loaded again on a reboot (the guest may have overwritten it); kept only
+    /// with `--reboot`.
+    pub boot_at_reset: Option<BootAtReset>,
+}
+
+/// What a reboot needs to load the boot payload again.
+pub struct BootAtReset {
+    plan: Arc<crate::boot::BootPlan>,
+    e820: Vec<memory::E820Entry>,
+    rsdp: Option<Vec<u8>>,
 }
 
 /// The in-kernel PICs, IOAPIC and PIT.
@@ -109,6 +119,16 @@ impl Machine {
             }
         }
         // The bridge reported every PAM change to the shadow areas, which are back at `Rom`.
+        if let Some(b) = &self.boot_at_reset {
+            let env = crate::boot::BootEnv {
+                layout: &self.bios.layout,
+                e820: &b.e820,
+                rsdp: b.rsdp.as_deref(),
+            };
+            b.plan
+                .load(&self.guest_mem, &env)
+                .map_err(|e| VmError::Boot(e.to_string()))?;
+        }
         Ok(())
     }
 }
@@ -216,7 +236,7 @@ fn rom_mapping(bytes: &[u8]) -> Result<Arc<MmapRegion>, VmError> {
 pub fn build(
     cfg: &VmConfig,
     rom: &Rom,
-    boot: &crate::boot::BootPlan,
+    boot: Arc<crate::boot::BootPlan>,
     serial_out: SerialOut,
     phases: &mut Phases,
 ) -> Result<Machine, VmError> {
@@ -252,7 +272,7 @@ pub fn build(
     let descriptor = boot
         .load(&guest_mem, &env)
         .map_err(|e| VmError::Boot(e.to_string()))?;
-    let fw_cfg = firmware_config(cfg, &layout, &guest_mem, &e820, descriptor, boot)?;
+    let fw_cfg = firmware_config(cfg, &layout, &guest_mem, &e820, descriptor, &boot)?;
     devices
         .pio
         .insert(FW_CFG_PORT, FW_CFG_LEN, Arc::new(Mutex::new(fw_cfg)))
@@ -266,10 +286,15 @@ pub fn build(
     });
     phases.devices = t.elapsed();
 
-    let chips_at_reset = if cfg.reboot {
-        Some(capture_chips(&vm)?)
+    let (chips_at_reset, boot_at_reset) = if cfg.reboot {
+        let boot = BootAtReset {
+            plan: boot,
+            e820: bios.e820.clone(),
+            rsdp,
+        };
+        (Some(capture_chips(&vm)?), Some(boot))
     } else {
-        None
+        (None, None)
     };
 
     let t = Instant::now();
@@ -287,6 +312,7 @@ pub fn build(
         vcpus,
         bios,
         chips_at_reset,
+        boot_at_reset,
     })
 }
 

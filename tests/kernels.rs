@@ -425,3 +425,37 @@ fn bad_kernels_are_refused_with_one_line() {
         "does not fit",
     );
 }
+
+#[test]
+fn reboot_loads_the_kernel_and_modules_again() {
+    if !kvm_available() {
+        return;
+    }
+    let k = kernel("reload", "kernel", Link::Flat32, &[]);
+    let m = tmp_file("reload-module", b"module bytes");
+    let args = |reboot: bool| {
+        let mut a = vec![
+            "--kernel",
+            path_str(&k),
+            "--module",
+            path_str(&m),
+            "--timeout",
+            "20",
+            "--stats",
+        ];
+        if reboot {
+            a.push("--reboot");
+        }
+        minipc(&a)
+    };
+    let r = args(true);
+    assert_eq!(r.code, (0x21 << 1) | 1, "{}", r.stderr);
+    // Without --reboot the reset ends the VM.
+    let r = args(false);
+    assert_eq!(
+        (r.code, r.reason().as_deref()),
+        (0, Some("reset")),
+        "{}",
+        r.stderr
+    );
+}
