@@ -141,8 +141,9 @@ impl Linux {
             ));
         }
         let pm_len = (b.len() - setup_len) as u64;
+        // syssize counts 16-byte paragraphs, rounded up.
         let syssize = header.syssize as u64 * 16;
-        if version >= 0x0204 && syssize > pm_len {
+        if version >= 0x0204 && syssize >= pm_len + 16 {
             return Err(file_err(
                 path,
                 format!(
@@ -513,11 +514,13 @@ impl Linux {
 
 /// Where the protected-mode kernel of a bzImage goes: a relocatable kernel at its
 /// preferred address when that fits, else at the first aligned address above 1 MiB; a
-/// fixed one at `code32_start`.
+/// fixed one at 1 MiB.
 fn load_address(h: &setup_header, need: u64, layout: &MemoryLayout) -> u64 {
     let relocatable = h.version >= 0x0205 && h.relocatable_kernel != 0;
     if !relocatable {
-        return h.code32_start as u64;
+        // A bzImage's protected-mode part goes at 1 MiB (code32_start is where the setup
+        // code jumps, which the loader sets to where it put the kernel).
+        return HIGH_MEMORY_START;
     }
     let align = (h.kernel_alignment as u64)
         .clamp(0x1000, 1 << 30)
