@@ -127,6 +127,9 @@ pub struct VmConfig {
     pub seccomp: bool,
     /// Test builds only: a vCPU thread makes a forbidden syscall once its filter is on.
     pub test_forbidden_syscall: bool,
+    /// Debug builds only: single-step vCPU 0 and count the instructions the firmware runs
+    /// before its hand-off (`--stats` `firmware_instructions`).
+    pub count_instructions: bool,
     pub log_level: Option<Level>,
 }
 
@@ -150,6 +153,7 @@ impl Default for VmConfig {
             acpi: true,
             seccomp: true,
             test_forbidden_syscall: false,
+            count_instructions: false,
             log_level: None,
         }
     }
@@ -329,6 +333,8 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, ConfigE
             }
             #[cfg(debug_assertions)]
             "--x-test-forbidden-syscall" => cfg.test_forbidden_syscall = true,
+            #[cfg(debug_assertions)]
+            "--x-count-instructions" => cfg.count_instructions = true,
             "--rtc" => {
                 cfg.rtc_localtime = match value.as_str() {
                     "utc" => false,

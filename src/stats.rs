@@ -52,7 +52,7 @@ impl Phases {
                 "{{\"exit_reason\":\"{}\",\"exit_code\":{},\"detail\":{},",
                 "\"phases_us\":{{\"config\":{},\"kvm\":{},\"memory\":{},\"devices\":{},\"vcpus\":{}}},",
                 "\"boot\":\"{}\",\"first_run_us\":{},\"first_exit_us\":{},\"handoff_us\":{},",
-                "\"total_us\":{},\"peak_rss_kib\":{},",
+                "\"total_us\":{},\"peak_rss_kib\":{},{}",
                 "\"cpu_us\":{}}}"
             ),
             reason.name(),
@@ -69,6 +69,10 @@ impl Phases {
             self.since_start(crate::devices::post_code::HANDOFF.get()),
             self.start.elapsed().as_micros(),
             usage.0,
+            match crate::devices::post_code::STEPS_AT_HANDOFF.get() {
+                Some(n) => format!("\"firmware_instructions\":{n},"),
+                None => String::new(),
+            },
             usage.1,
         )
     }

@@ -355,6 +355,11 @@ impl Vcpu {
                 ),
             },
             Ok(VcpuExit::Intr) => self.serve_request(),
+            Ok(VcpuExit::Debug(_)) => {
+                // Single-stepping (`--x-count-instructions`): one exit per instruction.
+                crate::devices::post_code::STEPS.fetch_add(1, Ordering::Relaxed);
+                Step::Continue
+            }
             Ok(other) => Step::Stop(
                 ExitReason::UnhandledExit(format!("{other:?}")),
                 Some(self.dump()),

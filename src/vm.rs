@@ -299,6 +299,16 @@ pub fn build(
 
     let t = Instant::now();
     let vcpus = create_vcpus(&vm, &cpuid, cfg.cpus)?;
+    if cfg.count_instructions {
+        // Every instruction of vCPU 0 exits (KVM_EXIT_DEBUG); the vCPU thread counts them.
+        let dbg = kvm_bindings::kvm_guest_debug {
+            control: kvm_bindings::KVM_GUESTDBG_ENABLE | kvm_bindings::KVM_GUESTDBG_SINGLESTEP,
+            ..Default::default()
+        };
+        vcpus[0]
+            .set_guest_debug(&dbg)
+            .map_err(kvm_err("single-step vCPU 0"))?;
+    }
     phases.vcpus = t.elapsed();
 
     Ok(Machine {

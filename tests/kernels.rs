@@ -459,3 +459,33 @@ fn reboot_loads_the_kernel_and_modules_again() {
         r.stderr
     );
 }
+
+#[test]
+fn the_firmware_hands_off_within_2000_instructions() {
+    if !kvm_available() {
+        return;
+    }
+    let bz = bzimage();
+    let mb = kernel("mb", "kernel", Link::Elf32, &[("MB2", 1), ("AOUT", 0)]);
+    for (k, p) in [(&bz, "64"), (&bz, "32"), (&bz, "16"), (&mb, "")] {
+        let mut args = vec!["--kernel", path_str(k), "--x-count-instructions", "--stats"];
+        if !p.is_empty() {
+            args.extend_from_slice(&["--boot-protocol", p]);
+        }
+        let r = minipc(&args);
+        let stats = r
+            .stats()
+            .unwrap_or_else(|| panic!("no stats: {}", r.stderr));
+        let n: u64 = stats
+            .split("\"firmware_instructions\":")
+            .nth(1)
+            .and_then(|s| s.split([',', '}']).next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no instruction count: {stats}"));
+        assert!(
+            (100..2000).contains(&n),
+            "{p}: {n} instructions before the hand-off"
+        );
+        assert!(stats.contains("\"handoff_us\":") && !stats.contains("\"handoff_us\":null"));
+    }
+}

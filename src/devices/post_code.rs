@@ -2,6 +2,7 @@
 //! before it jumps to a loaded guest, which `--stats` reports as `handoff_us`; Linux writes
 //! here for I/O delays. Reads return the last value written.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -15,6 +16,10 @@ pub const HANDOFF_CODES: std::ops::RangeInclusive<u8> = 0xB0..=0xBF;
 
 /// When the firmware handed off to the guest (its first hand-off code).
 pub static HANDOFF: OnceLock<Instant> = OnceLock::new();
+/// Instructions vCPU 0 ran, when it is single-stepped (`--x-count-instructions`).
+pub static STEPS: AtomicU64 = AtomicU64::new(0);
+/// STEPS at the hand-off.
+pub static STEPS_AT_HANDOFF: OnceLock<u64> = OnceLock::new();
 
 #[derive(Default)]
 pub struct PostCode {
@@ -31,6 +36,7 @@ impl BusDevice for PostCode {
             self.last = *v;
             if HANDOFF_CODES.contains(v) {
                 let _ = HANDOFF.set(Instant::now());
+                let _ = STEPS_AT_HANDOFF.set(STEPS.load(Ordering::Relaxed));
             }
         }
         None
