@@ -14,6 +14,9 @@ pub trait BusDevice: Send {
     fn read(&mut self, offset: u64, data: &mut [u8]);
     /// A write may end the VM (debug-exit, power-off, reset).
     fn write(&mut self, offset: u64, data: &[u8]) -> Option<ExitReason>;
+    /// Back to the power-on state, for a reboot (`--reboot`). Devices without state that a
+    /// reset line clears keep the default, which does nothing.
+    fn reset(&mut self) {}
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -60,6 +63,18 @@ impl Bus {
         }
         self.devices.insert(base, Entry { len, device });
         Ok(())
+    }
+
+    /// Resets every device on the bus once (a device inserted at several ranges is one).
+    pub fn reset(&self) {
+        let mut seen: Vec<*const ()> = Vec::new();
+        for e in self.devices.values() {
+            let id = Arc::as_ptr(&e.device) as *const ();
+            if !seen.contains(&id) {
+                seen.push(id);
+                lock(&e.device).reset();
+            }
+        }
     }
 
     fn find(&self, addr: u64) -> Option<(u64, &Entry)> {

@@ -118,6 +118,9 @@ impl Machine {
                 self.pio.write(PCI_CONFIG_PORT + 4 + b as u64, &[0]);
             }
         }
+        // Every device on the port bus back to its power-on state (the PCI address latch
+        // the PAM writes above used included).
+        self.pio.reset();
         // The bridge reported every PAM change to the shadow areas, which are back at `Rom`.
         if let Some(b) = &self.boot_at_reset {
             let env = crate::boot::BootEnv {

@@ -260,6 +260,17 @@ impl AcpiPm {
 }
 
 impl BusDevice for AcpiPm {
+    /// The status, enable and control registers back to zero, the SCI down; the PM timer
+    /// runs on.
+    fn reset(&mut self) {
+        self.pm1_sts = 0;
+        self.pm1_en = 0;
+        self.pm1_cnt = 0;
+        self.gpe0_sts = 0;
+        self.gpe0_en = 0;
+        self.update_sci();
+    }
+
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         let ticks = self.ticks();
         self.account_timer(ticks);

@@ -370,6 +370,11 @@ impl BusDevice for I8042 {
     }
 
     /// A wider write is taken as a write of its first byte.
+    fn reset(&mut self) {
+        let irq = self.irq.take();
+        *self = I8042::new(irq);
+    }
+
     fn write(&mut self, offset: u64, data: &[u8]) -> Option<ExitReason> {
         let v = *data.first()?;
         match offset {

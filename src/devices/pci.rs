@@ -476,6 +476,13 @@ fn within_data(offset: u64, len: usize) -> bool {
 }
 
 impl BusDevice for PciBus {
+    /// CONFIG_ADDRESS and the reset control register back to zero (the functions' own
+    /// registers are reset by the machine, e.g. PAM through configuration cycles).
+    fn reset(&mut self) {
+        self.address = 0;
+        self.reset_control = 0;
+    }
+
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         match (offset, data.len()) {
             (ADDRESS_OFFSET, 4) => data.copy_from_slice(&self.address.to_le_bytes()),

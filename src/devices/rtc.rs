@@ -57,6 +57,7 @@ const B_SET: u8 = 0x80;
 const B_PIE: u8 = 0x40;
 const B_AIE: u8 = 0x20;
 const B_UIE: u8 = 0x10;
+const B_SQWE: u8 = 0x08;
 const B_BINARY: u8 = 0x04;
 const B_24H: u8 = 0x02;
 const B_DEFAULT: u8 = B_24H;
@@ -666,6 +667,14 @@ impl BusDevice for Rtc {
             }
         }
         None
+    }
+
+    /// The MC146818's RESET line: interrupt enables and the square wave off, pending
+    /// interrupt flags cleared; the time, the divider and the NVRAM are kept.
+    fn reset(&mut self) {
+        self.cmos[REG_B] &= !(B_PIE | B_AIE | B_UIE | B_SQWE);
+        self.cmos[REG_C] = 0;
+        self.index = 0;
     }
 }
 

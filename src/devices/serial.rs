@@ -130,6 +130,15 @@ impl BusDevice for Serial {
         }
     }
 
+    /// The UART's MR line: interrupts off, 8 data bits' worth of line control cleared, modem
+    /// control cleared (the divisor is reprogrammed by whatever boots next).
+    fn reset(&mut self) {
+        for (reg, v) in [(3u8, 0u8), (1, 0), (4, 0)] {
+            let _ = self.uart.write(reg, v);
+        }
+        let _ = self.uart.read(2); // reading IIR acknowledges a pending THR-empty interrupt
+    }
+
     fn write(&mut self, offset: u64, data: &[u8]) -> Option<ExitReason> {
         if let Some(b) = data.first() {
             if let Err(e) = self.uart.write(offset as u8, *b) {

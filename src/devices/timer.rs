@@ -115,6 +115,11 @@ impl<D: TimedDevice> BusDevice for Timed<D> {
         self.rearm();
         r
     }
+
+    fn reset(&mut self) {
+        self.dev.reset();
+        self.rearm();
+    }
 }
 
 #[cfg(test)]

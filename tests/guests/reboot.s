@@ -11,6 +11,23 @@ start:
         je      again
         mov     dword ptr [MARK], 0x746F6F62
         mov     word ptr [MARK + 4], 1
+        # State a reset must clear: the RTC's periodic interrupt enable, the UART's
+        # interrupt enables.
+        mov     al, 0x0B
+        out     0x70, al
+        in      al, 0x71
+        or      al, 0x40
+        out     0x71, al
+        mov     dx, 0x3F9
+        mov     al, 0x0F
+        out     dx, al
+        mov     dx, 0x602                       # ACPI PM1 enable: power button
+        mov     ax, 0x0100
+        out     dx, ax
+        mov     al, 0x60                        # i8042 command byte: translation off
+        out     0x64, al
+        mov     al, 0x05
+        out     0x60, al
         # 0xF0000 write-only RAM (reads still from the ROM this runs from); a reset must
         # bring the PAM registers back to zero.
         mov     dx, 0xCF8
@@ -27,6 +44,34 @@ start:
         exit    0x7F                            # not reached
 again:
         inc     word ptr [MARK + 4]
+        mov     dx, 0xCF8                       # the PCI address latch, cleared
+        in      eax, dx
+        test    eax, eax
+        jz      2f
+        exit    0x7D
+2:      mov     al, 0x0B                        # RTC register B: PIE cleared
+        out     0x70, al
+        in      al, 0x71
+        test    al, 0x40
+        jz      3f
+        exit    0x7C
+3:      mov     dx, 0x3F9                       # UART IER cleared
+        in      al, dx
+        test    al, al
+        jz      4f
+        exit    0x7B
+4:      mov     dx, 0x602                       # PM1 enable cleared
+        in      ax, dx
+        test    ax, ax
+        jz      5f
+        exit    0x7A
+5:      mov     al, 0x20                        # the i8042 command byte at its default
+        out     0x64, al
+        in      al, 0x60
+        cmp     al, 0x05
+        jne     6f
+        exit    0x79
+6:
         mov     si, offset second
         call    print
         mov     dx, 0xCF8
