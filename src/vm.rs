@@ -248,12 +248,15 @@ pub fn build(
         .insert(FW_CFG_PORT, FW_CFG_LEN, Arc::new(Mutex::new(fw_cfg)))
         .map_err(|e| VmError::Device(e.to_string()))?;
     let pio = Arc::new(devices.pio);
-    let bios = Arc::new(crate::bios::Bios {
+    let bios = Arc::new(crate::bios::Bios::new(crate::bios::BiosSetup {
         mem: guest_mem.clone(),
         e820,
         layout,
-        pio: pio.clone(),
-    });
+        console: devices.serial.clone(),
+        clock: devices.rtc,
+        disk: boot.disk(),
+        embedded: cfg.firmware.is_none(),
+    }));
     phases.devices = t.elapsed();
 
     let chips_at_reset = if cfg.reboot {
@@ -387,6 +390,7 @@ struct Devices {
     pio: Bus,
     mmio: Bus,
     serial: Arc<Mutex<Serial>>,
+    rtc: Arc<Mutex<Timed<Rtc>>>,
     timers: Vec<Arc<Mutex<dyn Expire>>>,
 }
 
@@ -437,7 +441,7 @@ fn platform_devices(
     let rtc = Arc::new(Mutex::new(Timed::new(rtc).map_err(timer_err)?));
     pio.insert(RTC_PORT, RTC_LEN, rtc.clone())
         .map_err(dev_err)?;
-    timers.push(rtc);
+    timers.push(rtc.clone());
 
     let i8042 = I8042::new(Some(irqfd(KEYBOARD_IRQ, "register keyboard irqfd")?));
     pio.insert(I8042_PORT, I8042_LEN, Arc::new(Mutex::new(i8042)))
@@ -456,6 +460,7 @@ fn platform_devices(
         pio,
         mmio,
         serial,
+        rtc,
         timers,
     })
 }

@@ -1,90 +1,197 @@
-//! BIOS services, performed in Rust. The firmware's handlers for INT 10h, 13h, 15h, 16h and
-//! 1Ah are two instructions each: `out SERVICE_PORT, al; iret` (see firmware/services.s). The
-//! vCPU thread sees the port write, reads the registers, runs the service here, and writes the
-//! registers back: one VM exit per call. Results in the carry and zero flags are written into
-//! the FLAGS word that INT pushed (at SS:SP+4), which the handler's IRET restores.
+//! BIOS services, performed in Rust. The firmware's handlers (firmware/services.s) are a few
+//! instructions each: `out PORT, al` then `iret` (or a short loop for the calls that wait).
+//! The vCPU thread sees the port write, checks that it comes from that very `out` of the
+//! embedded firmware (`service_call`), reads the registers and segment bases, runs the
+//! service here, and writes the registers back: one VM exit per call. Results in the carry
+//! and zero flags go into the FLAGS word that INT pushed (at SS:SP+4), which the handler's
+//! IRET restores; the handler's own CF carries the VMM's answer to the handler (`Outcome`).
+//!
+//! Services reach the machine through typed handles: the console (COM1), the CMOS clock, the
+//! disk, and guest memory. One file per interrupt; `bda.rs` is the BIOS data area the VMM
+//! writes before the firmware runs.
+
+pub mod bda;
+mod boot;
+mod disk;
+mod equipment;
+mod keyboard;
+mod system;
+mod time;
+mod video;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 
 use kvm_bindings::kvm_regs;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-use crate::bus::Bus;
-use crate::memory::{E820Entry, MemoryLayout, KIB};
+use crate::block::Disk;
+use crate::bus::lock;
+use crate::devices::rtc::Rtc;
+use crate::devices::serial::Serial;
+use crate::devices::timer::Timed;
+use crate::memory::{E820Entry, MemoryLayout, HIGH_MEMORY_START, LOW_RAM_END};
 
-/// The first service port: INT 10h; then 13h, 15h, 16h, 1Ah.
+/// Offsets in segment F000 of the firmware's handler `out`s and ROM tables (build.rs).
+pub mod symbols {
+    include!(concat!(env!("OUT_DIR"), "/firmware_symbols.rs"));
+}
+
+/// The service ports: 0xE0 + the service's number. The whole range 0xE0-0xEF is the
+/// firmware's; a write there from anywhere but a handler is an unassigned port.
 pub const SERVICE_PORT_BASE: u16 = 0xE0;
+pub const SERVICE_PORT_LAST: u16 = 0xEF;
+
+/// The linear address of the firmware segment F000.
+const FIRMWARE_CS_BASE: u64 = 0xF_0000;
+/// `out imm8, al` is two bytes long.
+const OUT_LEN: u64 = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Service {
+    /// INT 10h, port 0xE0.
     Video,
+    /// INT 13h, 0xE1.
     Disk,
+    /// INT 15h, 0xE2.
     System,
+    /// INT 16h, 0xE3.
     Keyboard,
+    /// INT 1Ah, 0xE4.
     Time,
+    /// INT 11h, 0xE5.
+    Equipment,
+    /// INT 12h, 0xE6.
+    MemorySize,
+    /// INT 18h, 0xE7.
+    NoBoot,
+    /// INT 19h, 0xE8.
+    Boot,
 }
+
+const SERVICES: [Service; 9] = [
+    Service::Video,
+    Service::Disk,
+    Service::System,
+    Service::Keyboard,
+    Service::Time,
+    Service::Equipment,
+    Service::MemorySize,
+    Service::NoBoot,
+    Service::Boot,
+];
 
 impl Service {
     pub fn from_port(port: u16) -> Option<Service> {
-        Some(match port.checked_sub(SERVICE_PORT_BASE)? {
-            0 => Service::Video,
-            1 => Service::Disk,
-            2 => Service::System,
-            3 => Service::Keyboard,
-            4 => Service::Time,
-            _ => return None,
-        })
+        SERVICES
+            .get(usize::from(port.checked_sub(SERVICE_PORT_BASE)?))
+            .copied()
+    }
+
+    /// The offset in F000 of the handler's `out` to this service's port.
+    fn out_offset(self) -> u16 {
+        match self {
+            Service::Video => symbols::INT10_OUT,
+            Service::Disk => symbols::INT13_OUT,
+            Service::System => symbols::INT15_OUT,
+            Service::Keyboard => symbols::INT16_OUT,
+            Service::Time => symbols::INT1A_OUT,
+            Service::Equipment => symbols::INT11_OUT,
+            Service::MemorySize => symbols::INT12_OUT,
+            Service::NoBoot => symbols::INT18_OUT,
+            Service::Boot => symbols::INT19_OUT,
+        }
     }
 }
 
-/// What the services need of the machine.
-pub struct Bios {
-    pub mem: GuestMemoryMmap,
-    pub e820: Vec<E820Entry>,
-    pub layout: MemoryLayout,
-    /// Port I/O: COM1 for the console services, the CMOS for the clock.
-    pub pio: std::sync::Arc<Bus>,
+/// The vCPU state that decides whether a port write is a service call.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub cr0: u64,
+    pub cs_base: u64,
+    pub rip: u64,
 }
 
-/// The real-mode segment bases a call needs.
+/// The service a write to `port` asks for, if it is one: the embedded firmware runs, the
+/// vCPU is in real mode in segment F000, and RIP is the handler's `out` for that port. KVM
+/// reports the `out` itself when it handles the port write on its fast path (hardware
+/// virtualization), and the next instruction when it emulated the `out` (as the software
+/// KVM of the development host does, measured); both are accepted, nothing else. The byte
+/// after each `out` is never itself an `out` (a unit test checks the ROM), so neither
+/// address can be a guest's own port write.
+pub fn service_call(port: u16, embedded: bool, c: &Caller) -> Option<Service> {
+    if !embedded || c.cr0 & 1 != 0 || c.cs_base != FIRMWARE_CS_BASE {
+        return None;
+    }
+    let s = Service::from_port(port)?;
+    let out = u64::from(s.out_offset());
+    (c.rip == out || c.rip == out + OUT_LEN).then_some(s)
+}
+
+/// COM1 as the BIOS console and keyboard.
+pub trait Console: Send + Sync {
+    fn write(&self, bytes: &[u8]);
+    /// The next input byte, left where it is.
+    fn peek(&self) -> Option<u8>;
+    fn take(&self) -> Option<u8>;
+}
+
+impl Console for Mutex<Serial> {
+    fn write(&self, bytes: &[u8]) {
+        lock(self).write_output(bytes)
+    }
+    fn peek(&self) -> Option<u8> {
+        lock(self).peek_input()
+    }
+    fn take(&self) -> Option<u8> {
+        lock(self).take_input()
+    }
+}
+
+/// The CMOS clock's registers, read and written without disturbing the guest's index.
+pub trait CmosClock: Send + Sync {
+    fn register(&self, index: u8) -> u8;
+    fn set_register(&self, index: u8, value: u8);
+}
+
+impl CmosClock for Mutex<Timed<Rtc>> {
+    fn register(&self, index: u8) -> u8 {
+        lock(self).with_device(|r| r.register(index))
+    }
+    fn set_register(&self, index: u8, value: u8) {
+        lock(self).with_device(|r| r.set_register(index, value))
+    }
+}
+
+/// The real-mode segment bases of the caller. No service takes a pointer in CS, FS or GS
+/// yet; they are there for the ones that will.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Segments {
+    #[allow(dead_code)]
+    pub cs: u64,
+    pub ds: u64,
     pub es: u64,
     pub ss: u64,
+    #[allow(dead_code)]
+    pub fs: u64,
+    #[allow(dead_code)]
+    pub gs: u64,
 }
 
 const CF: u16 = 1 << 0;
 const ZF: u16 = 1 << 6;
-const SMAP: u64 = 0x534D_4150;
-const COM1: u64 = 0x3F8;
 
-fn ah(r: &kvm_regs) -> u8 {
-    (r.rax >> 8) as u8
-}
-fn ax(r: &kvm_regs) -> u16 {
-    r.rax as u16
-}
-fn set_ax(r: &mut kvm_regs, v: u16) {
-    r.rax = (r.rax & !0xFFFF) | v as u64;
-}
-fn set_ah(r: &mut kvm_regs, v: u8) {
-    r.rax = (r.rax & !0xFF00) | (v as u64) << 8;
-}
-fn set_al(r: &mut kvm_regs, v: u8) {
-    r.rax = (r.rax & !0xFF) | v as u64;
-}
-fn set16(reg: &mut u64, v: u16) {
-    *reg = (*reg & !0xFFFF) | v as u64;
-}
-fn bcd(v: u8) -> u8 {
-    (v / 10) << 4 | (v % 10)
-}
-
-/// How a call ends: the flags to set and clear in the caller's FLAGS.
+/// How a call ends.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Outcome {
+    /// Flags to set and clear in the caller's FLAGS (the word INT pushed).
     pub set: u16,
     pub clear: u16,
-    /// Re-issue the INT on return (a blocking call that cannot complete yet).
-    pub retry: bool,
+    /// The handler's own CF after its `out`: INT 16h: no key yet, wait and ask again;
+    /// INT 19h: the disk cannot boot.
+    pub handler_cf: bool,
+    /// A new ES for the caller (a real-mode segment value).
+    pub es: Option<u16>,
 }
 
 fn ok() -> Outcome {
@@ -102,399 +209,404 @@ fn fail(r: &mut kvm_regs, code: u8) -> Outcome {
     }
 }
 
+/// Register fields, real-mode style.
+fn al(r: &kvm_regs) -> u8 {
+    r.rax as u8
+}
+fn ah(r: &kvm_regs) -> u8 {
+    (r.rax >> 8) as u8
+}
+fn ax(r: &kvm_regs) -> u16 {
+    r.rax as u16
+}
+fn bl(r: &kvm_regs) -> u8 {
+    r.rbx as u8
+}
+fn bh(r: &kvm_regs) -> u8 {
+    (r.rbx >> 8) as u8
+}
+fn bx(r: &kvm_regs) -> u16 {
+    r.rbx as u16
+}
+fn cl(r: &kvm_regs) -> u8 {
+    r.rcx as u8
+}
+fn ch(r: &kvm_regs) -> u8 {
+    (r.rcx >> 8) as u8
+}
+fn cx(r: &kvm_regs) -> u16 {
+    r.rcx as u16
+}
+fn dl(r: &kvm_regs) -> u8 {
+    r.rdx as u8
+}
+fn dh(r: &kvm_regs) -> u8 {
+    (r.rdx >> 8) as u8
+}
+fn dx(r: &kvm_regs) -> u16 {
+    r.rdx as u16
+}
+fn set16(reg: &mut u64, v: u16) {
+    *reg = (*reg & !0xFFFF) | u64::from(v);
+}
+fn set_lo(reg: &mut u64, v: u8) {
+    *reg = (*reg & !0xFF) | u64::from(v);
+}
+fn set_hi(reg: &mut u64, v: u8) {
+    *reg = (*reg & !0xFF00) | u64::from(v) << 8;
+}
+fn set_ax(r: &mut kvm_regs, v: u16) {
+    set16(&mut r.rax, v)
+}
+fn set_ah(r: &mut kvm_regs, v: u8) {
+    set_hi(&mut r.rax, v)
+}
+fn set_al(r: &mut kvm_regs, v: u8) {
+    set_lo(&mut r.rax, v)
+}
+fn bcd(v: u8) -> u8 {
+    (v / 10) << 4 | (v % 10)
+}
+fn from_bcd(b: u8) -> u8 {
+    (b >> 4) * 10 + (b & 0xF)
+}
+
+/// What the services need of the machine.
+pub struct Bios {
+    mem: GuestMemoryMmap,
+    e820: Vec<E820Entry>,
+    layout: MemoryLayout,
+    console: Arc<dyn Console>,
+    clock: Arc<dyn CmosClock>,
+    disk: Option<Arc<Disk>>,
+    /// The embedded firmware runs (not `--firmware`): the service ports exist.
+    embedded: bool,
+    /// Keys stuffed by INT 16h AH=05h, read before COM1's.
+    keys: Mutex<VecDeque<u16>>,
+    /// The status of the last INT 13h call: diskettes, hard disks.
+    disk_status: Mutex<[u8; 2]>,
+}
+
+/// Everything a `Bios` is made of.
+pub struct BiosSetup {
+    pub mem: GuestMemoryMmap,
+    pub e820: Vec<E820Entry>,
+    pub layout: MemoryLayout,
+    pub console: Arc<dyn Console>,
+    pub clock: Arc<dyn CmosClock>,
+    pub disk: Option<Arc<Disk>>,
+    pub embedded: bool,
+}
+
 impl Bios {
-    /// Runs a service on `regs`, then applies its flags to the stacked FLAGS word.
-    pub fn call(&self, service: Service, regs: &mut kvm_regs, segs: Segments) {
+    pub fn new(s: BiosSetup) -> Bios {
+        Bios {
+            mem: s.mem,
+            e820: s.e820,
+            layout: s.layout,
+            console: s.console,
+            clock: s.clock,
+            disk: s.disk,
+            embedded: s.embedded,
+            keys: Mutex::new(VecDeque::new()),
+            disk_status: Mutex::new([0; 2]),
+        }
+    }
+
+    /// The service ports exist (the embedded firmware runs).
+    pub fn embedded(&self) -> bool {
+        self.embedded
+    }
+
+    /// Makes the guest's disk writes durable (`,rw`); called on every exit path.
+    pub fn flush_disk(&self) {
+        if let Some(d) = &self.disk {
+            if let Err(e) = d.flush() {
+                eprintln!(
+                    "minipc: {}: cannot flush the disk image: {e}",
+                    d.path().display()
+                );
+            }
+        }
+    }
+
+    /// Runs a service on `regs`, applies its flags to the stacked FLAGS word and the
+    /// handler's CF to RFLAGS; the caller applies `Outcome::es`.
+    pub fn call(&self, service: Service, regs: &mut kvm_regs, segs: &Segments) -> Outcome {
         let outcome = match service {
-            Service::Video => self.video(regs),
-            Service::Disk => fail(regs, 0x01),
+            Service::Video => self.video(regs, segs),
+            Service::Disk => self.disk(regs, segs),
             Service::System => self.system(regs, segs),
             Service::Keyboard => self.keyboard(regs),
             Service::Time => self.time(regs),
+            Service::Equipment => self.equipment(regs),
+            Service::MemorySize => self.memory_size(regs),
+            Service::NoBoot => self.no_boot(),
+            Service::Boot => self.boot(regs),
         };
         self.apply(regs, segs, &outcome);
+        outcome
     }
 
-    fn apply(&self, regs: &mut kvm_regs, segs: Segments, o: &Outcome) {
-        let sp = regs.rsp & 0xFFFF;
-        let ip_at = GuestAddress(segs.ss + sp);
-        let flags_at = GuestAddress(segs.ss + ((sp + 4) & 0xFFFF));
-        if let Ok(mut flags) = self.mem.read_obj::<u16>(flags_at) {
-            flags = (flags | o.set) & !o.clear;
-            let _ = self.mem.write_obj(flags, flags_at);
-        }
-        regs.rflags = (regs.rflags | o.set as u64) & !(o.clear as u64);
-        if o.retry {
-            // Return to the INT instruction (two bytes) so the caller asks again.
-            if let Ok(ip) = self.mem.read_obj::<u16>(ip_at) {
-                let _ = self.mem.write_obj(ip.wrapping_sub(2), ip_at);
+    fn apply(&self, regs: &mut kvm_regs, segs: &Segments, o: &Outcome) {
+        if o.set | o.clear != 0 {
+            let sp = regs.rsp & 0xFFFF;
+            let flags_at = GuestAddress(segs.ss + ((sp + 4) & 0xFFFF));
+            if let Ok(flags) = self.mem.read_obj::<u16>(flags_at) {
+                let _ = self.mem.write_obj((flags | o.set) & !o.clear, flags_at);
             }
         }
+        regs.rflags = (regs.rflags & !u64::from(CF)) | u64::from(o.handler_cf);
     }
 
-    fn putc(&self, c: u8) {
-        self.pio.write(COM1, &[c]);
+    fn read_u8(&self, addr: u64) -> u8 {
+        self.mem.read_obj(GuestAddress(addr)).unwrap_or(0xFF)
+    }
+    fn read_u16(&self, addr: u64) -> u16 {
+        self.mem.read_obj(GuestAddress(addr)).unwrap_or(0xFFFF)
+    }
+    fn read_u32(&self, addr: u64) -> u32 {
+        self.mem.read_obj(GuestAddress(addr)).unwrap_or(u32::MAX)
+    }
+    fn write_u8(&self, addr: u64, v: u8) {
+        let _ = self.mem.write_obj(v, GuestAddress(addr));
+    }
+    fn write_u16(&self, addr: u64, v: u16) {
+        let _ = self.mem.write_obj(v, GuestAddress(addr));
+    }
+    fn write_u32(&self, addr: u64, v: u32) {
+        let _ = self.mem.write_obj(v, GuestAddress(addr));
     }
 
-    /// INT 10h: the console is COM1.
-    fn video(&self, r: &mut kvm_regs) -> Outcome {
-        match ah(r) {
-            0x0E => self.putc(r.rax as u8),
-            0x0F => {
-                // 80x25 text, page 0.
-                set_ax(r, 0x5003);
-                r.rbx &= !0xFF00;
-            }
-            0x03 => {
-                set16(&mut r.rcx, 0x0607);
-                set16(&mut r.rdx, 0);
-            }
-            _ => {}
-        }
-        ok()
-    }
-
-    /// INT 15h: the memory map and friends.
-    fn system(&self, r: &mut kvm_regs, segs: Segments) -> Outcome {
-        match ax(r) {
-            0xE820 => return self.e820(r, segs),
-            0xE801 => {
-                let ext = self.layout.extended_ram();
-                let fifteen_mib = 15 * 1024 * KIB;
-                let below_16m = (ext.min(fifteen_mib) / KIB) as u16;
-                let above_16m = (ext.saturating_sub(fifteen_mib) / (64 * KIB)).min(0xFFFF) as u16;
-                set_ax(r, below_16m);
-                set16(&mut r.rcx, below_16m);
-                set16(&mut r.rbx, above_16m);
-                set16(&mut r.rdx, above_16m);
-                return ok();
-            }
-            0x2400 | 0x2401 => {
-                set_ah(r, 0);
-                return ok();
-            }
-            0x2402 => {
-                // A20 is always enabled.
-                set_ax(r, 0x0001);
-                return ok();
-            }
-            0x2403 => {
-                set_ah(r, 0);
-                set16(&mut r.rbx, 0x0003);
-                return ok();
-            }
-            _ => {}
-        }
-        match ah(r) {
-            0x88 => {
-                let kib = (self.layout.extended_ram() / KIB).min(0xFFFF) as u16;
-                set_ax(r, kib);
-                ok()
-            }
-            0x86 => ok(),
-            _ => fail(r, 0x86),
-        }
-    }
-
-    fn e820(&self, r: &mut kvm_regs, segs: Segments) -> Outcome {
-        let index = r.rbx as u32 as usize;
-        let Some(entry) = self.e820.get(index) else {
-            return fail(r, 0x86);
+    /// Whether `len` bytes at `addr` are RAM a service may read or write: never the VGA
+    /// hole, the option ROMs or the BIOS (0xA0000-0xFFFFF), never past guest memory.
+    fn ram_buffer(&self, addr: u64, len: u64) -> bool {
+        let Some(end) = addr.checked_add(len) else {
+            return false;
         };
-        if r.rdx as u32 as u64 != SMAP || (r.rcx as u32) < 20 {
-            return fail(r, 0x86);
+        if len == 0 {
+            return true;
         }
-        let at = GuestAddress(segs.es + (r.rdi & 0xFFFF));
-        if self.mem.write_slice(&entry.to_bytes(), at).is_err() {
-            return fail(r, 0x86);
+        if addr < HIGH_MEMORY_START && end > LOW_RAM_END {
+            return false;
         }
-        r.rax = SMAP;
-        r.rcx = 20;
-        r.rbx = if index + 1 < self.e820.len() {
-            index as u64 + 1
-        } else {
-            0
-        };
-        ok()
-    }
-
-    /// INT 16h: keys come from COM1.
-    fn keyboard(&self, r: &mut kvm_regs) -> Outcome {
-        let mut lsr = [0u8];
-        self.pio.read(COM1 + 5, &mut lsr);
-        let ready = lsr[0] & 1 != 0;
-        match ah(r) {
-            0x00 | 0x10 => {
-                if !ready {
-                    return Outcome {
-                        retry: true,
-                        ..Default::default()
-                    };
-                }
-                let mut c = [0u8];
-                self.pio.read(COM1, &mut c);
-                set_ax(r, c[0] as u16);
-                ok()
-            }
-            0x01 | 0x11 => {
-                if !ready {
-                    return Outcome {
-                        set: ZF,
-                        ..Default::default()
-                    };
-                }
-                // Peeking would need the UART to keep the byte: report it as read.
-                let mut c = [0u8];
-                self.pio.read(COM1, &mut c);
-                set_ax(r, c[0] as u16);
-                Outcome {
-                    clear: ZF,
-                    ..Default::default()
-                }
-            }
-            0x02 | 0x12 => {
-                set_al(r, 0);
-                ok()
-            }
-            _ => ok(),
-        }
-    }
-
-    fn cmos(&self, reg: u8) -> u8 {
-        self.pio.write(0x70, &[reg]);
-        let mut v = [0u8];
-        self.pio.read(0x71, &mut v);
-        v[0]
-    }
-
-    /// A clock register, in BCD whatever mode the guest set the RTC to.
-    fn cmos_bcd(&self, reg: u8) -> u8 {
-        let v = self.cmos(reg);
-        if self.cmos(0x0B) & 0x04 != 0 {
-            bcd(v)
-        } else {
-            v
-        }
-    }
-
-    /// INT 1Ah: the clock, from the CMOS RTC.
-    fn time(&self, r: &mut kvm_regs) -> Outcome {
-        match ah(r) {
-            0x00 => {
-                let from_bcd = |b: u8| ((b >> 4) * 10 + (b & 0xF)) as u64;
-                let secs = from_bcd(self.cmos_bcd(0x04) & 0x7F) * 3600
-                    + from_bcd(self.cmos_bcd(0x02)) * 60
-                    + from_bcd(self.cmos_bcd(0x00));
-                // 1573040 ticks a day (about 18.2 a second).
-                let ticks = secs * 1_573_040 / 86_400;
-                set16(&mut r.rcx, (ticks >> 16) as u16);
-                set16(&mut r.rdx, ticks as u16);
-                set_al(r, 0);
-                ok()
-            }
-            0x02 => {
-                let (h, m, s) = (
-                    self.cmos_bcd(0x04),
-                    self.cmos_bcd(0x02),
-                    self.cmos_bcd(0x00),
-                );
-                set16(&mut r.rcx, (h as u16) << 8 | m as u16);
-                set16(&mut r.rdx, (s as u16) << 8);
-                ok()
-            }
-            0x04 => {
-                let (c, y, m, d) = (
-                    self.cmos_bcd(0x32),
-                    self.cmos_bcd(0x09),
-                    self.cmos_bcd(0x08),
-                    self.cmos_bcd(0x07),
-                );
-                set16(&mut r.rcx, (c as u16) << 8 | y as u16);
-                set16(&mut r.rdx, (m as u16) << 8 | d as u16);
-                ok()
-            }
-            _ => fail(r, 0x86),
-        }
+        usize::try_from(len).is_ok_and(|l| self.mem.check_range(GuestAddress(addr), l))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bus::BusDevice;
-    use crate::exit::ExitReason;
-    use crate::memory::MIB;
-    use std::sync::{Arc, Mutex};
+    use crate::memory::{KIB, MIB};
 
-    /// A COM1 stand-in: records output, offers one input byte.
-    struct FakeUart {
-        out: Vec<u8>,
-        input: Option<u8>,
+    /// COM1 stand-in: records output, offers input.
+    #[derive(Default)]
+    pub struct FakeConsole {
+        pub out: Mutex<Vec<u8>>,
+        pub input: Mutex<VecDeque<u8>>,
     }
-    impl BusDevice for FakeUart {
-        fn read(&mut self, offset: u64, data: &mut [u8]) {
-            data[0] = match offset {
-                0 => self.input.take().unwrap_or(0),
-                5 => 0x60 | self.input.is_some() as u8,
-                _ => 0,
-            };
+    impl Console for FakeConsole {
+        fn write(&self, bytes: &[u8]) {
+            self.out.lock().unwrap().extend_from_slice(bytes);
         }
-        fn write(&mut self, offset: u64, data: &[u8]) -> Option<ExitReason> {
-            if offset == 0 {
-                self.out.push(data[0]);
-            }
-            None
+        fn peek(&self) -> Option<u8> {
+            self.input.lock().unwrap().front().copied()
+        }
+        fn take(&self) -> Option<u8> {
+            self.input.lock().unwrap().pop_front()
         }
     }
+    impl FakeConsole {
+        pub fn output(&self) -> String {
+            String::from_utf8_lossy(&self.out.lock().unwrap()).into_owned()
+        }
+        pub fn type_in(&self, s: &[u8]) {
+            self.input.lock().unwrap().extend(s);
+        }
+    }
 
-    fn bios(mem_size: u64) -> (Bios, Arc<Mutex<FakeUart>>) {
+    /// A CMOS clock stand-in: plain registers, BCD 24-hour mode unless a test changes B.
+    pub struct FakeClock(pub Mutex<[u8; 128]>);
+    impl CmosClock for FakeClock {
+        fn register(&self, index: u8) -> u8 {
+            self.0.lock().unwrap()[usize::from(index & 0x7F)]
+        }
+        fn set_register(&self, index: u8, value: u8) {
+            self.0.lock().unwrap()[usize::from(index & 0x7F)] = value;
+        }
+    }
+
+    pub struct TestBios {
+        pub bios: Bios,
+        pub console: Arc<FakeConsole>,
+        pub clock: Arc<FakeClock>,
+    }
+
+    /// A BIOS on `mem_size` of guest RAM (the first MiB and 1 MiB above it mapped), with an
+    /// optional disk and its BDA written.
+    pub fn bios_with(mem_size: u64, disk: Option<Arc<Disk>>) -> TestBios {
         let layout = MemoryLayout::new(mem_size).unwrap();
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
-        let uart = Arc::new(Mutex::new(FakeUart {
-            out: vec![],
-            input: None,
-        }));
-        let mut pio = Bus::new("test");
-        pio.insert(COM1, 8, uart.clone()).unwrap();
-        (
-            Bios {
-                mem,
-                e820: layout.e820(128 * KIB),
-                layout,
-                pio: Arc::new(pio),
-            },
-            uart,
-        )
+        let mem = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), LOW_RAM_END as usize),
+            (GuestAddress(HIGH_MEMORY_START), MIB as usize),
+        ])
+        .unwrap();
+        let console = Arc::new(FakeConsole::default());
+        let mut regs = [0u8; 128];
+        // 2024-02-29 13:45:30, BCD, 24-hour.
+        for (i, v) in [
+            (0x00, 0x30),
+            (0x02, 0x45),
+            (0x04, 0x13),
+            (0x07, 0x29),
+            (0x08, 0x02),
+            (0x09, 0x24),
+            (0x0B, 0x02),
+            (0x32, 0x20),
+        ] {
+            regs[i] = v;
+        }
+        let clock = Arc::new(FakeClock(Mutex::new(regs)));
+        bda::write(&mem, &layout, disk.as_deref(), 0x1234).unwrap();
+        let bios = Bios::new(BiosSetup {
+            mem,
+            e820: layout.e820(128 * KIB),
+            layout,
+            console: console.clone(),
+            clock: clock.clone(),
+            disk,
+            embedded: true,
+        });
+        TestBios {
+            bios,
+            console,
+            clock,
+        }
     }
 
-    /// Registers as an INT left them: SS:SP at 0:0x7000 with IP, CS, FLAGS pushed.
-    fn call(b: &Bios, service: Service, regs: &mut kvm_regs) -> u16 {
+    pub fn bios(mem_size: u64) -> TestBios {
+        bios_with(mem_size, None)
+    }
+
+    /// The segment bases every test call uses: ES = DS = 0x1000, SS = 0.
+    pub const SEGS: Segments = Segments {
+        cs: 0xF_0000,
+        ds: 0x1_0000,
+        es: 0x1_0000,
+        ss: 0,
+        fs: 0,
+        gs: 0,
+    };
+
+    /// Calls a service with registers as an INT left them: SS:SP at 0:0x7000 with IP, CS,
+    /// FLAGS (IF and a clear CF/ZF) pushed. Returns the stacked FLAGS afterwards.
+    pub fn call_with(b: &Bios, service: Service, regs: &mut kvm_regs) -> (u16, Outcome) {
         regs.rsp = 0x7000;
         b.mem.write_obj(0x1234u16, GuestAddress(0x7000)).unwrap();
         b.mem.write_obj(0xF000u16, GuestAddress(0x7002)).unwrap();
         b.mem.write_obj(0x0202u16, GuestAddress(0x7004)).unwrap();
-        b.call(service, regs, Segments { es: 0x1000, ss: 0 });
-        b.mem.read_obj::<u16>(GuestAddress(0x7004)).unwrap()
+        let o = b.call(service, regs, &SEGS);
+        (b.mem.read_obj::<u16>(GuestAddress(0x7004)).unwrap(), o)
     }
 
-    #[test]
-    fn e820_walks_the_whole_map_then_stops() {
-        let (b, _) = bios(256 * MIB);
-        let mut got = Vec::new();
-        let mut next = 0u64;
-        loop {
-            let mut r = kvm_regs {
-                rax: 0xE820,
-                rbx: next,
-                rcx: 24,
-                rdx: SMAP,
-                rdi: 0x100,
-                ..Default::default()
-            };
-            let flags = call(&b, Service::System, &mut r);
-            assert_eq!(flags & CF, 0);
-            assert_eq!(r.rax, SMAP);
-            assert_eq!(r.rcx, 20);
-            let mut e = [0u8; 20];
-            b.mem.read_slice(&mut e, GuestAddress(0x1100)).unwrap();
-            got.push(e);
-            next = r.rbx;
-            if next == 0 {
-                break;
-            }
+    pub fn call(b: &Bios, service: Service, regs: &mut kvm_regs) -> u16 {
+        call_with(b, service, regs).0
+    }
+
+    pub fn regs(rax: u64) -> kvm_regs {
+        kvm_regs {
+            rax,
+            ..Default::default()
         }
-        let want: Vec<[u8; 20]> = b.e820.iter().map(|e| e.to_bytes()).collect();
-        assert_eq!(got, want);
     }
 
     #[test]
-    fn e820_refuses_a_bad_signature_or_index() {
-        let (b, _) = bios(256 * MIB);
-        let mut r = kvm_regs {
-            rax: 0xE820,
-            rcx: 20,
-            rdx: 0x1234,
-            ..Default::default()
-        };
-        assert_ne!(call(&b, Service::System, &mut r) & CF, 0);
-        let mut r = kvm_regs {
-            rax: 0xE820,
-            rbx: 99,
-            rcx: 20,
-            rdx: SMAP,
-            ..Default::default()
-        };
-        assert_ne!(call(&b, Service::System, &mut r) & CF, 0);
-        assert_eq!(ah(&r), 0x86);
-    }
-
-    #[test]
-    fn memory_size_calls() {
-        let (b, _) = bios(256 * MIB);
-        let mut r = kvm_regs {
-            rax: 0xE801,
-            ..Default::default()
-        };
-        call(&b, Service::System, &mut r);
-        assert_eq!(r.rax as u16, 15 * 1024);
-        assert_eq!(r.rbx as u16, ((256 - 16) * 1024 / 64) as u16);
-        let mut r = kvm_regs {
-            rax: 0x8800,
-            ..Default::default()
-        };
-        call(&b, Service::System, &mut r);
-        assert_eq!(r.rax as u16, 0xFFFF);
-        let (b, _) = bios(32 * MIB);
-        let mut r = kvm_regs {
-            rax: 0x8800,
-            ..Default::default()
-        };
-        call(&b, Service::System, &mut r);
-        assert_eq!(r.rax as u16, 31 * 1024);
-        let mut r = kvm_regs {
-            rax: 0xC000,
-            ..Default::default()
-        };
-        assert_ne!(call(&b, Service::System, &mut r) & CF, 0);
-    }
-
-    #[test]
-    fn teletype_and_keyboard_use_com1() {
-        let (b, uart) = bios(64 * MIB);
-        let mut r = kvm_regs {
-            rax: 0x0E41,
-            ..Default::default()
-        };
-        call(&b, Service::Video, &mut r);
-        assert_eq!(uart.lock().unwrap().out, b"A");
-        // No key: AH=01h sets ZF; AH=00h returns to the INT to wait.
-        let mut r = kvm_regs {
-            rax: 0x0100,
-            ..Default::default()
-        };
-        assert_ne!(call(&b, Service::Keyboard, &mut r) & ZF, 0);
-        let mut r = kvm_regs::default();
-        call(&b, Service::Keyboard, &mut r);
-        assert_eq!(b.mem.read_obj::<u16>(GuestAddress(0x7000)).unwrap(), 0x1232);
-        uart.lock().unwrap().input = Some(b'k');
-        let mut r = kvm_regs::default();
-        call(&b, Service::Keyboard, &mut r);
-        assert_eq!(r.rax as u8, b'k');
-        assert_eq!(b.mem.read_obj::<u16>(GuestAddress(0x7000)).unwrap(), 0x1234);
-    }
-
-    #[test]
-    fn disk_calls_fail_without_a_disk_and_ports_map_to_services() {
-        let (b, _) = bios(64 * MIB);
-        let mut r = kvm_regs {
-            rax: 0x0200,
-            ..Default::default()
-        };
-        assert_ne!(call(&b, Service::Disk, &mut r) & CF, 0);
-        assert_eq!(Service::from_port(0xE0), Some(Service::Video));
-        assert_eq!(Service::from_port(0xE4), Some(Service::Time));
-        assert_eq!(Service::from_port(0xE5), None);
+    fn ports_map_to_services_and_back() {
+        for (i, s) in SERVICES.iter().enumerate() {
+            assert_eq!(Service::from_port(0xE0 + i as u16), Some(*s));
+        }
+        assert_eq!(Service::from_port(0xE9), None);
         assert_eq!(Service::from_port(0xDF), None);
+        assert_eq!(Service::from_port(0xEF), None);
         assert_eq!(bcd(59), 0x59);
+        assert_eq!(from_bcd(0x59), 59);
+    }
+
+    #[test]
+    fn only_the_handlers_out_of_the_embedded_firmware_is_a_service_call() {
+        let out = u64::from(symbols::INT13_OUT);
+        let at = |cr0, cs_base, rip| Caller { cr0, cs_base, rip };
+        let real = 0x6000_0010;
+        assert_eq!(
+            service_call(0xE1, true, &at(real, 0xF_0000, out)),
+            Some(Service::Disk)
+        );
+        assert_eq!(
+            service_call(0xE1, true, &at(real, 0xF_0000, out + 2)),
+            Some(Service::Disk)
+        );
+        // Another port's handler, a nearby RIP, another segment, protected mode, a user's
+        // firmware, a port of the range with no service.
+        assert_eq!(service_call(0xE0, true, &at(real, 0xF_0000, out)), None);
+        assert_eq!(service_call(0xE1, true, &at(real, 0xF_0000, out + 1)), None);
+        assert_eq!(service_call(0xE1, true, &at(real, 0xF_0000, out - 2)), None);
+        assert_eq!(service_call(0xE1, true, &at(real, 0, out)), None);
+        assert_eq!(
+            service_call(0xE1, true, &at(real, 0xF_0000, out + 0x10000)),
+            None
+        );
+        assert_eq!(service_call(0xE1, true, &at(real | 1, 0xF_0000, out)), None);
+        assert_eq!(service_call(0xE1, false, &at(real, 0xF_0000, out)), None);
+        assert_eq!(service_call(0xEF, true, &at(real, 0xF_0000, out)), None);
+    }
+
+    #[test]
+    fn each_symbol_is_an_out_to_its_port_followed_by_no_out() {
+        let fw = crate::firmware::EMBEDDED;
+        for (i, s) in SERVICES.iter().enumerate() {
+            let at = usize::from(s.out_offset());
+            assert_eq!(&fw[at..at + 2], &[0xE6, 0xE0 + i as u8], "{s:?}");
+            // OUT imm8 (E6/E7), OUT DX (EE/EF), and the operand-size prefix of a wider OUT.
+            assert!(
+                ![0xE6, 0xE7, 0xEE, 0xEF, 0x66].contains(&fw[at + 2]),
+                "{s:?}: an out follows the handler's out"
+            );
+        }
+        let dpt = usize::from(symbols::FLOPPY_DPT);
+        assert_eq!(fw[dpt + 4], 18, "the DPT's sectors per track");
+        let sc = usize::from(symbols::SYSTEM_CONFIG);
+        assert_eq!(&fw[sc..sc + 3], &[8, 0, 0xFC]);
+    }
+
+    #[test]
+    fn flags_go_to_the_stack_and_the_handler_cf_to_rflags() {
+        let t = bios(64 * MIB);
+        let mut r = regs(0xE980);
+        r.rflags = 0x3;
+        let (flags, o) = call_with(&t.bios, Service::System, &mut r);
+        assert_eq!(flags & CF, CF);
+        assert!(!o.handler_cf);
+        assert_eq!(r.rflags & 1, 0);
+        // INT 16h AH=00h with no key: the stacked FLAGS untouched, the handler waits.
+        let mut r = regs(0);
+        let (flags, o) = call_with(&t.bios, Service::Keyboard, &mut r);
+        assert_eq!(flags, 0x0202);
+        assert!(o.handler_cf);
+        assert_eq!(r.rflags & 1, 1);
+        assert_eq!(r.rax, 0, "registers untouched while waiting");
+    }
+
+    #[test]
+    fn buffers_must_be_ram_outside_the_rom_area() {
+        let t = bios(64 * MIB);
+        let b = &t.bios;
+        assert!(b.ram_buffer(0x7C00, 512));
+        assert!(b.ram_buffer(0x9_FE00, 512));
+        assert!(!b.ram_buffer(0x9_FF00, 512));
+        assert!(!b.ram_buffer(0xF_0000, 1));
+        assert!(b.ram_buffer(0x10_0000, 512));
+        assert!(!b.ram_buffer(0x20_0000 - 256, 512));
+        assert!(!b.ram_buffer(u64::MAX - 10, 512));
+        assert!(b.ram_buffer(0xB_8000, 0));
     }
 }
