@@ -84,7 +84,7 @@ pub const CHS_MAX_CYLINDERS: u32 = 1024;
 /// the whole cylinders of the image, at least one (`Disk::chs_cylinders` caps them for CHS).
 pub fn classify(sectors: u64) -> (Media, Geometry) {
     let kib = sectors * SECTOR_SIZE / 1024;
-    if sectors * SECTOR_SIZE % 1024 == 0 {
+    if (sectors * SECTOR_SIZE).is_multiple_of(1024) {
         if let Some(&(_, c, h, s, t)) = FLOPPIES.iter().find(|f| f.0 == kib) {
             return (
                 Media::Floppy { drive_type: t },
@@ -141,9 +141,12 @@ impl Disk {
             .read(true)
             .write(writable)
             .open(path)
-            .map_err(|err| BlockError::Open {
-                path: p.clone(),
-                err,
+            .map_err(|err| match err.raw_os_error() {
+                Some(libc::EISDIR) => BlockError::NotAFile { path: p.clone() },
+                _ => BlockError::Open {
+                    path: p.clone(),
+                    err,
+                },
             })?;
         let kind = file
             .metadata()
@@ -165,7 +168,7 @@ impl Disk {
         if size < SECTOR_SIZE {
             return Err(BlockError::TooSmall { path: p, size });
         }
-        if size % SECTOR_SIZE != 0 {
+        if !size.is_multiple_of(SECTOR_SIZE) {
             return Err(BlockError::Unaligned { path: p, size });
         }
         // A file that cannot be read fails here rather than at the guest's first read.
@@ -211,7 +214,7 @@ impl Disk {
     }
 
     fn check(&self, lba: u64, buf_len: usize) -> Result<u64, IoError> {
-        if buf_len as u64 % SECTOR_SIZE != 0 {
+        if !(buf_len as u64).is_multiple_of(SECTOR_SIZE) {
             return Err(IoError::BadBuffer);
         }
         let count = buf_len as u64 / SECTOR_SIZE;
@@ -355,10 +358,12 @@ pub mod tests {
             Disk::open(&empty, false),
             Err(BlockError::TooSmall { size: 0, .. })
         ));
-        assert!(matches!(
-            Disk::open(&dir, false),
-            Err(BlockError::NotAFile { .. }) | Err(BlockError::Open { .. })
-        ));
+        for rw in [false, true] {
+            assert!(matches!(
+                Disk::open(&dir, rw),
+                Err(BlockError::NotAFile { .. })
+            ));
+        }
         assert!(matches!(
             Disk::open(Path::new("/nonexistent/disk.img"), false),
             Err(BlockError::Open { .. })

@@ -228,7 +228,7 @@ impl Bios {
                 }
             }
             0x44 => {
-                if let Err(_) = d.check_range(lba, count) {
+                if d.check_range(lba, count).is_err() {
                     self.write_u16(packet + 2, 0);
                     return Err(NOT_FOUND);
                 }

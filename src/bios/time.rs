@@ -44,7 +44,7 @@ impl Bios {
     fn set_clock_bcd(&self, b: u8, reg: u8, v: u8) {
         let n = from_bcd(v);
         let raw = if reg == REG_HOURS && b & B_24H == 0 {
-            let h12 = if n % 12 == 0 { 12 } else { n % 12 };
+            let h12 = if n.is_multiple_of(12) { 12 } else { n % 12 };
             let pm = if n >= 12 { HOUR_PM } else { 0 };
             (if b & B_BINARY != 0 { h12 } else { bcd(h12) }) | pm
         } else if b & B_BINARY != 0 {
