@@ -108,6 +108,7 @@ impl Machine {
             }
         }
         // The bridge reported every PAM change to the shadow areas, which are back at `Rom`.
+        self.bios.reset();
         Ok(())
     }
 }

@@ -318,6 +318,23 @@ impl Bios {
         self.embedded
     }
 
+    /// Back to the state at power-on for a reboot (`--reboot`), as POST leaves it: the BDA
+    /// rewritten with the tick count from the CMOS clock, no stuffed keys, no disk status.
+    /// RAM is otherwise kept. Nothing to do for a user's firmware.
+    pub fn reset(&self) {
+        if !self.embedded {
+            return;
+        }
+        lock(&self.keys).clear();
+        *lock(&self.disk_status) = [0; 2];
+        let b = self.clock.register(0x0B);
+        let [h, m, s] = [0x04, 0x02, 0x00].map(|reg| u64::from(from_bcd(self.clock_bcd(b, reg))));
+        let ticks = bda::ticks_at(h * 3600 + m * 60 + s, 0);
+        if let Err(e) = bda::write(&self.mem, &self.layout, self.disk.as_deref(), ticks) {
+            crate::log::error(format_args!("reboot: cannot write the BDA: {e}"));
+        }
+    }
+
     /// Makes the guest's disk writes durable (`,rw`); called on every exit path.
     pub fn flush_disk(&self) {
         if let Some(d) = &self.disk {
@@ -594,6 +611,39 @@ mod tests {
         assert!(o.handler_cf);
         assert_eq!(r.rflags & 1, 1);
         assert_eq!(r.rax, 0, "registers untouched while waiting");
+    }
+
+    #[test]
+    fn a_reset_rewrites_the_bda_and_forgets_keys_and_status() {
+        let t = bios(64 * MIB);
+        let b = &t.bios;
+        b.write_u16(bda::EQUIPMENT, 0);
+        b.write_u16(bda::CURSOR_POS, 0x0505);
+        call(b, Service::Keyboard, &mut regs(0x0500 | 0x41));
+        let mut r = regs(0x0200);
+        r.rdx = 0x80;
+        call(b, Service::Disk, &mut r);
+        b.reset();
+        assert_eq!(b.read_u16(bda::EQUIPMENT), 0x0222);
+        assert_eq!(b.read_u16(bda::CURSOR_POS), 0);
+        // The fake clock says 13:45:30.
+        assert_eq!(
+            b.read_u32(bda::TICKS),
+            bda::ticks_at(13 * 3600 + 45 * 60 + 30, 0)
+        );
+        let mut r = regs(0x0100);
+        assert_ne!(
+            call(b, Service::Keyboard, &mut r) & ZF,
+            0,
+            "a stuffed key survived"
+        );
+        let mut r = regs(0x0100);
+        r.rdx = 0x80;
+        assert_eq!(
+            call(b, Service::Disk, &mut r) & CF,
+            0,
+            "the disk status survived"
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ const HOUR_PM: u8 = 0x80;
 
 impl Bios {
     /// A clock register as BCD.
-    fn clock_bcd(&self, b: u8, reg: u8) -> u8 {
+    pub(super) fn clock_bcd(&self, b: u8, reg: u8) -> u8 {
         let v = self.clock.register(reg);
         if reg == REG_HOURS && b & B_24H == 0 {
             // 12-hour mode: 12 AM is 0, PM adds 12.
