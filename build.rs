@@ -1,5 +1,6 @@
 //! Assembles the firmware under `firmware/` with the system's binutils into a flat 64 KiB
-//! blob (`$OUT_DIR/firmware.bin`), which `src/firmware.rs` embeds.
+//! blob (`$OUT_DIR/firmware.bin`), which `src/firmware.rs` embeds, and the offsets of the
+//! firmware symbols the BIOS services need (`$OUT_DIR/firmware_symbols.rs`, for src/bios/).
 
 use std::env;
 use std::fs;
@@ -44,6 +45,54 @@ fn syscall_names(out: &Path) {
     fs::write(out.join("syscall_names.rs"), table).expect("write syscall_names.rs");
 }
 
+/// Firmware symbols the VMM needs, as offsets in segment F000: each service handler's `out`
+/// (a port write is a service call only from there) and the ROM tables services return.
+const SYMBOLS: &[&str] = &[
+    "int10_out",
+    "int11_out",
+    "int12_out",
+    "int13_out",
+    "int15_out",
+    "int16_out",
+    "int18_out",
+    "int19_out",
+    "int1a_out",
+    "floppy_dpt",
+    "system_config",
+];
+
+/// Writes `firmware_symbols.rs`: one `u16` constant per name in SYMBOLS, read from the
+/// firmware's symbol table with `nm`.
+fn firmware_symbols(elf: &Path, out: &Path) {
+    let nm = Command::new("nm")
+        .arg(elf)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run nm: {e} (install binutils)"));
+    assert!(nm.status.success(), "nm {} failed", elf.display());
+    let text = String::from_utf8_lossy(&nm.stdout);
+    let mut rs =
+        String::from("// Offsets in segment F000 of firmware symbols (build.rs, from nm).\n");
+    for name in SYMBOLS {
+        let addr = text
+            .lines()
+            .find_map(|l| {
+                let mut it = l.split_whitespace();
+                let (addr, _kind, sym) = (it.next()?, it.next()?, it.next()?);
+                (sym == *name).then(|| u32::from_str_radix(addr, 16).ok())?
+            })
+            .unwrap_or_else(|| panic!("firmware symbol {name} is missing"));
+        assert!(
+            addr <= 0xFFFF,
+            "firmware symbol {name} at {addr:#x} is outside the segment"
+        );
+        rs.push_str(&format!(
+            "pub const {}: u16 = {addr:#06x};\n",
+            name.to_uppercase()
+        ));
+    }
+    fs::write(out.join("firmware_symbols.rs"), rs).expect("write firmware_symbols.rs");
+}
+
 fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
     let src = Path::new("firmware");
@@ -76,6 +125,7 @@ fn main() {
         .arg("-o")
         .arg(&elf)
         .args(&objects));
+    firmware_symbols(&elf, &out);
     let bin = out.join("firmware.bin");
     run(Command::new("objcopy")
         .args(["-O", "binary"])

@@ -40,6 +40,7 @@ post:
         jmp     2b
 3:
         call    pic_init
+        call    pit_init
 
         # The boot descriptor from fw_cfg.
         mov     si, offset boot_file
@@ -53,18 +54,6 @@ post:
         jc      no_descriptor
         cmp     dword ptr es:[BOOT_DESC + BD_MAGIC], BOOT_MAGIC
         jne     no_descriptor
-
-        # BDA: COM1, equipment word, base memory; EBDA: its size in KiB.
-        mov     word ptr es:[0x400], 0x3F8
-        mov     word ptr es:[0x410], 0x0200     # one serial port
-        mov     ax, es:[BOOT_DESC + BD_BASE_KIB]
-        mov     es:[0x413], ax
-        mov     ax, es:[BOOT_DESC + BD_EBDA_SEG]
-        mov     es:[0x40E], ax
-        push    es
-        mov     es, ax
-        mov     byte ptr es:[0], 1
-        pop     es
 
         # What to start: an index into boot_kinds.
         mov     bx, es:[BOOT_DESC + BD_KIND]
@@ -108,7 +97,7 @@ set_eight_vectors:
         ret
 
 # The 8259 pair as a PC BIOS leaves it: vectors 08h and 70h, cascade on IRQ 2, all masked
-# but the cascade.
+# but the timer (IRQ 0) and the cascade.
 pic_init:
         mov     al, 0x11
         out     0x20, al
@@ -124,10 +113,19 @@ pic_init:
         mov     al, 0x01
         out     0x21, al
         out     0xA1, al
-        mov     al, 0xFB
+        mov     al, 0xFA
         out     0x21, al
         mov     al, 0xFF
         out     0xA1, al
+        ret
+
+# PIT channel 0: mode 2, divisor 65536: IRQ 0 at 18.2 Hz (the BDA tick count).
+pit_init:
+        mov     al, 0x34
+        out     0x43, al
+        xor     al, al
+        out     0x40, al
+        out     0x40, al
         ret
 
 default_isr:

@@ -3,6 +3,7 @@
 
 mod acpi;
 mod bios;
+mod block;
 mod boot;
 mod bus;
 mod config;
@@ -138,6 +139,7 @@ fn run(cfg: &VmConfig, start: Instant, filters: Option<Filters>) -> i32 {
             reboot: cfg.reboot,
         },
     );
+    machine.bios.flush_disk();
     bus::lock(&machine.serial).flush();
     terminal::restore();
 

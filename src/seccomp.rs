@@ -140,6 +140,8 @@ const VMM: &[Allowed] = &[
     any(libc::SYS_gettid, "gettid"),
     any(libc::SYS_timerfd_settime, "timerfd_settime"),
     any(libc::SYS_getrusage, "getrusage"),
+    // The disk image's writes made durable at exit (`--disk PATH,rw`).
+    any(libc::SYS_fsync, "fsync"),
     Allowed {
         nr: libc::SYS_ioctl,
         name: "ioctl",
@@ -158,11 +160,16 @@ const VCPU: &[Allowed] = &[
             KVM_GET_REGS,
             KVM_GET_SREGS,
             KVM_GET_MP_STATE,
-            // BIOS services (bios.rs) return their results in the registers.
+            // BIOS services (bios/) return their results in the registers, and a few in ES.
             KVM_SET_REGS,
+            KVM_SET_SREGS,
             KVM_SET_USER_MEMORY_REGION,
         ]),
     },
+    // INT 13h reads and writes the disk image; INT 15h AH=86h waits.
+    any(libc::SYS_pread64, "pread64"),
+    any(libc::SYS_pwrite64, "pwrite64"),
+    any(libc::SYS_clock_nanosleep, "clock_nanosleep"),
     // Restoring the terminal from the SIGSYS handler: glibc's tcsetattr reads the settings
     // back after setting them.
     Allowed {
@@ -178,7 +185,6 @@ const VCPU_REBOOT: &[Allowed] = &[Allowed {
     nr: libc::SYS_ioctl,
     name: "ioctl",
     args: Args::Ioctl(&[
-        KVM_SET_SREGS,
         KVM_SET_FPU,
         KVM_SET_LAPIC,
         KVM_SET_MP_STATE,
@@ -408,6 +414,7 @@ mod tests {
             names(ThreadKind::Vmm),
             with(&[
                 "close",
+                "fsync",
                 "getpid",
                 "getrusage",
                 "gettid",
@@ -419,7 +426,16 @@ mod tests {
                 "timerfd_settime"
             ])
         );
-        assert_eq!(names(ThreadKind::Vcpu), with(&["ioctl", "timerfd_settime"]));
+        assert_eq!(
+            names(ThreadKind::Vcpu),
+            with(&[
+                "clock_nanosleep",
+                "ioctl",
+                "pread64",
+                "pwrite64",
+                "timerfd_settime"
+            ])
+        );
     }
 
     #[test]
@@ -463,7 +479,7 @@ mod tests {
 
     #[test]
     fn state_setting_ioctls_only_with_reboot() {
-        let set = [KVM_SET_SREGS, KVM_SET_LAPIC, KVM_SET_MP_STATE, KVM_SET_FPU];
+        let set = [KVM_SET_LAPIC, KVM_SET_MP_STATE, KVM_SET_FPU];
         assert!(set
             .iter()
             .all(|r| !ioctls(ThreadKind::Vcpu, false).contains(r)));
@@ -474,6 +490,8 @@ mod tests {
         assert!(ioctls(ThreadKind::Vmm, true).contains(&KVM_SET_PIT2));
         assert_eq!(KVM_SET_REGS, 0x4090_AE82);
         assert!(ioctls(ThreadKind::Vcpu, false).contains(&KVM_SET_REGS));
+        // BIOS services that return a segment (ES:DI, ES:BX).
+        assert!(ioctls(ThreadKind::Vcpu, false).contains(&KVM_SET_SREGS));
         assert_eq!(KVM_SET_IRQCHIP, 0x8208_AE63);
     }
 

@@ -18,7 +18,7 @@ use kvm_bindings::{
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::bios::{Bios, Segments, Service};
+use crate::bios::{self, Bios, Caller, Segments};
 use crate::bus::Bus;
 use crate::exit::ExitReason;
 use crate::log;
@@ -133,6 +133,16 @@ fn io_size(run: *const kvm_run) -> usize {
     // KVM_EXIT_IO, so the io member of the union is the valid one.
     let size = unsafe { (*run).__bindgen_anon_1.io.size };
     (size as usize).max(1)
+}
+
+/// A port write of `size`-byte units to the bus.
+fn write_port(pio: &Bus, port: u16, data: &[u8], size: usize) -> Step {
+    for chunk in data.chunks(size) {
+        if let Some(r) = pio.write(port as u64, chunk) {
+            return Step::Stop(r, None);
+        }
+    }
+    Step::Continue
 }
 
 struct Vcpu {
@@ -297,16 +307,17 @@ impl Vcpu {
                 Step::Continue
             }
             Ok(VcpuExit::IoOut(port, data)) => {
-                if let Some(service) = Service::from_port(port) {
-                    return self.bios_call(service);
-                }
                 let size = io_size(run);
-                for chunk in data.chunks(size) {
-                    if let Some(r) = self.pio.write(port as u64, chunk) {
-                        return Step::Stop(r, None);
-                    }
+                if self.bios.embedded()
+                    && (bios::SERVICE_PORT_BASE..=bios::SERVICE_PORT_LAST).contains(&port)
+                {
+                    let data = data.to_vec();
+                    return match self.bios_call(port) {
+                        Some(step) => step,
+                        None => write_port(&self.pio, port, &data, size),
+                    };
                 }
-                Step::Continue
+                write_port(&self.pio, port, data, size)
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
                 self.mmio.read(addr, data);
@@ -372,29 +383,46 @@ impl Vcpu {
         }
     }
 
-    /// A firmware handler asked for a BIOS service (bios.rs): registers in, registers out.
-    fn bios_call(&mut self, service: Service) -> Step {
-        let (mut regs, sregs) = match (self.fd.get_regs(), self.fd.get_sregs()) {
-            (Ok(r), Ok(s)) => (r, s),
-            (Err(e), _) | (_, Err(e)) => {
-                return Step::Stop(
-                    ExitReason::HostError(format!("vCPU {}: BIOS call: {e}", self.id)),
-                    None,
-                )
-            }
+    /// A write to a service port: when it comes from the firmware's handler (bios.rs,
+    /// `service_call`), the BIOS service runs on the registers and segment bases; None when it
+    /// does not, and the write goes to the bus like any other.
+    fn bios_call(&mut self, port: u16) -> Option<Step> {
+        let fail = |id: u32, e: kvm_ioctls::Error| {
+            Some(Step::Stop(
+                ExitReason::HostError(format!("vCPU {id}: BIOS call: {e}")),
+                None,
+            ))
         };
+        let (mut regs, mut sregs) = match (self.fd.get_regs(), self.fd.get_sregs()) {
+            (Ok(r), Ok(s)) => (r, s),
+            (Err(e), _) | (_, Err(e)) => return fail(self.id, e),
+        };
+        let caller = Caller {
+            cr0: sregs.cr0,
+            cs_base: sregs.cs.base,
+            rip: regs.rip,
+        };
+        let service = bios::service_call(port, self.bios.embedded(), &caller)?;
         let segs = Segments {
+            cs: sregs.cs.base,
+            ds: sregs.ds.base,
             es: sregs.es.base,
             ss: sregs.ss.base,
+            fs: sregs.fs.base,
+            gs: sregs.gs.base,
         };
-        self.bios.call(service, &mut regs, segs);
-        match self.fd.set_regs(&regs) {
-            Ok(()) => Step::Continue,
-            Err(e) => Step::Stop(
-                ExitReason::HostError(format!("vCPU {}: BIOS call: {e}", self.id)),
-                None,
-            ),
+        let outcome = self.bios.call(service, &mut regs, &segs);
+        if let Err(e) = self.fd.set_regs(&regs) {
+            return fail(self.id, e);
         }
+        if let Some(es) = outcome.es {
+            sregs.es.selector = es;
+            sregs.es.base = u64::from(es) << 4;
+            if let Err(e) = self.fd.set_sregs(&sregs) {
+                return fail(self.id, e);
+            }
+        }
+        Some(Step::Continue)
     }
 
     fn serve_request(&mut self) -> Step {

@@ -88,6 +88,7 @@ pub struct Machine {
 pub struct BootAtReset {
     plan: Arc<crate::boot::BootPlan>,
     e820: Vec<memory::E820Entry>,
+    layout: MemoryLayout,
     rsdp: Option<Vec<u8>>,
 }
 
@@ -124,7 +125,7 @@ impl Machine {
         // The bridge reported every PAM change to the shadow areas, which are back at `Rom`.
         if let Some(b) = &self.boot_at_reset {
             let env = crate::boot::BootEnv {
-                layout: &self.bios.layout,
+                layout: &b.layout,
                 e820: &b.e820,
                 rsdp: b.rsdp.as_deref(),
             };
@@ -132,6 +133,8 @@ impl Machine {
                 .load(&self.guest_mem, &env)
                 .map_err(|e| VmError::Boot(e.to_string()))?;
         }
+        // The BIOS's own state (stuffed keys, disk status, the BDA's clock) as POST leaves it.
+        self.bios.reset();
         Ok(())
     }
 }
@@ -281,18 +284,22 @@ pub fn build(
         .insert(FW_CFG_PORT, FW_CFG_LEN, Arc::new(Mutex::new(fw_cfg)))
         .map_err(|e| VmError::Device(e.to_string()))?;
     let pio = Arc::new(devices.pio);
-    let bios = Arc::new(crate::bios::Bios {
+    let bios = Arc::new(crate::bios::Bios::new(crate::bios::BiosSetup {
         mem: guest_mem.clone(),
-        e820,
+        e820: e820.clone(),
         layout,
-        pio: pio.clone(),
-    });
+        console: devices.serial.clone(),
+        clock: devices.rtc,
+        disk: boot.disk(),
+        embedded: cfg.firmware.is_none(),
+    }));
     phases.devices = t.elapsed();
 
     let (chips_at_reset, boot_at_reset) = if cfg.reboot {
         let boot = BootAtReset {
             plan: boot,
-            e820: bios.e820.clone(),
+            e820,
+            layout,
             rsdp,
         };
         (Some(capture_chips(&vm)?), Some(boot))
@@ -451,6 +458,7 @@ struct Devices {
     pio: Bus,
     mmio: Bus,
     serial: Arc<Mutex<Serial>>,
+    rtc: Arc<Mutex<Timed<Rtc>>>,
     timers: Vec<Arc<Mutex<dyn Expire>>>,
 }
 
@@ -507,7 +515,7 @@ fn platform_devices(
     let rtc = Arc::new(Mutex::new(Timed::new(rtc).map_err(timer_err)?));
     pio.insert(RTC_PORT, RTC_LEN, rtc.clone())
         .map_err(dev_err)?;
-    timers.push(rtc);
+    timers.push(rtc.clone());
 
     let i8042 = I8042::new(Some(irqfd(KEYBOARD_IRQ, "register keyboard irqfd")?));
     pio.insert(I8042_PORT, I8042_LEN, Arc::new(Mutex::new(i8042)))
@@ -526,6 +534,7 @@ fn platform_devices(
         pio,
         mmio,
         serial,
+        rtc,
         timers,
     })
 }

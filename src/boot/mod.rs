@@ -15,9 +15,11 @@ mod multiboot;
 mod multiboot2;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use crate::block::{BlockError, Disk};
 use crate::config::VmConfig;
 use crate::devices::fw_cfg::{FwCfg, FwCfgError};
 use crate::firmware::{BootDescriptor, BootKind, Handoff};
@@ -57,6 +59,8 @@ pub enum BootError {
     Config(String),
     #[error("guest memory: {0}")]
     Memory(String),
+    #[error(transparent)]
+    Disk(#[from] BlockError),
 }
 
 fn file_err(path: &str, why: impl Into<String>) -> BootError {
@@ -206,6 +210,10 @@ enum Payload {
 #[derive(Debug)]
 pub struct BootPlan {
     payload: Payload,
+    /// `--disk`, opened and checked, for INT 13h.
+    disk: Option<Arc<Disk>>,
+    /// The CMOS clock counts local time (the BDA's tick count follows it).
+    localtime: bool,
 }
 
 impl BootPlan {
@@ -218,7 +226,27 @@ impl BootPlan {
             None if cfg.disk.is_some() => Payload::Disk,
             None => Payload::Demo,
         };
-        Ok(BootPlan { payload })
+        let disk = match &cfg.disk {
+            Some(d) => Some(Arc::new(Disk::open(&d.path, d.writable)?)),
+            None => None,
+        };
+        Ok(BootPlan {
+            payload,
+            disk,
+            localtime: cfg.rtc_localtime,
+        })
+    }
+
+    /// The disk INT 13h serves.
+    pub fn disk(&self) -> Option<Arc<Disk>> {
+        self.disk.clone()
+    }
+
+    /// The BDA's tick count now: the time of day of the clock the CMOS counts.
+    fn ticks_now(&self) -> u32 {
+        use crate::devices::rtc::Clock;
+        let (secs, nanos) = crate::devices::rtc::HostClock::new(self.localtime).now();
+        crate::bios::bda::ticks_at(secs.rem_euclid(86_400) as u64, nanos)
     }
 
     /// A short name of what boots, for logs and `--stats`.
@@ -236,6 +264,11 @@ impl BootPlan {
     /// Places the payload and its boot structures in guest memory; returns the boot
     /// descriptor for the firmware.
     pub fn load(&self, mem: &GuestMemoryMmap, env: &BootEnv) -> Result<BootDescriptor, BootError> {
+        // The BIOS data area, as POST would leave it (a user's firmware writes its own).
+        if !matches!(self.payload, Payload::Firmware) {
+            crate::bios::bda::write(mem, env.layout, self.disk.as_deref(), self.ticks_now())
+                .map_err(|e| BootError::Memory(e.to_string()))?;
+        }
         let (kind, handoff) = match &self.payload {
             Payload::Demo | Payload::Firmware => (BootKind::Demo, Handoff::default()),
             Payload::Disk => (BootKind::Disk, Handoff::default()),

@@ -309,6 +309,19 @@ impl Rtc {
         self.update(now, true);
     }
 
+    /// A register as the guest reads it through 0x71, without touching the index the guest
+    /// selected at 0x70 (the BIOS clock services).
+    pub fn register(&mut self, index: u8) -> u8 {
+        let now = self.now_ns();
+        self.read_register(usize::from(index & INDEX_MASK), now)
+    }
+
+    /// A register written as the guest writes it through 0x71, the selected index untouched.
+    pub fn set_register(&mut self, index: u8, value: u8) {
+        let now = self.now_ns();
+        self.write_register(usize::from(index & INDEX_MASK), value, now)
+    }
+
     fn now_ns(&self) -> i128 {
         let (s, n) = self.clock.now();
         i128::from(s) * NS_PER_SEC + i128::from(n.min(999_999_999))
@@ -744,6 +757,19 @@ mod tests {
 
     fn fired(e: &EventFd) -> bool {
         e.read().is_ok()
+    }
+
+    #[test]
+    fn register_access_leaves_the_guests_index_alone() {
+        let (mut rtc, _) = rtc_at(T0 * NS);
+        rtc.write(0, &[0x0B]);
+        assert_eq!(rtc.register(0x04), 0x13);
+        rtc.set_register(0x02, 0x50);
+        assert_eq!(rtc.register(0x02), 0x50);
+        // The guest's next data access still goes to register B.
+        let mut d = [0u8];
+        rtc.read(1, &mut d);
+        assert_eq!(d[0], B_DEFAULT);
     }
 
     #[test]

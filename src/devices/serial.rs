@@ -119,6 +119,29 @@ impl Serial {
     pub fn output_pending(&self) -> bool {
         self.uart.writer().pending()
     }
+
+    /// The next input byte, left in the FIFO (the BIOS keyboard's peek).
+    pub fn peek_input(&self) -> Option<u8> {
+        self.uart.state().in_buffer.first().copied()
+    }
+
+    /// Takes the next input byte from the FIFO, whatever the guest left in LCR.DLAB.
+    pub fn take_input(&mut self) -> Option<u8> {
+        self.peek_input()?;
+        let lcr = self.uart.read(3);
+        let _ = self.uart.write(3, lcr & 0x7F);
+        let byte = self.uart.read(0);
+        let _ = self.uart.write(3, lcr);
+        Some(byte)
+    }
+
+    /// Output from the VMM itself (the BIOS console), after what the guest wrote.
+    pub fn write_output(&mut self, bytes: &[u8]) {
+        let out = self.uart.writer_mut();
+        if out.write_all(bytes).and_then(|_| out.flush()).is_err() {
+            log::debug(format_args!("serial: BIOS output failed"));
+        }
+    }
 }
 
 impl BusDevice for Serial {
@@ -169,6 +192,23 @@ mod tests {
         let mut rbr = [0u8];
         s.read(0, &mut rbr);
         assert_eq!(rbr[0], b'x');
+    }
+
+    #[test]
+    fn input_can_be_peeked_then_taken_whatever_dlab() {
+        let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut s = Serial::new(evt, SerialOut::new(Sink::Null));
+        assert_eq!((s.peek_input(), s.take_input()), (None, None));
+        s.enqueue_input(b"xy");
+        assert_eq!(s.peek_input(), Some(b'x'));
+        assert_eq!(s.peek_input(), Some(b'x'));
+        s.write(3, &[0x83]);
+        assert_eq!(s.take_input(), Some(b'x'));
+        let mut lcr = [0u8];
+        s.read(3, &mut lcr);
+        assert_eq!(lcr[0], 0x83);
+        assert_eq!(s.take_input(), Some(b'y'));
+        assert_eq!(s.take_input(), None);
     }
 
     #[test]

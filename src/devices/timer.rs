@@ -91,6 +91,15 @@ impl<D: TimedDevice> Timed<D> {
     }
 }
 
+impl<D: TimedDevice> Timed<D> {
+    /// Runs `f` on the device, then re-arms the timer for what `f` may have enabled.
+    pub fn with_device<R>(&mut self, f: impl FnOnce(&mut D) -> R) -> R {
+        let r = f(&mut self.dev);
+        self.rearm();
+        r
+    }
+}
+
 impl<D: TimedDevice> Expire for Timed<D> {
     fn timer_fd(&self) -> RawFd {
         self.timer.as_raw_fd()

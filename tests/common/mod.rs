@@ -41,6 +41,30 @@ fn run_tool(cmd: &mut Command) {
 
 /// Assembles tests/guests/NAME.s (with `--defsym` values) into a 4 KiB ROM image.
 pub fn guest(name: &str, defs: &[(&str, u64)]) -> PathBuf {
+    let bin = build_guest(name, defs, "rom.ld");
+    assert_eq!(
+        std::fs::metadata(&bin).unwrap().len(),
+        4096,
+        "{name}: ROM size"
+    );
+    bin
+}
+
+/// Assembles tests/guests/NAME.s into a boot sector and the sectors after it
+/// (`bootsector.ld`), padded to whole sectors.
+pub fn boot_sector(name: &str, defs: &[(&str, u64)]) -> Vec<u8> {
+    let mut b = std::fs::read(build_guest(name, defs, "bootsector.ld")).expect("boot sector");
+    assert!(
+        b.len() >= 512 && b[510..512] == [0x55, 0xAA],
+        "{name}: no boot signature"
+    );
+    b.resize(b.len().div_ceil(512) * 512, 0);
+    b
+}
+
+/// Assembles and links tests/guests/NAME.s with the linker script SCRIPT; returns the flat
+/// binary.
+fn build_guest(name: &str, defs: &[(&str, u64)], script: &str) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests");
     let tag: String = defs.iter().map(|(k, v)| format!("-{k}{v}")).collect();
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guests");
@@ -58,7 +82,7 @@ pub fn guest(name: &str, defs: &[(&str, u64)]) -> PathBuf {
     run_tool(
         Command::new("ld")
             .args(["-m", "elf_i386", "-nostdlib", "-T"])
-            .arg(src.join("rom.ld"))
+            .arg(src.join(script))
             .arg("-o")
             .arg(&elf)
             .arg(&obj),
@@ -68,11 +92,6 @@ pub fn guest(name: &str, defs: &[(&str, u64)]) -> PathBuf {
             .args(["-O", "binary"])
             .arg(&elf)
             .arg(&bin),
-    );
-    assert_eq!(
-        std::fs::metadata(&bin).unwrap().len(),
-        4096,
-        "{name}: ROM size"
     );
     bin
 }
