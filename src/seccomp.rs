@@ -4,7 +4,7 @@
 //! supervisor right after the fork, each vCPU thread before its first `KVM_RUN`, the VMM
 //! (monitor) thread after it started the vCPUs and before it lets them run. A syscall outside
 //! the list raises SIGSYS; the handler prints the syscall's number and name and exits with
-//! code 3, so a seccomp kill is told apart from a crash.
+//! the host-error code (6): a seccomp kill is the VMM's failure, not the guest's crash.
 
 use std::collections::BTreeMap;
 
@@ -348,12 +348,14 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
     push_num(&mut buf, &mut len, nr as u64);
     push(&mut buf, &mut len, b" (");
     push(&mut buf, &mut len, syscall_name(nr).as_bytes());
-    push(&mut buf, &mut len, b"); the VM is stopped (exit code 3)\n");
+    push(&mut buf, &mut len, b"); the VM is stopped (exit code ");
+    push_num(&mut buf, &mut len, crate::exit::code::HOST_ERROR as u64);
+    push(&mut buf, &mut len, b")\n");
     crate::terminal::restore_from_signal();
     // SAFETY: write and _exit are async-signal-safe.
     unsafe {
         libc::write(2, buf.as_ptr() as *const libc::c_void, len);
-        libc::_exit(crate::exit::code::CRASH);
+        libc::_exit(crate::exit::code::HOST_ERROR);
     }
 }
 

@@ -124,7 +124,7 @@ pub fn split(filter: Option<&seccompiler::BpfProgram>) -> Reporter {
                 "minipc: the VM process was killed by signal {}",
                 libc::WTERMSIG(status)
             );
-            128 + libc::WTERMSIG(status)
+            crate::exit::code::SIGNAL_BASE + libc::WTERMSIG(status)
         } else {
             crate::exit::code::HOST_ERROR
         }

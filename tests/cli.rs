@@ -59,6 +59,23 @@ fn help_lists_options_and_exit_codes() {
     ] {
         assert!(r.stdout.contains(s), "--help lacks {s}");
     }
+    // The VMM's own codes are even: a crash is 4, a host error 6 (odd codes are the guest's).
+    let codes: Vec<&str> = r
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("Exit codes"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        codes,
+        ["0", "v*2+1", "2", "4", "6", "124", "128+n"],
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("4      guest crashed"), "{}", r.stdout);
+    assert!(r.stdout.contains("6      host error"), "{}", r.stdout);
     let r = minipc(&["--version"]);
     assert_eq!(
         r.stdout.trim(),
@@ -98,16 +115,16 @@ fn in_private_mounts(setup: &str) -> Option<Run> {
 }
 
 #[test]
-fn without_kvm_the_vmm_says_so_and_exits_1() {
+fn without_kvm_the_vmm_says_so_and_exits_6() {
     // /dev without kvm.
     if let Some(r) = in_private_mounts("mount -t tmpfs none /dev") {
-        assert_eq!(r.code, 1, "{}", r.stderr);
+        assert_eq!(r.code, 6, "{}", r.stderr);
         assert!(r.stderr.contains("/dev/kvm"), "{}", r.stderr);
         assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
     }
     // Something else where /dev/kvm should be.
     if let Some(r) = in_private_mounts("mount --bind /dev/null /dev/kvm") {
-        assert_eq!(r.code, 1, "{}", r.stderr);
+        assert_eq!(r.code, 6, "{}", r.stderr);
         assert!(r.stderr.contains("does not answer as KVM"), "{}", r.stderr);
     }
 }

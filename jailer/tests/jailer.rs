@@ -92,8 +92,16 @@ fn parse_probe(stdout: &str) -> HashMap<String, String> {
         .collect()
 }
 
+/// Exit codes of the jailer's own failures (README.md): bad input, host failure.
+const BAD_INPUT: i32 = 2;
+const HOST_ERROR: i32 = 6;
+
 fn assert_error(r: &Out, needle: &str) {
-    assert_eq!(r.code, 2, "stderr: {}", r.stderr);
+    assert_error_code(r, BAD_INPUT, needle);
+}
+
+fn assert_error_code(r: &Out, code: i32, needle: &str) {
+    assert_eq!(r.code, code, "stderr: {}", r.stderr);
     assert_eq!(r.stderr.lines().count(), 1, "stderr: {}", r.stderr);
     assert!(
         r.stderr.starts_with("minipc-jailer: "),
@@ -433,7 +441,11 @@ fn cgroup_limits_need_cgroup_v2() {
     let (id, base) = fresh("nov2");
     let mut args = probe_args(&id, &base);
     args.extend(["--cgroup", "pids.max=64"]);
-    assert_error(&jailer(&args), "cgroup v2 is not mounted at /sys/fs/cgroup");
+    assert_error_code(
+        &jailer(&args),
+        HOST_ERROR,
+        "cgroup v2 is not mounted at /sys/fs/cgroup",
+    );
     assert_gone(&base, &id);
     fs::remove_dir_all(&base).unwrap();
 }
