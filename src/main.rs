@@ -7,6 +7,7 @@ mod bus;
 mod config;
 mod devices;
 mod exit;
+mod files;
 mod firmware;
 mod halt;
 mod log;

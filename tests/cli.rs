@@ -44,6 +44,51 @@ fn bad_firmware_files_are_named() {
     );
 }
 
+/// Files whose metadata does not give their real size are judged by what they hold, before
+/// KVM is touched: exit 2 and one line naming the file.
+#[test]
+fn firmware_files_whose_size_metadata_lies_are_read_whole() {
+    assert_config_error(
+        &["--firmware", "/proc/self/status"],
+        "/proc/self/status: firmware image is",
+    );
+    assert_config_error(&["--firmware", "/proc/self/status"], "multiple of 4 KiB");
+    assert_config_error(
+        &["--firmware", "/sys/devices/system/cpu/online"],
+        "/sys/devices/system/cpu/online: firmware image is",
+    );
+    assert_config_error(
+        &["--firmware", "/dev/zero"],
+        "/dev/zero: firmware image is larger",
+    );
+    assert_config_error(
+        &["--firmware", "/dev/null"],
+        "/dev/null: firmware image is empty",
+    );
+
+    // A FIFO whose writer writes 5000 bytes, then closes it.
+    let fifo = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("firmware-{}.fifo", std::process::id()));
+    let _ = std::fs::remove_file(&fifo);
+    let c = std::ffi::CString::new(path_str(&fifo)).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().write(true).open(fifo).unwrap();
+            f.write_all(&[0x90u8; 5000]).unwrap();
+        })
+    };
+    assert_config_error(
+        &["--firmware", path_str(&fifo)],
+        "firmware image is 5000 bytes; it must be a multiple of 4 KiB",
+    );
+    writer.join().unwrap();
+    let _ = std::fs::remove_file(&fifo);
+}
+
 #[test]
 fn help_lists_options_and_exit_codes() {
     let r = minipc(&["--help"]);
