@@ -17,6 +17,11 @@ fn bad_arguments_exit_2_with_one_line() {
     assert_config_error(&["--mem", "1M"], "too small");
     assert_config_error(&["--mem", "12Q"], "12Q");
     assert_config_error(&["--mem", "2T"], "too large");
+    // B is bytes, not a unit of its own: 4096 bytes is too small.
+    assert_config_error(&["--mem", "4096B"], "memory size 4096 bytes is too small");
+    assert_config_error(&["--mem", "0"], "too small");
+    assert_config_error(&["--mem", ""], "--mem");
+    assert_config_error(&["--mem", "99999999999T"], "'99999999999T' is not a size");
     assert_config_error(&["--cpus", "0"], "--cpus");
     assert_config_error(&["--cpus", "1000"], "--cpus");
     assert_config_error(&["--serial", "pty"], "--serial");
