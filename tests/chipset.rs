@@ -192,6 +192,35 @@ fn keyboard_controller_and_cf9_resets_end_the_vm() {
     }
 }
 
+/// System Control Port A (0x92): bit 1 reads A20 enabled, writing bit 0 resets the machine
+/// like the i8042 and 0xCF9 do: the VM ends with `reset`, or restarts with `--reboot`.
+#[test]
+fn port_92_fast_reset_ends_or_restarts_the_guest() {
+    if !kvm_available() {
+        return;
+    }
+    let g = guest("port92_reset", &[]);
+    let r = minipc(&["--firmware", path_str(&g), "--stats", "--timeout", "20"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.reason().as_deref(), Some("reset"), "{}", r.stderr);
+    assert_eq!(r.stdout, "boot\r\n");
+    for cpus in ["1", "2"] {
+        let r = minipc(&[
+            "--firmware",
+            path_str(&g),
+            "--reboot",
+            "--cpus",
+            cpus,
+            "--stats",
+            "--timeout",
+            "20",
+        ]);
+        assert_eq!(r.stdout, "boot\r\nboot\r\nboot\r\n", "{}", r.stderr);
+        assert_eq!(r.code, (3 << 1) | 1, "--cpus {cpus}: {}", r.stderr);
+        assert_eq!(r.reason().as_deref(), Some("debug-exit"));
+    }
+}
+
 #[test]
 fn an_os_finds_the_acpi_rsdp_or_the_mp_table_where_it_looks() {
     if !kvm_available() {
