@@ -13,7 +13,7 @@ use crate::exit::ExitReason;
 use crate::halt::{self, Backoff, BlockingStat, FALLBACK_PERIOD};
 use crate::log;
 use crate::seccomp::{self, ThreadKind};
-use crate::vcpu::{self, VcpuHandle, VcpuMsg, REQ_CHECK_HALT, REQ_RESET};
+use crate::vcpu::{self, VcpuHandle, VcpuMsg};
 use crate::vm::Machine;
 
 /// How the VM ended.
@@ -25,6 +25,8 @@ pub struct Outcome {
 
 /// A halt check in flight: the kick went out, answers are coming back.
 struct HaltCheck {
+    /// Its number: answers to an earlier check (abandoned by a reboot) carry another.
+    number: u64,
     answers: Vec<Option<bool>>,
 }
 
@@ -130,6 +132,7 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
     let mut backoff = Backoff::new();
     let mut next_kick = Instant::now();
     let mut check: Option<HaltCheck> = None;
+    let mut checks = 0u64;
     let started = Instant::now();
     let mut reboots = 0u64;
     let timer_fds: Vec<libc::c_int> = machine.timers.iter().map(|t| lock(t).timer_fd()).collect();
@@ -152,10 +155,12 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
                 None => true,
             };
             if all_blocking {
+                checks += 1;
                 for h in &handles {
-                    h.kick(REQ_CHECK_HALT);
+                    h.check_halt(checks);
                 }
                 check = Some(HaltCheck {
+                    number: checks,
                     answers: vec![None; handles.len()],
                 });
             } else if stats.is_none() {
@@ -297,7 +302,7 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
 /// Restarts the guest: every vCPU back to its reset state, then the platform, then run.
 fn reboot(machine: &Machine, handles: &[VcpuHandle], rx: &Receiver<VcpuMsg>) -> io::Result<()> {
     for h in handles {
-        h.kick(REQ_RESET);
+        h.reset();
     }
     let mut done = vec![false; handles.len()];
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -345,8 +350,12 @@ fn drain(rx: &Receiver<VcpuMsg>, check: &mut Option<HaltCheck>) -> Option<Outcom
                 return Some(Outcome { reason, dump });
             }
             VcpuMsg::ResetDone { .. } => {}
-            VcpuMsg::HaltState { id, dead } => {
-                if let Some(c) = check.as_mut() {
+            VcpuMsg::HaltState {
+                id,
+                check: number,
+                dead,
+            } => {
+                if let Some(c) = check.as_mut().filter(|c| c.number == number) {
                     if let Some(slot) = c.answers.get_mut(id as usize) {
                         *slot = Some(dead);
                     }

@@ -297,6 +297,31 @@ fn reboot_restarts_the_guest_at_the_reset_vector_with_ram_kept() {
     }
 }
 
+/// A guest that resets as soon as it starts, 100 times in a row: every reboot must complete,
+/// whatever the vCPU count (a request to an AP must never be lost to the next one).
+#[test]
+fn a_hundred_back_to_back_reboots_complete_on_1_2_and_4_vcpus() {
+    if !kvm_available() {
+        return;
+    }
+    let g = guest("reset_loop", &[("RESETS", 100)]);
+    for cpus in ["1", "2", "4"] {
+        let r = minipc(&[
+            "--firmware",
+            path_str(&g),
+            "--reboot",
+            "--cpus",
+            cpus,
+            "--stats",
+            "--timeout",
+            "120",
+        ]);
+        assert_eq!(r.stdout, "boots 0065\r\n", "--cpus {cpus}: {}", r.stderr);
+        assert_eq!(r.code, (0x21 << 1) | 1, "--cpus {cpus}: {}", r.stderr);
+        assert_eq!(r.reason().as_deref(), Some("debug-exit"), "--cpus {cpus}");
+    }
+}
+
 #[test]
 fn pit_com1_rtc_and_sci_interrupts_reach_the_guest() {
     if !kvm_available() {
