@@ -118,6 +118,11 @@ fn run(cfg: &VmConfig, start: Instant, filters: Option<Filters>) -> i32 {
         }
     };
     let stdin_to_serial = cfg.serial == SerialMode::Stdio;
+    // From here on a stop signal waits for the monitor, which stops the VM cleanly.
+    if let Err(e) = monitor::block_stop_signals() {
+        eprintln!("minipc: cannot block the stop signals: {e}");
+        return code::HOST_ERROR;
+    }
     if stdin_to_serial {
         terminal::enter_raw();
     }

@@ -1,5 +1,6 @@
 //! The main thread once the guest runs: a poll loop over the vCPUs' messages, stdin (to the
-//! serial port), SIGINT/SIGTERM, the `--timeout` deadline and the halt detector's tick.
+//! serial port), the stop signals (SIGINT, SIGTERM, SIGHUP, SIGQUIT), the `--timeout` deadline
+//! and the halt detector's tick.
 
 use std::io;
 use std::sync::mpsc::{channel, Receiver};
@@ -30,20 +31,28 @@ struct HaltCheck {
     answers: Vec<Option<bool>>,
 }
 
-/// Blocks SIGINT and SIGTERM in the calling thread (and so in every thread it starts) and
-/// returns a signalfd that reports them.
-fn signal_fd() -> io::Result<libc::c_int> {
-    // SAFETY: sigset_t is plain data, initialised by sigemptyset.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid sigset_t for these calls.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-            return Err(io::Error::last_os_error());
-        }
+/// The signals that stop the VM cleanly (exit 128+n, terminal restored). The supervisor
+/// forwards the same ones, and the child gets SIGTERM when the supervisor dies.
+pub const STOP_SIGNALS: [libc::c_int; 4] =
+    [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
+/// Blocks the stop signals in the calling thread (and so in every thread it starts later):
+/// from then on they wait for the monitor's signalfd instead of killing the process. Called
+/// before the terminal goes raw, so that no stop signal can leave it raw.
+pub fn block_stop_signals() -> io::Result<libc::sigset_t> {
+    let set = crate::supervisor::signal_set(&STOP_SIGNALS);
+    // SAFETY: `set` is a valid sigset_t.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
     }
+    Ok(set)
+}
+
+/// Blocks the stop signals and returns a signalfd that reports them (including any that
+/// arrived since they were blocked).
+fn signal_fd() -> io::Result<libc::c_int> {
+    let set = block_stop_signals()?;
     // SAFETY: a new signalfd for `set`.
     let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
     if fd < 0 {

@@ -121,12 +121,18 @@ const COMMON: &[Allowed] = &[
     any(libc::SYS_exit_group, "exit_group"),
 ];
 
-/// The supervisor: waits for the exit code, forwards signals.
+/// The supervisor: waits for the exit code, forwards signals, and restores the terminal
+/// when the VM process died without reporting.
 const SUPERVISOR: &[Allowed] = &[
     any(libc::SYS_read, "read"),
     any(libc::SYS_wait4, "wait4"),
     any(libc::SYS_kill, "kill"),
     any(libc::SYS_close, "close"),
+    Allowed {
+        nr: libc::SYS_ioctl,
+        name: "ioctl",
+        args: Args::TerminalIoctl(&[TCGETS, TCSETS]),
+    },
 ];
 
 /// The VMM thread: the poll loop, stdin, the halt detector's statistics, kicks, timers.
@@ -404,7 +410,7 @@ mod tests {
         };
         assert_eq!(
             names(ThreadKind::Supervisor),
-            with(&["close", "kill", "read", "wait4"])
+            with(&["close", "ioctl", "kill", "read", "wait4"])
         );
         assert_eq!(
             names(ThreadKind::Vmm),

@@ -39,16 +39,21 @@ fn run_tool(cmd: &mut Command) {
     );
 }
 
-/// Assembles tests/guests/NAME.s (with `--defsym` values) into a 4 KiB ROM image.
+/// Assembles tests/guests/NAME.s (with `--defsym` values) into a 4 KiB ROM image. Tests
+/// running at the same time may build the same guest: each builds under its own names and
+/// renames the image into place, so no test ever sees a half-written one.
 pub fn guest(name: &str, defs: &[(&str, u64)]) -> PathBuf {
+    static BUILDS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests");
     let tag: String = defs.iter().map(|(k, v)| format!("-{k}{v}")).collect();
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guests");
     std::fs::create_dir_all(&dir).expect("create guest dir");
-    let base = dir.join(format!("{name}{tag}"));
-    let obj = base.with_extension("o");
-    let elf = base.with_extension("elf");
-    let bin = base.with_extension("bin");
+    let n = BUILDS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let unique = format!("{name}{tag}-{}-{n}", std::process::id());
+    let obj = dir.join(format!("{unique}.o"));
+    let elf = dir.join(format!("{unique}.elf"));
+    let built = dir.join(format!("{unique}.bin"));
+    let bin = dir.join(format!("{name}{tag}.bin"));
     let mut asm = Command::new("as");
     asm.arg("--32").arg("-I").arg(&src);
     for (k, v) in defs {
@@ -67,13 +72,16 @@ pub fn guest(name: &str, defs: &[(&str, u64)]) -> PathBuf {
         Command::new("objcopy")
             .args(["-O", "binary"])
             .arg(&elf)
-            .arg(&bin),
+            .arg(&built),
     );
     assert_eq!(
-        std::fs::metadata(&bin).unwrap().len(),
+        std::fs::metadata(&built).unwrap().len(),
         4096,
         "{name}: ROM size"
     );
+    std::fs::rename(&built, &bin).expect("move the guest image into place");
+    let _ = std::fs::remove_file(&obj);
+    let _ = std::fs::remove_file(&elf);
     bin
 }
 
