@@ -19,6 +19,8 @@ mod shadow;
 mod stats;
 mod supervisor;
 mod terminal;
+#[cfg(test)]
+mod testing;
 mod vcpu;
 mod vm;
 

@@ -432,13 +432,21 @@ mod tests {
 
     #[test]
     fn names_match_numbers() {
+        // build.rs writes an empty table when the system's syscall header is missing.
+        if !crate::testing::precondition(
+            !SYSCALL_NAMES.is_empty(),
+            "no syscall names: /usr/include/x86_64-linux-gnu/asm/unistd_64.h was missing at \
+             build time (apt-get install linux-libc-dev)",
+        ) {
+            return;
+        }
         for kind in [ThreadKind::Supervisor, ThreadKind::Vmm, ThreadKind::Vcpu] {
             for a in allowed(kind, true) {
-                if !SYSCALL_NAMES.is_empty() {
-                    assert_eq!(syscall_name(a.nr), a.name);
-                }
+                assert_eq!(syscall_name(a.nr), a.name);
             }
         }
+        assert_eq!(syscall_name(libc::SYS_getppid), "getppid");
+        assert_eq!(syscall_name(-1), "unknown");
     }
 
     #[test]

@@ -136,8 +136,11 @@ fn help_lists_options_and_exit_codes() {
 /// Runs minipc in a private mount namespace prepared by `setup` (a shell command), as root.
 fn in_private_mounts(setup: &str) -> Option<Run> {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("\n*** SKIPPED: needs root to hide /dev/kvm in a private mount namespace ***\n");
+    let root = unsafe { libc::geteuid() } == 0;
+    if !precondition(
+        root,
+        "needs root to hide /dev/kvm in a private mount namespace",
+    ) {
         return None;
     }
     let out = std::process::Command::new("unshare")
@@ -158,7 +161,7 @@ fn in_private_mounts(setup: &str) -> Option<Run> {
             wall: std::time::Duration::ZERO,
         }),
         Err(e) => {
-            eprintln!("\n*** SKIPPED: cannot run unshare: {e} ***\n");
+            precondition(false, &format!("cannot run unshare (util-linux): {e}"));
             None
         }
     }

@@ -9,23 +9,30 @@ use std::time::{Duration, Instant};
 
 pub const MINIPC: &str = env!("CARGO_BIN_EXE_minipc");
 
-/// True when /dev/kvm can be used. Outside CI a missing KVM skips the test loudly; in CI
-/// (CI=true) it fails it.
+/// Whether a test's precondition (KVM, root, a tool) is met. When it is not, the test is
+/// skipped with a loud message naming `what` is missing, except under CI=true, where it
+/// fails: in CI every test must run.
+pub fn precondition(met: bool, what: &str) -> bool {
+    if !met {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{what}, and CI=true: this test must run in CI");
+        }
+        eprintln!("\n*** SKIPPED: {what} ***\n");
+    }
+    met
+}
+
+/// True when /dev/kvm can be used (see `precondition`).
 pub fn kvm_available() -> bool {
     let ok = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/kvm")
         .is_ok();
-    if !ok {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("/dev/kvm is not usable, and CI=true: KVM tests must run in CI");
-        }
-        eprintln!(
-            "\n*** SKIPPED: /dev/kvm is not usable on this machine; this test needs KVM ***\n"
-        );
-    }
-    ok
+    precondition(
+        ok,
+        "/dev/kvm is not usable on this machine; this test needs KVM",
+    )
 }
 
 fn run_tool(cmd: &mut Command) {
