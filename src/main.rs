@@ -101,6 +101,9 @@ impl Filters {
     }
 }
 
+/// How long the output may make no progress at exit before the VMM gives up on it.
+const OUTPUT_STALL: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn run(cfg: &VmConfig, start: Instant, filters: Option<Filters>) -> i32 {
     let mut phases = Phases::new(start);
     // Everything the user named is checked before KVM is touched.
@@ -138,8 +141,12 @@ fn run(cfg: &VmConfig, start: Instant, filters: Option<Filters>) -> i32 {
             reboot: cfg.reboot,
         },
     );
-    bus::lock(&machine.serial).flush();
+    // What the guest printed goes out, unless the reader stalls for a second.
+    let lost = devices::serial::Serial::finish_output(&machine.serial, OUTPUT_STALL);
     terminal::restore();
+    if lost > 0 {
+        eprintln!("minipc: serial output: {lost} bytes lost (the reader did not keep up)");
+    }
 
     let reason = outcome.reason;
     let exit_code = reason.exit_code();

@@ -96,6 +96,7 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
     let sigfd = signal_fd()?;
     vcpu::install_kick_handler()?;
     let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
+    lock(&machine.serial).set_output_notifier(wake.clone());
     let (tx, rx) = channel();
 
     let stats: Option<Vec<BlockingStat>> = machine.vcpus.iter().map(BlockingStat::open).collect();
@@ -210,6 +211,22 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
                 revents: 0,
             });
         }
+        // The guest's output, while some waits for the descriptor to take it.
+        let out_slot = fds.len();
+        let out_fd = {
+            let serial = lock(&machine.serial);
+            serial
+                .output_pending()
+                .then(|| serial.output_fd())
+                .flatten()
+        };
+        if let Some(fd) = out_fd {
+            fds.push(libc::pollfd {
+                fd,
+                events: libc::POLLOUT,
+                revents: 0,
+            });
+        }
         let stdin_slot = fds.len();
         // Only read stdin when the UART can take what we read.
         if stdin_open && pending_input.is_empty() {
@@ -290,11 +307,9 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
                 stdin_open = false;
             }
         }
-        {
-            let mut serial = lock(&machine.serial);
-            if serial.output_pending() {
-                serial.flush();
-            }
+        if out_fd.is_some() && fds[out_slot].revents != 0 {
+            // Writable, or failed (POLLERR, POLLHUP: the write says which).
+            lock(&machine.serial).write_out();
         }
         if !pending_input.is_empty() {
             let mut serial = lock(&machine.serial);
