@@ -103,7 +103,9 @@ impl OutFd {
             fd,
             _owned: None,
             restore: None,
-            chunk: LINE_MAX,
+            // All that is buffered: a pipe takes at most PIPE_BUF bytes atomically (all or
+            // nothing), more in part, so a large write fills whatever room it has.
+            chunk: usize::MAX,
         }
     }
 
@@ -119,12 +121,9 @@ impl OutFd {
             .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
             .open("/proc/self/fd/1");
         if let Ok(f) = private {
-            return Ok(OutFd {
-                fd: f.as_raw_fd(),
-                _owned: Some(f),
-                restore: None,
-                chunk: LINE_MAX,
-            });
+            let mut out = OutFd::plain(f.as_raw_fd());
+            out._owned = Some(f);
+            return Ok(out);
         }
         // SAFETY: isatty only inspects the descriptor.
         if unsafe { libc::isatty(fd) } == 1 {
@@ -277,11 +276,14 @@ impl SerialOut {
         self.closed = true;
     }
 
-    /// Puts back the flags of a shared output description.
-    pub fn restore(&mut self) {
-        if let Some(o) = self.out.as_mut() {
+    /// Puts back the flags of a shared output description and closes what the VMM opened
+    /// (a reopened stdout, the `--serial` file), so that a reader sees the end of the output
+    /// without waiting for the VM's teardown.
+    pub fn shut(&mut self) {
+        if let Some(mut o) = self.out.take() {
             o.restore();
         }
+        self._sink = Sink::Null;
     }
 
     /// Bytes a live reader never got: written while the UART read busy, or still buffered.
@@ -378,7 +380,7 @@ impl Serial {
 
     /// At exit: stops taking the guest's output, writes out what is buffered while the
     /// reader makes progress (giving up after `stall` without any), puts the descriptor's
-    /// flags back. Returns the bytes that were not written.
+    /// flags back and closes it. Returns the bytes that were not written.
     pub fn finish_output(serial: &Mutex<Serial>, stall: Duration) -> u64 {
         let mut last_progress = Instant::now();
         loop {
@@ -415,8 +417,9 @@ impl Serial {
         }
         let mut s = lock(serial);
         let out = s.uart.writer_mut();
-        out.restore();
-        out.lost()
+        let lost = out.lost();
+        out.shut();
+        lost
     }
 }
 

@@ -4,6 +4,8 @@
 #   line 0000 abcdefghijklmnopqrstuvwxyz0123456789
 #   ...
 #   done busy 0000002a
+# With --defsym STOP_WHEN_BUSY=1 it leaves through debug-exit with 0x22 instead, at the
+# first poll that finds the transmitter busy.
         .include "common.inc"
 start:
         cli
@@ -39,6 +41,9 @@ putc:
         test    al, 0x20
         jnz     2f
         inc     ebp
+        .ifdef  STOP_WHEN_BUSY
+        exit    0x22
+        .endif
         jmp     1b
 2:      pop     ax
         mov     dx, COM1
