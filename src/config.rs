@@ -45,14 +45,14 @@ Options:
   -h, --help          this text
   -V, --version       the version
 
-Exit codes:
+Exit codes (odd codes are the guest's, even codes the VMM's):
   0      guest powered off, reset, or halted with interrupts off on every vCPU
   v*2+1  guest wrote v to the debug-exit port 0xF4 (QEMU isa-debug-exit)
-  1      host error (KVM unavailable or failing)
   2      bad argument or input file; nothing was started
-  3      guest crashed: triple fault, KVM internal error, unhandled exit
+  4      guest crashed: triple fault, KVM internal error, unhandled exit
+  6      host error: KVM unavailable or failing, a forbidden syscall (seccomp)
   124    --timeout expired
-  128+n  stopped by signal n (SIGINT, SIGTERM)
+  128+n  stopped by signal n (SIGHUP 129, SIGINT 130, SIGQUIT 131, SIGTERM 143)
 
 Examples:
   minipc

@@ -1,4 +1,7 @@
 //! Why a VM stopped, and the process exit code each reason maps to (see the README).
+//!
+//! Odd codes belong to the guest (debug-exit writes `(v << 1) | 1`); every code the VMM
+//! chooses itself is even, so a script can tell a guest's verdict from the VMM's.
 
 use std::fmt;
 
@@ -8,12 +11,15 @@ pub mod code {
     pub const OK: i32 = 0;
     /// Bad configuration or input file; nothing was started.
     pub const BAD_CONFIG: i32 = 2;
-    /// The guest crashed: triple fault, KVM internal error, unhandled exit, forbidden syscall.
-    pub const CRASH: i32 = 3;
+    /// The guest crashed: triple fault, KVM internal error, unhandled exit.
+    pub const CRASH: i32 = 4;
+    /// The host failed: KVM missing or failing, a forbidden syscall (seccomp), the
+    /// supervisor's own failures. Not the guest's doing.
+    pub const HOST_ERROR: i32 = 6;
     /// `--timeout` expired.
     pub const TIMEOUT: i32 = 124;
-    /// The VMM itself failed to build or run the machine (a host problem, not the guest's).
-    pub const HOST_ERROR: i32 = 1;
+    /// Stopped by signal n: `SIGNAL_BASE + n`, the shell's convention.
+    pub const SIGNAL_BASE: i32 = 128;
 }
 
 /// The reason a VM stopped.
@@ -35,7 +41,7 @@ pub enum ExitReason {
     UnhandledExit(String),
     /// `--timeout` expired.
     Timeout,
-    /// SIGINT or SIGTERM.
+    /// A stop signal: SIGINT, SIGTERM, SIGHUP or SIGQUIT (monitor.rs).
     Signal(i32),
     /// The VMM failed on the host side (an ioctl or thread start failed).
     HostError(String),
@@ -50,7 +56,7 @@ impl ExitReason {
             | ExitReason::InternalError(_)
             | ExitReason::UnhandledExit(_) => code::CRASH,
             ExitReason::Timeout => code::TIMEOUT,
-            ExitReason::Signal(sig) => 128 + sig,
+            ExitReason::Signal(sig) => code::SIGNAL_BASE + sig,
             ExitReason::HostError(_) => code::HOST_ERROR,
         }
     }
@@ -105,10 +111,43 @@ mod tests {
 
     #[test]
     fn crash_and_timeout_codes() {
-        assert_eq!(ExitReason::TripleFault.exit_code(), 3);
-        assert_eq!(ExitReason::InternalError("x".into()).exit_code(), 3);
+        assert_eq!(ExitReason::TripleFault.exit_code(), 4);
+        assert_eq!(ExitReason::InternalError("x".into()).exit_code(), 4);
+        assert_eq!(ExitReason::UnhandledExit("x".into()).exit_code(), 4);
+        assert_eq!(ExitReason::HostError("x".into()).exit_code(), 6);
         assert_eq!(ExitReason::Timeout.exit_code(), 124);
         assert_eq!(ExitReason::Halted.exit_code(), 0);
         assert_eq!(ExitReason::Signal(15).exit_code(), 143);
+        assert_eq!(ExitReason::Signal(1).exit_code(), 129);
+    }
+
+    /// Every code the VMM picks itself is even; only debug-exit makes odd ones.
+    #[test]
+    fn vmm_codes_are_even() {
+        for c in [
+            code::OK,
+            code::BAD_CONFIG,
+            code::CRASH,
+            code::HOST_ERROR,
+            code::TIMEOUT,
+            code::SIGNAL_BASE,
+        ] {
+            assert_eq!(c % 2, 0, "{c}");
+        }
+        for r in [
+            ExitReason::Halted,
+            ExitReason::PowerOff,
+            ExitReason::Reset,
+            ExitReason::TripleFault,
+            ExitReason::InternalError(String::new()),
+            ExitReason::UnhandledExit(String::new()),
+            ExitReason::Timeout,
+            ExitReason::HostError(String::new()),
+        ] {
+            assert_eq!(r.exit_code() % 2, 0, "{r}");
+        }
+        for v in [0u32, 1, 0x7F, 0x80, 0xFFFF_FFFF] {
+            assert_eq!(ExitReason::DebugExit(v).exit_code() % 2, 1);
+        }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use crate::files::{read_limited, FileError};
 use crate::memory::{BIOS_WINDOW_SIZE, KIB, MAX_FIRMWARE_SIZE};
 
 /// The embedded firmware: one 64 KiB real-mode segment, reset vector at its end.
@@ -15,14 +16,14 @@ const BOOT_DESCRIPTOR_VERSION: u16 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FirmwareError {
-    #[error("{path}: cannot read firmware: {err}")]
-    Read { path: String, err: std::io::Error },
+    #[error("--firmware {0}")]
+    Read(FileError),
     #[error("{path}: firmware image is empty")]
     Empty { path: String },
     #[error("{path}: firmware image is {size} bytes; it must be a multiple of 4 KiB")]
     Unaligned { path: String, size: u64 },
-    #[error("{path}: firmware image is {size} bytes; the largest is 256 KiB")]
-    TooLarge { path: String, size: u64 },
+    #[error("{path}: firmware image is larger than {} KiB, the largest", MAX_FIRMWARE_SIZE / KIB)]
+    TooLarge { path: String },
 }
 
 /// The bytes of the read-only ROM, mapped so that they end at 4 GiB (and their last
@@ -41,24 +42,22 @@ impl Rom {
         Rom { bytes }
     }
 
-    /// A user's raw firmware image (QEMU `-bios` convention).
+    /// A user's raw firmware image (QEMU `-bios` convention). The checks apply to what the
+    /// file holds, read whole (as far as one byte past the largest size), not to the size
+    /// its metadata claims: /proc and sysfs files, FIFOs and devices are judged alike.
     pub fn from_file(path: &Path) -> Result<Rom, FirmwareError> {
-        let p = path.display().to_string();
-        let meta = std::fs::metadata(path).map_err(|err| FirmwareError::Read {
-            path: p.clone(),
-            err,
+        let bytes = read_limited(path, MAX_FIRMWARE_SIZE).map_err(|e| match e {
+            FileError::TooLarge { path, .. } => FirmwareError::TooLarge { path },
+            e => FirmwareError::Read(e),
         })?;
-        let size = meta.len();
+        let p = || path.display().to_string();
+        let size = bytes.len() as u64;
         if size == 0 {
-            return Err(FirmwareError::Empty { path: p });
-        }
-        if size > MAX_FIRMWARE_SIZE {
-            return Err(FirmwareError::TooLarge { path: p, size });
+            return Err(FirmwareError::Empty { path: p() });
         }
         if !size.is_multiple_of(4 * KIB) {
-            return Err(FirmwareError::Unaligned { path: p, size });
+            return Err(FirmwareError::Unaligned { path: p(), size });
         }
-        let bytes = std::fs::read(path).map_err(|err| FirmwareError::Read { path: p, err })?;
         Ok(Rom { bytes })
     }
 
@@ -277,14 +276,48 @@ mod tests {
             Rom::from_file(&p3),
             Err(FirmwareError::Empty { .. })
         ));
-        assert!(matches!(
-            Rom::from_file(Path::new("/nonexistent/rom.bin")),
-            Err(FirmwareError::Read { .. })
-        ));
+        let e = Rom::from_file(Path::new("/nonexistent/rom.bin"))
+            .err()
+            .unwrap();
+        assert!(matches!(e, FirmwareError::Read(_)), "{e}");
+        assert!(e
+            .to_string()
+            .starts_with("--firmware /nonexistent/rom.bin: cannot open"));
         let p4 = write_tmp("ok", 64 * 1024);
         assert_eq!(Rom::from_file(&p4).unwrap().size(), 64 * 1024);
-        for p in [p, p2, p3, p4] {
+        let p5 = write_tmp("largest", 256 * 1024);
+        assert_eq!(Rom::from_file(&p5).unwrap().size(), 256 * 1024);
+        let p6 = write_tmp("one-more", 256 * 1024 + 1);
+        assert!(matches!(
+            Rom::from_file(&p6),
+            Err(FirmwareError::TooLarge { .. })
+        ));
+        for p in [p, p2, p3, p4, p5, p6] {
             let _ = std::fs::remove_file(p);
         }
+    }
+
+    /// The checks look at what was read, not at the size the metadata gives.
+    #[test]
+    fn files_whose_metadata_lies_are_judged_by_their_content() {
+        // /proc: metadata 0 bytes, a kilobyte or so of text.
+        let e = Rom::from_file(Path::new("/proc/self/status"))
+            .err()
+            .unwrap();
+        assert!(matches!(e, FirmwareError::Unaligned { .. }), "{e}");
+        // sysfs: metadata 4096 bytes, a few bytes of text.
+        let e = Rom::from_file(Path::new("/sys/devices/system/cpu/online"))
+            .err()
+            .unwrap();
+        assert!(
+            matches!(e, FirmwareError::Unaligned { size, .. } if size < 4096),
+            "{e}"
+        );
+        // A device that never ends.
+        let e = Rom::from_file(Path::new("/dev/zero")).err().unwrap();
+        assert!(matches!(e, FirmwareError::TooLarge { .. }), "{e}");
+        // A device that is empty.
+        let e = Rom::from_file(Path::new("/dev/null")).err().unwrap();
+        assert!(matches!(e, FirmwareError::Empty { .. }), "{e}");
     }
 }

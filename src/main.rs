@@ -9,6 +9,7 @@ mod bus;
 mod config;
 mod devices;
 mod exit;
+mod files;
 mod firmware;
 mod halt;
 mod log;
@@ -20,6 +21,8 @@ mod shadow;
 mod stats;
 mod supervisor;
 mod terminal;
+#[cfg(test)]
+mod testing;
 mod vcpu;
 mod vm;
 
@@ -100,6 +103,9 @@ impl Filters {
     }
 }
 
+/// How long the output may make no progress at exit before the VMM gives up on it.
+const OUTPUT_STALL: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn run(cfg: &VmConfig, start: Instant, filters: Option<Filters>) -> i32 {
     let mut phases = Phases::new(start);
     // Everything the user named is checked before KVM is touched.
@@ -126,6 +132,11 @@ fn run(cfg: &VmConfig, start: Instant, filters: Option<Filters>) -> i32 {
         }
     };
     let stdin_to_serial = cfg.serial == SerialMode::Stdio;
+    // From here on a stop signal waits for the monitor, which stops the VM cleanly.
+    if let Err(e) = monitor::block_stop_signals() {
+        eprintln!("minipc: cannot block the stop signals: {e}");
+        return code::HOST_ERROR;
+    }
     if stdin_to_serial {
         terminal::enter_raw();
     }
@@ -140,8 +151,12 @@ fn run(cfg: &VmConfig, start: Instant, filters: Option<Filters>) -> i32 {
         },
     );
     machine.bios.flush_disk();
-    bus::lock(&machine.serial).flush();
+    // What the guest printed goes out, unless the reader stalls for a second.
+    let lost = devices::serial::Serial::finish_output(&machine.serial, OUTPUT_STALL);
     terminal::restore();
+    if lost > 0 {
+        eprintln!("minipc: serial output: {lost} bytes lost (the reader did not keep up)");
+    }
 
     let reason = outcome.reason;
     let exit_code = reason.exit_code();

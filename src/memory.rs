@@ -207,23 +207,26 @@ impl MemoryLayout {
     }
 }
 
-/// Parses a memory size: a number with an optional K, M, G or T suffix (binary units).
-/// A bare number means MiB, as QEMU's `-m` does.
+/// Parses a memory size: a whole number with an optional unit, case-insensitive. `B` means
+/// bytes; `K`, `M`, `G`, `T` are binary units (KiB, MiB, GiB, TiB), also written `KB`/`KiB`
+/// and so on; a bare number means MiB, as QEMU's `-m` does. None for anything else, and for
+/// a size that does not fit in 64 bits.
 pub fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();
-    let (digits, shift) = match s.char_indices().last()? {
-        (i, 'K' | 'k') => (&s[..i], 10),
-        (i, 'M' | 'm') => (&s[..i], 20),
-        (i, 'G' | 'g') => (&s[..i], 30),
-        (i, 'T' | 't') => (&s[..i], 40),
-        (i, 'B' | 'b') if i > 0 => return parse_size(&s[..i]),
-        _ => (s, 20),
-    };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    let unit_at = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(unit_at);
+    if digits.is_empty() {
         return None;
     }
-    let n: u64 = digits.parse().ok()?;
-    n.checked_mul(1u64 << shift)
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "" | "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return None,
+    };
+    digits.parse::<u64>().ok()?.checked_mul(1u64 << shift)
 }
 
 #[cfg(test)]
@@ -349,11 +352,75 @@ mod tests {
         assert_eq!(parse_size("2G"), Some(2 * GIB));
         assert_eq!(parse_size("2g"), Some(2 * GIB));
         assert_eq!(parse_size("512K"), Some(512 * KIB));
-        assert_eq!(parse_size("1GB"), Some(GIB));
+        assert_eq!(parse_size(" 64M "), Some(64 * MIB));
+        assert_eq!(parse_size("0"), Some(0));
         assert_eq!(parse_size(""), None);
+        assert_eq!(parse_size("  "), None);
         assert_eq!(parse_size("M"), None);
+        assert_eq!(parse_size("B"), None);
         assert_eq!(parse_size("-1M"), None);
+        assert_eq!(parse_size("+1M"), None);
         assert_eq!(parse_size("1.5G"), None);
+        assert_eq!(parse_size("0x10M"), None);
+        assert_eq!(parse_size("1 G"), None);
+    }
+
+    /// A `B` suffix means bytes; with a unit before it, it is part of the unit's name.
+    #[test]
+    fn b_means_bytes_and_units_take_b_or_ib() {
+        assert_eq!(parse_size("4096B"), Some(4096));
+        assert_eq!(parse_size("4096b"), Some(4096));
+        assert_eq!(parse_size("0B"), Some(0));
+        for (unit, size) in [("K", KIB), ("M", MIB), ("G", GIB), ("T", 1u64 << 40)] {
+            for spelled in [
+                unit.to_string(),
+                unit.to_lowercase(),
+                format!("{unit}B"),
+                format!("{unit}iB"),
+                format!("{}ib", unit.to_lowercase()),
+                format!("{}IB", unit),
+            ] {
+                assert_eq!(
+                    parse_size(&format!("3{spelled}")),
+                    Some(3 * size),
+                    "3{spelled}"
+                );
+            }
+        }
+        for bad in [
+            "4096BB", "4Bi", "4iB", "4KiBB", "4KK", "4MBi", "4X", "4KiB2",
+        ] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes_that_overflow_are_refused() {
+        assert_eq!(parse_size("99999999999T"), None);
         assert_eq!(parse_size("99999999999999T"), None);
+        assert_eq!(parse_size("18446744073709551616B"), None);
+        assert_eq!(parse_size("18446744073709551615B"), Some(u64::MAX));
+        assert_eq!(parse_size("16777215T"), Some(16_777_215 << 40));
+        assert_eq!(parse_size("16777216T"), None);
+        assert_eq!(parse_size("17592186044416M"), None);
+    }
+
+    /// A size in bytes goes through the same checks as any other.
+    #[test]
+    fn byte_sizes_meet_the_layout_limits() {
+        let size = parse_size("4096B").unwrap();
+        assert_eq!(MemoryLayout::new(size), Err(LayoutError::TooSmall(4096)));
+        let size = parse_size("2097152B").unwrap();
+        assert_eq!(MemoryLayout::new(size).unwrap().ram_size, 2 * MIB);
+        let size = parse_size("2097153B").unwrap();
+        assert_eq!(
+            MemoryLayout::new(size),
+            Err(LayoutError::Unaligned(2_097_153))
+        );
+        let size = parse_size("268439552B").unwrap();
+        assert_eq!(
+            MemoryLayout::new(size).unwrap().ram_size,
+            256 * MIB + 4 * KIB
+        );
     }
 }

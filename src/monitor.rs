@@ -1,5 +1,6 @@
 //! The main thread once the guest runs: a poll loop over the vCPUs' messages, stdin (to the
-//! serial port), SIGINT/SIGTERM, the `--timeout` deadline and the halt detector's tick.
+//! serial port), the stop signals (SIGINT, SIGTERM, SIGHUP, SIGQUIT), the `--timeout` deadline
+//! and the halt detector's tick.
 
 use std::io;
 use std::sync::mpsc::{channel, Receiver};
@@ -13,7 +14,7 @@ use crate::exit::ExitReason;
 use crate::halt::{self, Backoff, BlockingStat, FALLBACK_PERIOD};
 use crate::log;
 use crate::seccomp::{self, ThreadKind};
-use crate::vcpu::{self, VcpuHandle, VcpuMsg, REQ_CHECK_HALT, REQ_RESET};
+use crate::vcpu::{self, VcpuHandle, VcpuMsg};
 use crate::vm::Machine;
 
 /// How the VM ended.
@@ -25,23 +26,33 @@ pub struct Outcome {
 
 /// A halt check in flight: the kick went out, answers are coming back.
 struct HaltCheck {
+    /// Its number: answers to an earlier check (abandoned by a reboot) carry another.
+    number: u64,
     answers: Vec<Option<bool>>,
 }
 
-/// Blocks SIGINT and SIGTERM in the calling thread (and so in every thread it starts) and
-/// returns a signalfd that reports them.
-fn signal_fd() -> io::Result<libc::c_int> {
-    // SAFETY: sigset_t is plain data, initialised by sigemptyset.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid sigset_t for these calls.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-            return Err(io::Error::last_os_error());
-        }
+/// The signals that stop the VM cleanly (exit 128+n, terminal restored). The supervisor
+/// forwards the same ones, and the child gets SIGTERM when the supervisor dies.
+pub const STOP_SIGNALS: [libc::c_int; 4] =
+    [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
+/// Blocks the stop signals in the calling thread (and so in every thread it starts later):
+/// from then on they wait for the monitor's signalfd instead of killing the process. Called
+/// before the terminal goes raw, so that no stop signal can leave it raw.
+pub fn block_stop_signals() -> io::Result<libc::sigset_t> {
+    let set = crate::supervisor::signal_set(&STOP_SIGNALS);
+    // SAFETY: `set` is a valid sigset_t.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
     }
+    Ok(set)
+}
+
+/// Blocks the stop signals and returns a signalfd that reports them (including any that
+/// arrived since they were blocked).
+fn signal_fd() -> io::Result<libc::c_int> {
+    let set = block_stop_signals()?;
     // SAFETY: a new signalfd for `set`.
     let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
     if fd < 0 {
@@ -85,6 +96,7 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
     let sigfd = signal_fd()?;
     vcpu::install_kick_handler()?;
     let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
+    lock(&machine.serial).set_output_notifier(wake.clone());
     let (tx, rx) = channel();
 
     let stats: Option<Vec<BlockingStat>> = machine.vcpus.iter().map(BlockingStat::open).collect();
@@ -130,6 +142,7 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
     let mut backoff = Backoff::new();
     let mut next_kick = Instant::now();
     let mut check: Option<HaltCheck> = None;
+    let mut checks = 0u64;
     let started = Instant::now();
     let mut reboots = 0u64;
     let timer_fds: Vec<libc::c_int> = machine.timers.iter().map(|t| lock(t).timer_fd()).collect();
@@ -152,10 +165,12 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
                 None => true,
             };
             if all_blocking {
+                checks += 1;
                 for h in &handles {
-                    h.kick(REQ_CHECK_HALT);
+                    h.check_halt(checks);
                 }
                 check = Some(HaltCheck {
+                    number: checks,
                     answers: vec![None; handles.len()],
                 });
             } else if stats.is_none() {
@@ -193,6 +208,22 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
             fds.push(libc::pollfd {
                 fd: *fd,
                 events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        // The guest's output, while some waits for the descriptor to take it.
+        let out_slot = fds.len();
+        let out_fd = {
+            let serial = lock(&machine.serial);
+            serial
+                .output_pending()
+                .then(|| serial.output_fd())
+                .flatten()
+        };
+        if let Some(fd) = out_fd {
+            fds.push(libc::pollfd {
+                fd,
+                events: libc::POLLOUT,
                 revents: 0,
             });
         }
@@ -276,11 +307,9 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
                 stdin_open = false;
             }
         }
-        {
-            let mut serial = lock(&machine.serial);
-            if serial.output_pending() {
-                serial.flush();
-            }
+        if out_fd.is_some() && fds[out_slot].revents != 0 {
+            // Writable, or failed (POLLERR, POLLHUP: the write says which).
+            lock(&machine.serial).write_out();
         }
         if !pending_input.is_empty() {
             let mut serial = lock(&machine.serial);
@@ -297,7 +326,7 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
 /// Restarts the guest: every vCPU back to its reset state, then the platform, then run.
 fn reboot(machine: &Machine, handles: &[VcpuHandle], rx: &Receiver<VcpuMsg>) -> io::Result<()> {
     for h in handles {
-        h.kick(REQ_RESET);
+        h.reset();
     }
     let mut done = vec![false; handles.len()];
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -345,8 +374,12 @@ fn drain(rx: &Receiver<VcpuMsg>, check: &mut Option<HaltCheck>) -> Option<Outcom
                 return Some(Outcome { reason, dump });
             }
             VcpuMsg::ResetDone { .. } => {}
-            VcpuMsg::HaltState { id, dead } => {
-                if let Some(c) = check.as_mut() {
+            VcpuMsg::HaltState {
+                id,
+                check: number,
+                dead,
+            } => {
+                if let Some(c) = check.as_mut().filter(|c| c.number == number) {
                     if let Some(slot) = c.answers.get_mut(id as usize) {
                         *slot = Some(dead);
                     }

@@ -1,14 +1,30 @@
-//! Hands the exit status back before the VM is torn down.
+//! Hands the exit status back before the VM is torn down, and never leaves the VM behind.
 //!
 //! Closing a VM with an in-kernel irqchip and PIT costs 10-20 ms here, paid by the process
 //! whose memory the VM maps, when it exits. A caller waiting for our exit status should not
 //! wait for that. So the process forks before it touches KVM: the child builds and runs the
 //! machine, writes the exit code into a pipe, closes its stdio and exits (paying for the
 //! teardown); the parent, which never opened KVM, exits with that code as soon as it reads
-//! it. SIGINT and SIGTERM sent to the parent are forwarded to the child. If the child dies
-//! without reporting (a crash, a seccomp kill), the parent reports how it died.
+//! it. If the child dies without reporting (a crash, a seccomp kill, SIGKILL), the parent
+//! reports how it died and puts the terminal back the way it was before the fork.
+//!
+//! The two processes live and die together:
+//! - SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to the parent are forwarded to the child, which
+//!   stops the VM cleanly (monitor.rs) and reports 128+n. They are blocked from before the
+//!   fork until the parent's forwarding handlers are in place, so one sent in the first
+//!   microseconds is forwarded too, never lost and never fatal to the parent alone.
+//! - The child asks for SIGTERM when its parent dies (`PR_SET_PDEATHSIG`), and then checks
+//!   that the parent is still the one that forked it (the parent may have died before the
+//!   request was made). A SIGKILL of the parent thus stops the VM like a SIGTERM: terminal
+//!   restored, no VM left running.
+//! - The child unblocks the signals at once: until the monitor takes them over (it blocks
+//!   them again and reads them from a signalfd before the terminal goes raw), they end it
+//!   with their default action, so a VMM stuck opening a FIFO still stops on Ctrl-C.
 
 use std::sync::atomic::{AtomicI32, Ordering};
+
+use crate::exit::code;
+use crate::monitor::STOP_SIGNALS;
 
 static CHILD: AtomicI32 = AtomicI32::new(0);
 
@@ -47,12 +63,75 @@ impl Reporter {
     }
 }
 
+/// A signal set holding `signals`.
+pub fn signal_set(signals: &[libc::c_int]) -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t and the signals are valid numbers.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for &s in signals {
+            libc::sigaddset(&mut set, s);
+        }
+    }
+    set
+}
+
+/// Sets the calling thread's signal mask to `mask`.
+fn set_mask(mask: &libc::sigset_t) {
+    // SAFETY: a valid set; the old mask is not needed.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, mask, std::ptr::null_mut()) };
+}
+
+/// The terminal settings on stdin before the fork, if stdin is a terminal.
+fn terminal_settings() -> Option<libc::termios> {
+    // SAFETY: isatty only inspects the descriptor.
+    if unsafe { libc::isatty(0) } != 1 {
+        return None;
+    }
+    // SAFETY: termios is plain data; tcgetattr fills it or fails.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: fd 0 is a terminal and `t` a valid termios.
+    (unsafe { libc::tcgetattr(0, &mut t) } == 0).then_some(t)
+}
+
+/// The child's first steps: die with the parent, and make sure it has not died already.
+fn bind_to_parent(parent: libc::pid_t) {
+    // SAFETY: prctl with integer arguments; getppid has none.
+    let bound = unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGTERM as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    } == 0;
+    // SAFETY: getppid has no arguments and cannot fail.
+    let ppid = unsafe { libc::getppid() };
+    if !bound || ppid != parent {
+        // The parent is gone (or cannot be followed): nobody waits for this VM.
+        // SAFETY: leaving at once; nothing was started.
+        unsafe { libc::_exit(code::HOST_ERROR) };
+    }
+}
+
 /// Forks. Returns in the child, with its reporter; the parent never returns. When the fork
 /// is impossible, the caller runs in this process and reports by exiting.
 pub fn split(filter: Option<&seccompiler::BpfProgram>) -> Reporter {
+    let stop = signal_set(&STOP_SIGNALS);
+    // SAFETY: sigset_t is plain data.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid sets; blocks the stop signals until each side has set up its handling.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &stop, &mut old) };
+    let terminal = terminal_settings();
+    // SAFETY: getpid has no arguments and cannot fail.
+    let parent = unsafe { libc::getpid() };
+
     let mut p = [0 as libc::c_int; 2];
     // SAFETY: pipe2 fills the two-element array.
     if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        set_mask(&old);
         return Reporter { fd: -1 };
     }
     // SAFETY: no other thread exists yet (this runs before any is started).
@@ -63,36 +142,35 @@ pub fn split(filter: Option<&seccompiler::BpfProgram>) -> Reporter {
             libc::close(p[0]);
             libc::close(p[1]);
         }
+        set_mask(&old);
         return Reporter { fd: -1 };
     }
     if pid == 0 {
+        bind_to_parent(parent);
+        set_mask(&old);
         // SAFETY: closing the read end we do not use.
         unsafe { libc::close(p[0]) };
         return Reporter { fd: p[1] };
     }
     CHILD.store(pid, Ordering::Relaxed);
-    // SAFETY: installing a handler that only calls kill; closing the unused write end.
-    unsafe {
-        libc::signal(
-            libc::SIGINT,
-            forward as extern "C" fn(libc::c_int) as libc::sighandler_t,
-        );
-        libc::signal(
-            libc::SIGTERM,
-            forward as extern "C" fn(libc::c_int) as libc::sighandler_t,
-        );
-        libc::signal(
-            libc::SIGHUP,
-            forward as extern "C" fn(libc::c_int) as libc::sighandler_t,
-        );
-        libc::close(p[1]);
+    for sig in STOP_SIGNALS {
+        // SAFETY: sigaction is plain data; zeroed is a valid starting value.
+        let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+        sa.sa_sigaction = forward as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        sa.sa_flags = libc::SA_RESTART;
+        // SAFETY: `sa` is initialised; `forward` only calls kill, which is async-signal-safe.
+        unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) };
     }
+    // Whatever arrived while blocked is forwarded now.
+    set_mask(&old);
+    // SAFETY: closing the unused write end.
+    unsafe { libc::close(p[1]) };
     if let Some(f) = filter {
         if let Err(e) = crate::seccomp::install(crate::seccomp::ThreadKind::Supervisor, f) {
             eprintln!("minipc: {e}");
             forward(libc::SIGKILL);
             // SAFETY: exiting; the child has been killed.
-            unsafe { libc::_exit(crate::exit::code::HOST_ERROR) };
+            unsafe { libc::_exit(code::HOST_ERROR) };
         }
     }
     let mut b = [0u8; 4];
@@ -108,10 +186,14 @@ pub fn split(filter: Option<&seccompiler::BpfProgram>) -> Reporter {
             break;
         }
     }
-    let code = if got == 4 {
+    let status = if got == 4 {
         i32::from_ne_bytes(b)
     } else {
-        // The child died without reporting: tell how.
+        // The child died without reporting: it may have left the terminal raw.
+        if let Some(t) = &terminal {
+            // SAFETY: `t` was read from fd 0 before the fork.
+            unsafe { libc::tcsetattr(0, libc::TCSANOW, t) };
+        }
         let mut status = 0;
         // SAFETY: waiting for our own child.
         while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
@@ -124,11 +206,11 @@ pub fn split(filter: Option<&seccompiler::BpfProgram>) -> Reporter {
                 "minipc: the VM process was killed by signal {}",
                 libc::WTERMSIG(status)
             );
-            128 + libc::WTERMSIG(status)
+            code::SIGNAL_BASE + libc::WTERMSIG(status)
         } else {
-            crate::exit::code::HOST_ERROR
+            code::HOST_ERROR
         }
     };
     // SAFETY: exiting without destructors; nothing of ours needs cleanup.
-    unsafe { libc::_exit(code) }
+    unsafe { libc::_exit(status) }
 }

@@ -1,12 +1,18 @@
 //! One thread per vCPU: a `KVM_RUN` loop that dispatches port and MMIO exits to the buses and
 //! turns every other exit into an `ExitReason` for the monitor.
 //!
-//! The monitor reaches a vCPU that sits in `KVM_RUN` by a *kick*: it stores a request, sets
-//! `immediate_exit` in the vCPU's `kvm_run` page (so a kick that lands between two runs is not
-//! lost), then sends `SIGRTMIN` to the thread, whose empty handler makes `KVM_RUN` return
-//! `EINTR`. The thread then serves the request and resumes.
+//! The monitor reaches a vCPU that sits in `KVM_RUN` by a *kick*: it posts a request in the
+//! vCPU's mailbox, sets `immediate_exit` in the vCPU's `kvm_run` page (so a kick that lands
+//! between two runs is not lost), then sends `SIGRTMIN` to the thread, whose empty handler
+//! makes `KVM_RUN` return `EINTR`. The thread then serves the request and resumes.
+//!
+//! Requests are bits in the mailbox, never a single value that the next request overwrites:
+//! with `--reboot` the monitor releases a vCPU after a reset (`RUN`) and, when the guest resets
+//! again at once, asks for the next reset (`RESET`) before the vCPU's thread may even have
+//! woken up; both must be seen, in that order. A vCPU clears `immediate_exit` before it takes
+//! the pending bits, so a request posted after it looked is still served on its next entry.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Barrier};
 use std::thread::JoinHandle;
@@ -26,14 +32,43 @@ use crate::seccomp::{self, ThreadKind};
 use crate::stats::{FIRST_EXIT, FIRST_RUN};
 use seccompiler::BpfProgram;
 
-/// Requests from the monitor, served after a kick.
-pub const REQ_NONE: u8 = 0;
-pub const REQ_CHECK_HALT: u8 = 1;
-pub const REQ_STOP: u8 = 2;
-/// Go back to the reset state (`--reboot`), report `ResetDone`, wait for `REQ_RUN`.
-pub const REQ_RESET: u8 = 3;
-/// Resume after a reset.
-pub const REQ_RUN: u8 = 4;
+/// Requests from the monitor: bits in a vCPU's mailbox.
+mod req {
+    /// Report `HaltState` for the mailbox's current halt-check generation.
+    pub const CHECK_HALT: u8 = 1 << 0;
+    /// Go back to the reset state (`--reboot`), report `ResetDone`, wait for `RUN`.
+    pub const RESET: u8 = 1 << 1;
+    /// Resume after a reset.
+    pub const RUN: u8 = 1 << 2;
+}
+
+/// A vCPU's pending requests. Posting a request never erases another one.
+#[derive(Debug, Default)]
+pub struct Mailbox {
+    pending: AtomicU8,
+    /// The generation of the latest halt check asked for; answers carry it, so that an
+    /// answer to an abandoned check (a reboot came between) is not taken for a new one's.
+    check: AtomicU64,
+}
+
+impl Mailbox {
+    fn post(&self, bits: u8) {
+        self.pending.fetch_or(bits, Ordering::SeqCst);
+    }
+
+    /// Takes the pending requests among `bits`, leaving the others pending.
+    fn take(&self, bits: u8) -> u8 {
+        self.pending.fetch_and(!bits, Ordering::SeqCst) & bits
+    }
+
+    fn take_all(&self) -> u8 {
+        self.pending.swap(0, Ordering::SeqCst)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pending.load(Ordering::SeqCst) == 0
+    }
+}
 
 /// The signal that kicks a vCPU out of KVM_RUN.
 pub fn kick_signal() -> libc::c_int {
@@ -49,9 +84,9 @@ pub enum VcpuMsg {
         reason: ExitReason,
         dump: Option<String>,
     },
-    /// Answer to REQ_CHECK_HALT: can this vCPU ever run again without help?
-    HaltState { id: u32, dead: bool },
-    /// Answer to REQ_RESET: the vCPU is at its reset state, waiting for REQ_RUN.
+    /// Answer to halt check number `check`: can this vCPU ever run again without help?
+    HaltState { id: u32, check: u64, dead: bool },
+    /// Answer to a reset request: the vCPU is at its reset state, waiting for `release`.
     ResetDone { id: u32, ok: bool },
 }
 
@@ -91,7 +126,7 @@ impl ResetState {
 pub struct VcpuHandle {
     pub thread: JoinHandle<()>,
     run: *mut kvm_run,
-    request: Arc<AtomicU8>,
+    mailbox: Arc<Mailbox>,
 }
 
 // SAFETY: `run` points into the vCPU's kvm_run mapping, which lives until the process exits
@@ -102,13 +137,24 @@ unsafe impl Send for VcpuHandle {}
 impl VcpuHandle {
     /// Lets a vCPU waiting after a reset run again.
     pub fn release(&self) {
-        self.request.store(REQ_RUN, Ordering::SeqCst);
+        self.mailbox.post(req::RUN);
         self.thread.thread().unpark();
     }
 
-    /// Asks the vCPU to leave KVM_RUN (or its wait after a stop) and serve `req`.
-    pub fn kick(&self, req: u8) {
-        self.request.store(req, Ordering::SeqCst);
+    /// Asks the vCPU for its `HaltState`, as the answer to halt check number `check`.
+    pub fn check_halt(&self, check: u64) {
+        self.mailbox.check.store(check, Ordering::SeqCst);
+        self.kick(req::CHECK_HALT);
+    }
+
+    /// Asks the vCPU to go back to its reset state and report `ResetDone` (`--reboot`).
+    pub fn reset(&self) {
+        self.kick(req::RESET);
+    }
+
+    /// Posts `bits` and makes the vCPU leave KVM_RUN (or its wait after a stop) to serve them.
+    fn kick(&self, bits: u8) {
+        self.mailbox.post(bits);
         self.thread.thread().unpark();
         // SAFETY: see the Send impl; immediate_exit is a byte KVM reads on entry to KVM_RUN.
         unsafe { std::ptr::addr_of_mut!((*self.run).immediate_exit).write_volatile(1) };
@@ -151,7 +197,7 @@ struct Vcpu {
     run: *mut kvm_run,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
-    request: Arc<AtomicU8>,
+    mailbox: Arc<Mailbox>,
     tx: Sender<VcpuMsg>,
     wake: Arc<EventFd>,
     reset_state: Option<ResetState>,
@@ -179,7 +225,7 @@ pub struct Setup {
 
 pub fn spawn(mut fd: VcpuFd, setup: Setup) -> std::io::Result<VcpuHandle> {
     let run = fd.get_kvm_run() as *mut kvm_run;
-    let request = Arc::new(AtomicU8::new(REQ_NONE));
+    let mailbox = Arc::new(Mailbox::default());
     let id = setup.id;
     let vcpu = Vcpu {
         id,
@@ -187,7 +233,7 @@ pub fn spawn(mut fd: VcpuFd, setup: Setup) -> std::io::Result<VcpuHandle> {
         run,
         pio: setup.pio,
         mmio: setup.mmio,
-        request: request.clone(),
+        mailbox: mailbox.clone(),
         tx: setup.tx,
         wake: setup.wake,
         reset_state: setup.reset_state,
@@ -220,7 +266,7 @@ pub fn spawn(mut fd: VcpuFd, setup: Setup) -> std::io::Result<VcpuHandle> {
     Ok(VcpuHandle {
         thread,
         run: run_addr as *mut kvm_run,
-        request,
+        mailbox,
     })
 }
 
@@ -254,13 +300,7 @@ impl Vcpu {
                     dump,
                 });
                 // The monitor either ends the process or (on a reboot) resets this vCPU.
-                loop {
-                    if self.request.load(Ordering::SeqCst) == REQ_RESET {
-                        self.fd.set_kvm_immediate_exit(0);
-                        self.request.store(REQ_NONE, Ordering::SeqCst);
-                        self.reset();
-                        break;
-                    }
+                while !self.serve_requests() {
                     std::thread::park();
                 }
             }
@@ -277,7 +317,7 @@ impl Vcpu {
 
     /// Back to the state the vCPU was created in; then wait until the monitor has reset the
     /// platform and says run.
-    fn reset(&self) {
+    fn reset(&mut self) {
         let ok = match &self.reset_state {
             Some(s) => match s.restore(&self.fd) {
                 Ok(()) => true,
@@ -289,10 +329,14 @@ impl Vcpu {
             None => false,
         };
         self.send(VcpuMsg::ResetDone { id: self.id, ok });
-        while self.request.load(Ordering::SeqCst) != REQ_RUN {
+        // Only RUN ends the wait; whatever else was posted meanwhile stays pending, and its
+        // kick has set immediate_exit, so the next KVM_RUN returns at once to serve it.
+        while self.mailbox.take(req::RUN) == 0 {
             std::thread::park();
         }
-        self.request.store(REQ_NONE, Ordering::SeqCst);
+        if !self.mailbox.is_empty() {
+            self.fd.set_kvm_immediate_exit(1);
+        }
     }
 
     fn run_once(&mut self) -> Step {
@@ -365,7 +409,10 @@ impl Vcpu {
                     Some(self.dump()),
                 ),
             },
-            Ok(VcpuExit::Intr) => self.serve_request(),
+            Ok(VcpuExit::Intr) => {
+                self.serve_requests();
+                Step::Continue
+            }
             Ok(VcpuExit::Debug(_)) => {
                 // Single-stepping (`--x-count-instructions`): one exit per instruction.
                 crate::devices::post_code::STEPS.fetch_add(1, Ordering::Relaxed);
@@ -375,7 +422,10 @@ impl Vcpu {
                 ExitReason::UnhandledExit(format!("{other:?}")),
                 Some(self.dump()),
             ),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => self.serve_request(),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                self.serve_requests();
+                Step::Continue
+            }
             Err(e) => Step::Stop(
                 ExitReason::HostError(format!("KVM_RUN on vCPU {}: {e}", self.id)),
                 None,
@@ -425,21 +475,27 @@ impl Vcpu {
         Some(Step::Continue)
     }
 
-    fn serve_request(&mut self) -> Step {
+    /// Serves every pending request: a halt check first (about the state before a reset),
+    /// then a reset. Returns whether the vCPU was reset. immediate_exit is cleared before the
+    /// requests are taken, so one posted after this looked makes the next KVM_RUN return.
+    fn serve_requests(&mut self) -> bool {
         self.fd.set_kvm_immediate_exit(0);
-        match self.request.swap(REQ_NONE, Ordering::SeqCst) {
-            REQ_CHECK_HALT => {
-                let dead = self.is_dead();
-                self.send(VcpuMsg::HaltState { id: self.id, dead });
-                Step::Continue
-            }
-            REQ_STOP => self.park_forever(),
-            REQ_RESET => {
-                self.reset();
-                Step::Continue
-            }
-            _ => Step::Continue,
+        let bits = self.mailbox.take_all();
+        if bits & req::CHECK_HALT != 0 {
+            let check = self.mailbox.check.load(Ordering::SeqCst);
+            let dead = self.is_dead();
+            self.send(VcpuMsg::HaltState {
+                id: self.id,
+                check,
+                dead,
+            });
         }
+        // A RUN without a RESET before it has nothing to release (never posted so).
+        if bits & req::RESET != 0 {
+            self.reset();
+            return true;
+        }
+        false
     }
 
     /// Halted with interrupts off, or an AP still waiting for INIT/SIPI.
@@ -491,5 +547,47 @@ impl Vcpu {
         }
         log::debug(format_args!("vCPU {} dumped its registers", self.id));
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lost request of a single-value mailbox: RUN for one reboot, then RESET for the
+    /// next before the vCPU looked. Both stay pending; the wait for RUN takes RUN only.
+    #[test]
+    fn a_request_never_erases_one_not_yet_seen() {
+        let m = Mailbox::default();
+        m.post(req::RUN);
+        m.post(req::RESET);
+        m.post(req::CHECK_HALT);
+        assert_eq!(m.take(req::RUN), req::RUN);
+        assert_eq!(m.take(req::RUN), 0);
+        assert!(!m.is_empty());
+        assert_eq!(m.take_all(), req::RESET | req::CHECK_HALT);
+        assert!(m.is_empty());
+        assert_eq!(m.take_all(), 0);
+    }
+
+    #[test]
+    fn requests_from_another_thread_all_arrive() {
+        let m = Arc::new(Mailbox::default());
+        let seen = std::thread::scope(|s| {
+            let poster = s.spawn(|| {
+                for _ in 0..10_000 {
+                    m.post(req::CHECK_HALT);
+                    m.post(req::RESET);
+                }
+                m.post(req::RUN);
+            });
+            let mut seen = 0u8;
+            while seen & req::RUN == 0 {
+                seen |= m.take_all();
+            }
+            poster.join().unwrap();
+            seen | m.take_all()
+        });
+        assert_eq!(seen, req::RUN | req::RESET | req::CHECK_HALT);
     }
 }

@@ -497,6 +497,12 @@ fn platform_devices(
         Arc::new(Mutex::new(PostCode::default())),
     )
     .map_err(dev_err)?;
+    pio.insert(
+        crate::devices::port92::PORT92_PORT,
+        crate::devices::port92::PORT92_LEN,
+        Arc::new(Mutex::new(crate::devices::port92::Port92::new())),
+    )
+    .map_err(dev_err)?;
 
     let irqfd = |gsi: u32, what: &'static str| -> Result<EventFd, VmError> {
         let e = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Device(e.to_string()))?;

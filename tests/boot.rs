@@ -121,13 +121,13 @@ fn timeout_stops_a_spinning_guest() {
 }
 
 #[test]
-fn triple_fault_exits_3_with_a_register_dump() {
+fn triple_fault_exits_4_with_a_register_dump() {
     if !kvm_available() {
         return;
     }
     let g = guest("triple_fault", &[]);
     let r = minipc(&["--firmware", path_str(&g), "--stats", "--timeout", "20"]);
-    assert_eq!(r.code, 3, "stderr: {}", r.stderr);
+    assert_eq!(r.code, 4, "stderr: {}", r.stderr);
     assert!(r.stderr.contains("rip="), "no register dump: {}", r.stderr);
     assert!(r.stderr.contains("cr0="), "no register dump: {}", r.stderr);
     let reason = r.reason();
@@ -267,7 +267,7 @@ fn an_undeliverable_exception_is_a_crash_with_a_diagnostic() {
     }
     let g = guest("bad_idt", &[]);
     let r = minipc(&["--firmware", path_str(&g), "--stats", "--timeout", "20"]);
-    assert_eq!(r.code, 3, "stderr: {}", r.stderr);
+    assert_eq!(r.code, 4, "stderr: {}", r.stderr);
     let reason = r.reason();
     assert!(
         matches!(

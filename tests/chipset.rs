@@ -192,6 +192,35 @@ fn keyboard_controller_and_cf9_resets_end_the_vm() {
     }
 }
 
+/// System Control Port A (0x92): bit 1 reads A20 enabled, writing bit 0 resets the machine
+/// like the i8042 and 0xCF9 do: the VM ends with `reset`, or restarts with `--reboot`.
+#[test]
+fn port_92_fast_reset_ends_or_restarts_the_guest() {
+    if !kvm_available() {
+        return;
+    }
+    let g = guest("port92_reset", &[]);
+    let r = minipc(&["--firmware", path_str(&g), "--stats", "--timeout", "20"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.reason().as_deref(), Some("reset"), "{}", r.stderr);
+    assert_eq!(r.stdout, "boot\r\n");
+    for cpus in ["1", "2"] {
+        let r = minipc(&[
+            "--firmware",
+            path_str(&g),
+            "--reboot",
+            "--cpus",
+            cpus,
+            "--stats",
+            "--timeout",
+            "20",
+        ]);
+        assert_eq!(r.stdout, "boot\r\nboot\r\nboot\r\n", "{}", r.stderr);
+        assert_eq!(r.code, (3 << 1) | 1, "--cpus {cpus}: {}", r.stderr);
+        assert_eq!(r.reason().as_deref(), Some("debug-exit"));
+    }
+}
+
 #[test]
 fn an_os_finds_the_acpi_rsdp_or_the_mp_table_where_it_looks() {
     if !kvm_available() {
@@ -265,6 +294,31 @@ fn reboot_restarts_the_guest_at_the_reset_vector_with_ram_kept() {
         ]);
         assert_eq!(r.stdout, "first boot\r\nsecond boot\r\n", "{}", r.stderr);
         assert_eq!(r.code, (2 << 1) | 1, "--cpus {cpus}: {}", r.stderr);
+    }
+}
+
+/// A guest that resets as soon as it starts, 100 times in a row: every reboot must complete,
+/// whatever the vCPU count (a request to an AP must never be lost to the next one).
+#[test]
+fn a_hundred_back_to_back_reboots_complete_on_1_2_and_4_vcpus() {
+    if !kvm_available() {
+        return;
+    }
+    let g = guest("reset_loop", &[("RESETS", 100)]);
+    for cpus in ["1", "2", "4"] {
+        let r = minipc(&[
+            "--firmware",
+            path_str(&g),
+            "--reboot",
+            "--cpus",
+            cpus,
+            "--stats",
+            "--timeout",
+            "120",
+        ]);
+        assert_eq!(r.stdout, "boots 0065\r\n", "--cpus {cpus}: {}", r.stderr);
+        assert_eq!(r.code, (0x21 << 1) | 1, "--cpus {cpus}: {}", r.stderr);
+        assert_eq!(r.reason().as_deref(), Some("debug-exit"), "--cpus {cpus}");
     }
 }
 

@@ -17,6 +17,11 @@ fn bad_arguments_exit_2_with_one_line() {
     assert_config_error(&["--mem", "1M"], "too small");
     assert_config_error(&["--mem", "12Q"], "12Q");
     assert_config_error(&["--mem", "2T"], "too large");
+    // B is bytes, not a unit of its own: 4096 bytes is too small.
+    assert_config_error(&["--mem", "4096B"], "memory size 4096 bytes is too small");
+    assert_config_error(&["--mem", "0"], "too small");
+    assert_config_error(&["--mem", ""], "--mem");
+    assert_config_error(&["--mem", "99999999999T"], "'99999999999T' is not a size");
     assert_config_error(&["--cpus", "0"], "--cpus");
     assert_config_error(&["--cpus", "1000"], "--cpus");
     assert_config_error(&["--serial", "pty"], "--serial");
@@ -44,6 +49,51 @@ fn bad_firmware_files_are_named() {
     );
 }
 
+/// Files whose metadata does not give their real size are judged by what they hold, before
+/// KVM is touched: exit 2 and one line naming the file.
+#[test]
+fn firmware_files_whose_size_metadata_lies_are_read_whole() {
+    assert_config_error(
+        &["--firmware", "/proc/self/status"],
+        "/proc/self/status: firmware image is",
+    );
+    assert_config_error(&["--firmware", "/proc/self/status"], "multiple of 4 KiB");
+    assert_config_error(
+        &["--firmware", "/sys/devices/system/cpu/online"],
+        "/sys/devices/system/cpu/online: firmware image is",
+    );
+    assert_config_error(
+        &["--firmware", "/dev/zero"],
+        "/dev/zero: firmware image is larger",
+    );
+    assert_config_error(
+        &["--firmware", "/dev/null"],
+        "/dev/null: firmware image is empty",
+    );
+
+    // A FIFO whose writer writes 5000 bytes, then closes it.
+    let fifo = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("firmware-{}.fifo", std::process::id()));
+    let _ = std::fs::remove_file(&fifo);
+    let c = std::ffi::CString::new(path_str(&fifo)).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().write(true).open(fifo).unwrap();
+            f.write_all(&[0x90u8; 5000]).unwrap();
+        })
+    };
+    assert_config_error(
+        &["--firmware", path_str(&fifo)],
+        "firmware image is 5000 bytes; it must be a multiple of 4 KiB",
+    );
+    writer.join().unwrap();
+    let _ = std::fs::remove_file(&fifo);
+}
+
 #[test]
 fn help_lists_options_and_exit_codes() {
     let r = minipc(&["--help"]);
@@ -59,6 +109,23 @@ fn help_lists_options_and_exit_codes() {
     ] {
         assert!(r.stdout.contains(s), "--help lacks {s}");
     }
+    // The VMM's own codes are even: a crash is 4, a host error 6 (odd codes are the guest's).
+    let codes: Vec<&str> = r
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("Exit codes"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        codes,
+        ["0", "v*2+1", "2", "4", "6", "124", "128+n"],
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("4      guest crashed"), "{}", r.stdout);
+    assert!(r.stdout.contains("6      host error"), "{}", r.stdout);
     let r = minipc(&["--version"]);
     assert_eq!(
         r.stdout.trim(),
@@ -69,8 +136,11 @@ fn help_lists_options_and_exit_codes() {
 /// Runs minipc in a private mount namespace prepared by `setup` (a shell command), as root.
 fn in_private_mounts(setup: &str) -> Option<Run> {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("\n*** SKIPPED: needs root to hide /dev/kvm in a private mount namespace ***\n");
+    let root = unsafe { libc::geteuid() } == 0;
+    if !precondition(
+        root,
+        "needs root to hide /dev/kvm in a private mount namespace",
+    ) {
         return None;
     }
     let out = std::process::Command::new("unshare")
@@ -91,23 +161,23 @@ fn in_private_mounts(setup: &str) -> Option<Run> {
             wall: std::time::Duration::ZERO,
         }),
         Err(e) => {
-            eprintln!("\n*** SKIPPED: cannot run unshare: {e} ***\n");
+            precondition(false, &format!("cannot run unshare (util-linux): {e}"));
             None
         }
     }
 }
 
 #[test]
-fn without_kvm_the_vmm_says_so_and_exits_1() {
+fn without_kvm_the_vmm_says_so_and_exits_6() {
     // /dev without kvm.
     if let Some(r) = in_private_mounts("mount -t tmpfs none /dev") {
-        assert_eq!(r.code, 1, "{}", r.stderr);
+        assert_eq!(r.code, 6, "{}", r.stderr);
         assert!(r.stderr.contains("/dev/kvm"), "{}", r.stderr);
         assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
     }
     // Something else where /dev/kvm should be.
     if let Some(r) = in_private_mounts("mount --bind /dev/null /dev/kvm") {
-        assert_eq!(r.code, 1, "{}", r.stderr);
+        assert_eq!(r.code, 6, "{}", r.stderr);
         assert!(r.stderr.contains("does not answer as KVM"), "{}", r.stderr);
     }
 }

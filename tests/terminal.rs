@@ -1,5 +1,6 @@
 //! With a terminal on stdin, the guest gets it in raw mode, and the terminal is restored on
-//! every exit path: a halt, a timeout, a signal, a seccomp kill.
+//! every exit path: a halt, a timeout, a signal, a seccomp kill, a SIGKILL of either of the
+//! VMM's two processes.
 
 mod common;
 use common::*;
@@ -99,16 +100,94 @@ fn the_terminal_is_raw_while_the_guest_runs_and_restored_after() {
         "not restored after SIGTERM"
     );
 
-    for args in [
-        vec!["--firmware", path_str(&spin), "--timeout", "0.3"],
-        vec!["--mem", "64M"],
-        vec!["--x-test-forbidden-syscall"],
+    for (args, expect) in [
+        (vec!["--firmware", path_str(&spin), "--timeout", "0.3"], 124),
+        (vec!["--mem", "64M"], 0),
+        (vec!["--x-test-forbidden-syscall"], 6),
     ] {
         let (p, before, code) = run_on_pty(&args, |_, _| {});
-        assert!(matches!(code, 124 | 0 | 3), "{args:?}: {code}");
+        assert_eq!(code, expect, "{args:?}");
         assert!(
             same(&before, &attrs(&p.slave)),
             "{args:?}: terminal not restored"
         );
     }
+}
+
+/// Waits until the VMM has put the pty in raw mode.
+fn wait_raw(p: &Pty) {
+    for _ in 0..500 {
+        if attrs(&p.slave).c_lflag & libc::ICANON == 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("the terminal never went raw");
+}
+
+/// The supervisor's child, the process that runs the VM.
+fn vm_child(parent: u32) -> u32 {
+    for _ in 0..500 {
+        let kids = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+            .unwrap_or_default();
+        if let Some(pid) = kids.split_whitespace().next().and_then(|p| p.parse().ok()) {
+            return pid;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("no VM process under {parent}");
+}
+
+/// The VM process killed with SIGKILL cannot restore the terminal; the supervisor does.
+#[test]
+fn a_sigkilled_vm_process_has_its_terminal_restored_by_the_supervisor() {
+    if !kvm_available() {
+        return;
+    }
+    let spin = guest("spin", &[]);
+    let (p, before, code) = run_on_pty(
+        &["--firmware", path_str(&spin), "--timeout", "30"],
+        |p, pid| {
+            wait_raw(p);
+            let vm = vm_child(pid);
+            // SAFETY: signalling the child of our own child.
+            unsafe { libc::kill(vm as i32, libc::SIGKILL) };
+        },
+    );
+    assert_eq!(code, 128 + libc::SIGKILL);
+    assert!(
+        same(&before, &attrs(&p.slave)),
+        "not restored after the VM process was killed"
+    );
+}
+
+/// The supervisor killed with SIGKILL: the VM process gets SIGTERM (PR_SET_PDEATHSIG) and
+/// restores the terminal itself, within a second.
+#[test]
+fn a_sigkilled_supervisor_leaves_the_terminal_restored() {
+    if !kvm_available() {
+        return;
+    }
+    let spin = guest("spin", &[]);
+    let (p, before, code) = run_on_pty(
+        &["--firmware", path_str(&spin), "--timeout", "30"],
+        |p, pid| {
+            wait_raw(p);
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        },
+    );
+    assert_eq!(code, -1, "killed by a signal: no exit code");
+    let mut restored = false;
+    for _ in 0..100 {
+        if same(&before, &attrs(&p.slave)) {
+            restored = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        restored,
+        "the terminal is still raw a second after the supervisor died"
+    );
 }

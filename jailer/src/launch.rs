@@ -133,8 +133,9 @@ pub fn spawn(spec: Spec) -> Result<libc::pid_t, LaunchError> {
         };
         let mut w = &writer;
         let _ = w.write_all(msg.as_bytes());
-        // SAFETY: leaving the child at once, without running the parent's destructors.
-        unsafe { libc::_exit(2) };
+        // SAFETY: leaving the child at once, without running the parent's destructors. The
+        // parent reports the message (and exits with the host-error code).
+        unsafe { libc::_exit(crate::code::HOST_ERROR) };
     }
     if pid > 0 {
         CHILD.store(pid, Ordering::SeqCst);

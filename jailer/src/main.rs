@@ -61,12 +61,58 @@ enum Error {
     Launch(#[from] LaunchError),
 }
 
+/// The jailer's own exit codes, in the VMM's scheme (odd codes are the guest's, even codes
+/// the VMM's or the jailer's); every other code is the VMM's, passed through.
+mod code {
+    /// A bad argument, file or jail id, or the jailer not run as root: nothing was started.
+    pub const BAD_INPUT: i32 = 2;
+    /// The host failed to set up the jail (a system call, the cgroup hierarchy, the child's
+    /// confinement steps, waiting for the VMM).
+    pub const HOST_ERROR: i32 = 6;
+}
+
+impl Error {
+    fn exit_code(&self) -> i32 {
+        match self {
+            Error::Args(_)
+            | Error::NotRoot(_)
+            | Error::File { .. }
+            | Error::NotRegular { .. }
+            | Error::NotExecutable(_)
+            | Error::Libs(_)
+            | Error::VmmArgs(_)
+            | Error::SerialDir { .. }
+            | Error::NotNetns(_) => code::BAD_INPUT,
+            Error::Cgroup(e) => match e {
+                CgroupError::NotV2
+                | CgroupError::ControllerMissing { .. }
+                | CgroupError::Io { .. } => code::HOST_ERROR,
+                CgroupError::Syntax(_)
+                | CgroupError::BadKey { .. }
+                | CgroupError::BadValue(_)
+                | CgroupError::Duplicate(_)
+                | CgroupError::Exists(_)
+                | CgroupError::NoSuchFile { .. }
+                | CgroupError::Refused { .. } => code::BAD_INPUT,
+            },
+            Error::Jail(e) => match e {
+                JailError::Exists(_) | JailError::NotDir(_) => code::BAD_INPUT,
+                JailError::Io { .. } => code::HOST_ERROR,
+            },
+            Error::Launch(e) => match e {
+                LaunchError::Nul(_) => code::BAD_INPUT,
+                LaunchError::Sys { .. } | LaunchError::Child(_) => code::HOST_ERROR,
+            },
+        }
+    }
+}
+
 fn main() {
     let code = match run() {
         Ok(code) => code,
         Err(e) => {
             eprintln!("minipc-jailer: {e}");
-            2
+            e.exit_code()
         }
     };
     std::process::exit(code);
@@ -211,4 +257,41 @@ fn run() -> Result<i32, Error> {
     jail.copy_back();
     // `leaf`, then `jail`, are removed as they go out of scope.
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_failures_are_even_codes_bad_input_or_host() {
+        let io = || io::Error::from_raw_os_error(libc::EACCES);
+        let bad = [
+            Error::NotRoot(1000),
+            Error::NotExecutable(PathBuf::from("/x")),
+            Error::NotNetns(PathBuf::from("/x")),
+            Error::Jail(JailError::Exists(PathBuf::from("/x"))),
+            Error::Cgroup(CgroupError::Syntax("x".into())),
+            Error::Launch(LaunchError::Nul("x".into())),
+        ];
+        for e in &bad {
+            assert_eq!(e.exit_code(), 2, "{e}");
+        }
+        let host = [
+            Error::Cgroup(CgroupError::NotV2),
+            Error::Jail(JailError::Io {
+                step: "mknod",
+                path: PathBuf::from("/x"),
+                err: io(),
+            }),
+            Error::Launch(LaunchError::Sys {
+                step: "fork",
+                err: io(),
+            }),
+            Error::Launch(LaunchError::Child("pivot_root: EPERM".into())),
+        ];
+        for e in &host {
+            assert_eq!(e.exit_code(), 6, "{e}");
+        }
+    }
 }

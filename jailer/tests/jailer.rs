@@ -39,13 +39,32 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Whether a test's precondition (root, a tool, a kernel feature) is met. When it is not,
+/// the test is skipped with a loud message naming what is missing, except under CI=true,
+/// where it fails: in CI every test must run.
+fn precondition(met: bool, what: &str) -> bool {
+    if !met {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{what}, and CI=true: this test must run in CI");
+        }
+        eprintln!("\n*** SKIP {what} ***\n");
+    }
+    met
+}
+
 /// True when the test must be skipped for lack of root (and says so loudly).
 fn skip_unless_root(test: &str) -> bool {
-    if is_root() {
-        return false;
-    }
-    eprintln!("\n*** SKIP {test}: needs root (euid 0) ***\n");
-    true
+    !precondition(is_root(), &format!("{test}: needs root (euid 0)"))
+}
+
+/// Whether a tool runs (`TOOL --help` succeeds).
+fn tool_runs(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--help")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// A fresh id and an empty chroot base for one test.
@@ -92,8 +111,16 @@ fn parse_probe(stdout: &str) -> HashMap<String, String> {
         .collect()
 }
 
+/// Exit codes of the jailer's own failures (README.md): bad input, host failure.
+const BAD_INPUT: i32 = 2;
+const HOST_ERROR: i32 = 6;
+
 fn assert_error(r: &Out, needle: &str) {
-    assert_eq!(r.code, 2, "stderr: {}", r.stderr);
+    assert_error_code(r, BAD_INPUT, needle);
+}
+
+fn assert_error_code(r: &Out, code: i32, needle: &str) {
+    assert_eq!(r.code, code, "stderr: {}", r.stderr);
     assert_eq!(r.stderr.lines().count(), 1, "stderr: {}", r.stderr);
     assert!(
         r.stderr.starts_with("minipc-jailer: "),
@@ -308,14 +335,10 @@ fn non_root_is_refused() {
         assert_error(&jailer(&args), "must be run as root");
         return;
     }
-    let setpriv = Command::new("setpriv")
-        .arg("--help")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !setpriv {
-        eprintln!("\n*** SKIP non_root_is_refused: running as root and setpriv is missing ***\n");
+    if !precondition(
+        tool_runs("setpriv"),
+        "non_root_is_refused: running as root and setpriv (util-linux) is missing",
+    ) {
         return;
     }
     let mut cmd = Command::new("setpriv");
@@ -421,19 +444,38 @@ fn an_existing_jail_is_not_touched() {
     fs::remove_dir_all(&base).unwrap();
 }
 
+/// The jailer runs in a private mount namespace where an empty tmpfs hides whatever is
+/// mounted at /sys/fs/cgroup, so the test sees a host without cgroup v2 wherever it runs.
 #[test]
 fn cgroup_limits_need_cgroup_v2() {
     if skip_unless_root("cgroup_limits_need_cgroup_v2") {
         return;
     }
-    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-        eprintln!("\n*** SKIP cgroup_limits_need_cgroup_v2: cgroup v2 is mounted here ***\n");
+    if !precondition(
+        tool_runs("unshare"),
+        "cgroup_limits_need_cgroup_v2: unshare (util-linux) is missing",
+    ) {
         return;
     }
     let (id, base) = fresh("nov2");
     let mut args = probe_args(&id, &base);
     args.extend(["--cgroup", "pids.max=64"]);
-    assert_error(&jailer(&args), "cgroup v2 is not mounted at /sys/fs/cgroup");
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "mount -t tmpfs none /sys/fs/cgroup && exec \"$0\" \"$@\"",
+        JAILER,
+    ]);
+    cmd.args(&args);
+    assert_error_code(
+        &run_cmd(cmd),
+        HOST_ERROR,
+        "cgroup v2 is not mounted at /sys/fs/cgroup",
+    );
     assert_gone(&base, &id);
     fs::remove_dir_all(&base).unwrap();
 }
@@ -675,8 +717,10 @@ fn the_vmm_runs_in_its_cgroup_leaf() {
         return;
     }
     let Some(view) = CgroupView::detect() else {
-        eprintln!(
-            "\n*** SKIP the_vmm_runs_in_its_cgroup_leaf: no cgroup v2 hierarchy (/sys/fs/cgroup/cgroup.controllers is missing) ***\n"
+        precondition(
+            false,
+            "the_vmm_runs_in_its_cgroup_leaf: no cgroup v2 hierarchy \
+             (/sys/fs/cgroup/cgroup.controllers is missing)",
         );
         return;
     };
@@ -737,7 +781,11 @@ fn the_vmm_runs_in_its_cgroup_leaf() {
     if let (Some((k, v)), Some(seen)) = (limit, limit_seen) {
         assert_eq!(seen.trim(), v, "{k}");
     } else {
-        eprintln!("\n*** NOTE the_vmm_runs_in_its_cgroup_leaf: no pids/memory/hugetlb controller in cgroup v2; no limit checked ***\n");
+        precondition(
+            false,
+            "the_vmm_runs_in_its_cgroup_leaf: no pids, memory or hugetlb controller in \
+             cgroup v2, so no limit was checked",
+        );
     }
     assert_eq!(
         procs.lines().count(),
@@ -753,17 +801,14 @@ fn the_vmm_runs_in_its_cgroup_leaf() {
 /// The minipc binary next to the jailer (present when the whole workspace is built).
 fn minipc_binary(test: &str) -> Option<PathBuf> {
     let vmm = Path::new(JAILER).parent().unwrap().join("minipc");
-    if vmm.exists() {
-        return Some(vmm);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{} is missing: build the workspace first", vmm.display());
-    }
-    eprintln!(
-        "\n*** SKIP {test}: {} is missing (run `cargo build --workspace` with this target dir) ***\n",
-        vmm.display()
-    );
-    None
+    precondition(
+        vmm.exists(),
+        &format!(
+            "{test}: {} is missing (run `cargo build --workspace` with this target dir)",
+            vmm.display()
+        ),
+    )
+    .then_some(vmm)
 }
 
 #[test]
@@ -774,8 +819,10 @@ fn the_vmm_demo_runs_in_the_jail() {
     let Some(vmm) = minipc_binary("the_vmm_demo_runs_in_the_jail") else {
         return;
     };
-    if !Path::new("/dev/kvm").exists() {
-        eprintln!("\n*** SKIP the_vmm_demo_runs_in_the_jail: no /dev/kvm ***\n");
+    if !precondition(
+        Path::new("/dev/kvm").exists(),
+        "the_vmm_demo_runs_in_the_jail: no /dev/kvm",
+    ) {
         return;
     }
     let (id, base) = fresh("vmm");
@@ -819,8 +866,10 @@ fn a_running_vmm_is_confined_as_seen_from_outside() {
     let Some(vmm) = minipc_binary(test) else {
         return;
     };
-    if !Path::new("/dev/kvm").exists() {
-        eprintln!("\n*** SKIP {test}: no /dev/kvm ***\n");
+    if !precondition(
+        Path::new("/dev/kvm").exists(),
+        &format!("{test}: no /dev/kvm"),
+    ) {
         return;
     }
     let (id, base) = fresh("outside");

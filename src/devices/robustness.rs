@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use crate::bus::{Bus, BusDevice};
-use crate::devices::{acpi_pm, debug_exit, fw_cfg, i440fx, i8042, pci, piix, rtc, serial};
+use crate::devices::{acpi_pm, debug_exit, fw_cfg, i440fx, i8042, pci, piix, port92, rtc, serial};
 use crate::memory::{MemoryLayout, MIB};
 
 /// A small deterministic generator (xorshift64*), so a failure can be replayed.
@@ -81,6 +81,12 @@ fn machine_bus() -> Bus {
         dev(Box::new(debug_exit::DebugExit)),
     )
     .unwrap();
+    bus.insert(
+        port92::PORT92_PORT,
+        port92::PORT92_LEN,
+        dev(Box::new(port92::Port92::new())),
+    )
+    .unwrap();
     bus
 }
 
@@ -97,7 +103,7 @@ impl BusDevice for Box<dyn BusDevice> {
 fn random_guest_accesses_never_panic() {
     let bus = machine_bus();
     // The ports of every device, and a little around them.
-    let ports: [u64; 8] = [0x3F8, 0x70, 0x60, 0x600, 0x510, 0xCF8, 0xF4, 0x80];
+    let ports: [u64; 9] = [0x3F8, 0x70, 0x60, 0x600, 0x510, 0xCF8, 0xF4, 0x80, 0x92];
     let mut rng = Rng(0x5EED_1234_ABCD_0001);
     let mut claimed = 0;
     for _ in 0..200_000 {

@@ -1,12 +1,18 @@
-//! COM1: a 16550 UART from `vm-superio` at 0x3F8, IRQ 4 delivered through an irqfd.
+//! COM1: a 16550 UART from `vm-superio` at 0x3F8, IRQ 4 delivered through an irqfd, with
+//! a bounded output buffer that the monitor writes out without ever blocking (`SerialOut`).
 
+use std::collections::VecDeque;
 use std::io::{self, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use vm_superio::serial::NoEvents;
 use vm_superio::{Serial as Uart, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::bus::BusDevice;
+use crate::bus::{lock, BusDevice};
 use crate::exit::ExitReason;
 use crate::log;
 
@@ -31,59 +37,285 @@ pub enum Sink {
     Null,
 }
 
-/// The UART's output: bytes are collected and written a line at a time (or when the buffer
-/// fills), so a guest printing a line costs one write, not one per byte. The monitor pushes
-/// out a partial line (a prompt) on its next tick, and everything at exit.
-pub struct SerialOut {
-    sink: Sink,
-    buf: Vec<u8>,
+/// How many bytes of output the VMM holds for a reader that does not keep up.
+pub const OUT_CAPACITY: usize = 64 * 1024;
+/// The 16550's transmit FIFO: when THRE reads set, a driver may write this many bytes.
+const TX_FIFO: usize = 16;
+/// A complete line, or this much of one, is worth waking the monitor for.
+const LINE_MAX: usize = 4096;
+/// LSR bits: transmitter holding register empty, transmitter empty.
+const LSR_OFFSET: u64 = 5;
+const LSR_THRE: u8 = 1 << 5;
+const LSR_TEMT: u8 = 1 << 6;
+const IER_OFFSET: u8 = 1;
+const LCR_OFFSET: u8 = 3;
+const LCR_DLAB: u8 = 1 << 7;
+
+/// The descriptor the output is written to, never blocking the thread that writes.
+///
+/// A regular file or block device is written as it is (a write there does not wait for a
+/// reader). Anything else (a pipe, a FIFO, a terminal, a socket) may have a reader that
+/// stops reading, so it is written with O_NONBLOCK. Stdout's open file description is shared
+/// with the caller (a shell's terminal, the rest of a pipeline), so the flag is set on a
+/// private description, reopened through /proc/self/fd/1; when that is impossible (no /proc,
+/// a socket) on the shared one, and put back at exit (`Serial::finish_output`). A terminal
+/// without /proc is written as it is: poll says when it takes bytes, and writes are small.
+struct OutFd {
+    fd: RawFd,
+    /// A reopened private description, closed with it.
+    _owned: Option<std::fs::File>,
+    /// The status flags of a shared description that got O_NONBLOCK, to put back.
+    restore: Option<libc::c_int>,
+    /// The most one write may carry (small for a blocking terminal).
+    chunk: usize,
 }
 
-const LINE_MAX: usize = 4096;
+fn file_type(fd: RawFd) -> io::Result<libc::mode_t> {
+    // SAFETY: stat is plain data; fstat fills it or fails.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid stat buffer; fstat only inspects the descriptor.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.st_mode & libc::S_IFMT)
+}
+
+fn status_flags(fd: RawFd) -> io::Result<libc::c_int> {
+    // SAFETY: F_GETFL takes no argument.
+    let f = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if f < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(f)
+}
+
+fn set_status_flags(fd: RawFd, flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: F_SETFL with an integer argument.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl OutFd {
+    fn plain(fd: RawFd) -> OutFd {
+        OutFd {
+            fd,
+            _owned: None,
+            restore: None,
+            // All that is buffered: a pipe takes at most PIPE_BUF bytes atomically (all or
+            // nothing), more in part, so a large write fills whatever room it has.
+            chunk: usize::MAX,
+        }
+    }
+
+    /// Stdout, prepared as the type comment says.
+    fn stdout() -> io::Result<OutFd> {
+        let fd = 1;
+        let kind = file_type(fd)?;
+        if kind == libc::S_IFREG || kind == libc::S_IFBLK {
+            return Ok(OutFd::plain(fd));
+        }
+        let private = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open("/proc/self/fd/1");
+        if let Ok(f) = private {
+            let mut out = OutFd::plain(f.as_raw_fd());
+            out._owned = Some(f);
+            return Ok(out);
+        }
+        // SAFETY: isatty only inspects the descriptor.
+        if unsafe { libc::isatty(fd) } == 1 {
+            // A terminal's mode belongs to the user's session: leave it alone.
+            return Ok(OutFd {
+                chunk: 64,
+                ..OutFd::plain(fd)
+            });
+        }
+        let flags = status_flags(fd)?;
+        if flags & libc::O_NONBLOCK == 0 {
+            set_status_flags(fd, flags | libc::O_NONBLOCK)?;
+            return Ok(OutFd {
+                restore: Some(flags),
+                ..OutFd::plain(fd)
+            });
+        }
+        Ok(OutFd::plain(fd))
+    }
+
+    /// A file the VMM opened itself (`--serial file:PATH`): its description is private.
+    fn file(f: &std::fs::File) -> io::Result<OutFd> {
+        let fd = f.as_raw_fd();
+        let kind = file_type(fd)?;
+        if kind != libc::S_IFREG && kind != libc::S_IFBLK {
+            set_status_flags(fd, status_flags(fd)? | libc::O_NONBLOCK)?;
+        }
+        Ok(OutFd::plain(fd))
+    }
+
+    /// One write of at most `chunk` bytes; Ok(0) when the reader takes nothing now.
+    fn write_some(&self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(self.chunk);
+        // SAFETY: writing at most n bytes from a live slice.
+        let r = unsafe { libc::write(self.fd, data.as_ptr() as *const libc::c_void, n) };
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
+            _ => Err(e),
+        }
+    }
+
+    /// Puts back the flags of a shared description.
+    fn restore(&mut self) {
+        if let Some(flags) = self.restore.take() {
+            let _ = set_status_flags(self.fd, flags);
+        }
+    }
+}
+
+/// The UART's output: a bounded buffer between the guest and the output descriptor.
+///
+/// The vCPU thread only appends to the buffer (no I/O under the serial lock); the monitor
+/// thread writes it out from its poll loop when the descriptor is writable, without ever
+/// blocking, so a reader that stops reading cannot stop `--timeout`, signals or `--stats`.
+/// A complete line (or `LINE_MAX` bytes) wakes the monitor; a partial line (a prompt) goes
+/// out on its next tick. When the buffer cannot take a whole transmit FIFO's worth, the
+/// UART reads as busy (`Serial::read`, LSR) and a guest that polls it, or waits for the THRE
+/// interrupt, waits, as on a real serial line; nothing a waiting guest sends is lost. Bytes
+/// written while it reads busy are lost, as on a 16550 whose holding register is overrun.
+pub struct SerialOut {
+    /// What the output descriptor belongs to (it stays open as long as this lives).
+    _sink: Sink,
+    /// None for `--serial none`, or once the descriptor failed (the reader went away).
+    out: Option<OutFd>,
+    buf: VecDeque<u8>,
+    /// Wakes the monitor when a line is complete.
+    notify: Option<Arc<EventFd>>,
+    notified: bool,
+    /// The VM is ending: the guest's further bytes are not kept.
+    closed: bool,
+    /// Bytes lost to a reader that did not keep up: written while the UART read busy.
+    lost: u64,
+}
 
 impl SerialOut {
     pub fn new(sink: Sink) -> Self {
-        SerialOut {
-            sink,
-            buf: Vec::with_capacity(256),
-        }
-    }
-
-    /// Writes out whatever is buffered.
-    pub fn drain(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let r = match &mut self.sink {
-            Sink::Stdout => {
-                let mut out = io::stdout().lock();
-                out.write_all(&self.buf).and_then(|_| out.flush())
-            }
-            Sink::File(f) => f.write_all(&self.buf),
-            Sink::Null => Ok(()),
+        let out = match &sink {
+            Sink::Stdout => OutFd::stdout(),
+            Sink::File(f) => OutFd::file(f),
+            Sink::Null => Err(io::Error::from(io::ErrorKind::Unsupported)),
         };
-        self.buf.clear();
-        r
+        let out = match (out, &sink) {
+            (Ok(o), _) => Some(o),
+            (Err(_), Sink::Null) => None,
+            (Err(e), _) => {
+                log::debug(format_args!("serial: no output: {e}"));
+                None
+            }
+        };
+        SerialOut {
+            _sink: sink,
+            out,
+            buf: VecDeque::new(),
+            notify: None,
+            notified: false,
+            closed: false,
+            lost: 0,
+        }
     }
 
+    /// Whether output waits for the descriptor.
     pub fn pending(&self) -> bool {
         !self.buf.is_empty()
+    }
+
+    /// Whether the buffer cannot take a transmit FIFO's worth: the UART reads busy.
+    pub fn is_full(&self) -> bool {
+        self.out.is_some() && self.buf.len() + TX_FIFO > OUT_CAPACITY
+    }
+
+    /// The descriptor to poll for POLLOUT while output is pending.
+    pub fn fd(&self) -> Option<RawFd> {
+        self.out.as_ref().map(|o| o.fd)
+    }
+
+    /// Writes out what the descriptor takes now, never waiting. Returns the bytes written.
+    pub fn write_out(&mut self) -> usize {
+        let mut total = 0;
+        while !self.buf.is_empty() {
+            let Some(out) = &self.out else {
+                // The reader went away: nobody is left to lose the output to.
+                self.buf.clear();
+                break;
+            };
+            let (front, _) = self.buf.as_slices();
+            match out.write_some(front) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.buf.drain(..n);
+                    total += n;
+                }
+                Err(e) => {
+                    log::debug(format_args!("serial: output failed: {e}; output dropped"));
+                    self.out = None;
+                }
+            }
+        }
+        if total > 0 {
+            self.notified = false;
+        }
+        total
+    }
+
+    /// The VM is ending: later bytes from the guest are dropped.
+    pub fn close(&mut self) {
+        self.closed = true;
+    }
+
+    /// Puts back the flags of a shared output description and closes what the VMM opened
+    /// (a reopened stdout, the `--serial` file), so that a reader sees the end of the output
+    /// without waiting for the VM's teardown.
+    pub fn shut(&mut self) {
+        if let Some(mut o) = self.out.take() {
+            o.restore();
+        }
+        self._sink = Sink::Null;
+    }
+
+    /// Bytes a live reader never got: written while the UART read busy, or still buffered.
+    pub fn lost(&self) -> u64 {
+        self.lost + self.buf.len() as u64
     }
 }
 
 impl Write for SerialOut {
+    /// Called by the UART with each byte the guest sends.
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.buf.extend_from_slice(data);
+        if self.out.is_none() || self.closed {
+            return Ok(data.len());
+        }
+        let room = OUT_CAPACITY - self.buf.len().min(OUT_CAPACITY);
+        let take = data.len().min(room);
+        self.buf.extend(&data[..take]);
+        self.lost += (data.len() - take) as u64;
         Ok(data.len())
     }
 
-    /// Called by the UART after every byte: only a complete line or a full buffer goes out.
+    /// Called by the UART after every byte: a complete line wakes the monitor (once until
+    /// it writes something out).
     fn flush(&mut self) -> io::Result<()> {
-        if self.buf.last() == Some(&b'\n') || self.buf.len() >= LINE_MAX {
-            self.drain()
-        } else {
-            Ok(())
+        let line = self.buf.back() == Some(&b'\n') || self.buf.len() >= LINE_MAX;
+        if line && !self.notified {
+            if let Some(n) = &self.notify {
+                self.notified = true;
+                let _ = n.write(1);
+            }
         }
+        Ok(())
     }
 }
 
@@ -108,16 +340,86 @@ impl Serial {
         self.uart.fifo_capacity()
     }
 
-    /// Writes out buffered output, a partial line included.
-    pub fn flush(&mut self) {
-        if let Err(e) = self.uart.writer_mut().drain() {
-            log::debug(format_args!("serial: output failed: {e}"));
+    /// The monitor's wake-up eventfd, written when a line of output is complete.
+    pub fn set_output_notifier(&mut self, wake: Arc<EventFd>) {
+        self.uart.writer_mut().notify = Some(wake);
+    }
+
+    /// Whether output waits for the descriptor.
+    pub fn output_pending(&self) -> bool {
+        self.uart.writer().pending()
+    }
+
+    /// The output descriptor to poll for POLLOUT while output is pending.
+    pub fn output_fd(&self) -> Option<RawFd> {
+        self.uart.writer().fd()
+    }
+
+    /// Writes out what the output descriptor takes now, without waiting. When that makes
+    /// room in a full buffer, the guest's THRE interrupt (if enabled) fires again.
+    pub fn write_out(&mut self) {
+        let was_full = self.uart.writer().is_full();
+        self.uart.writer_mut().write_out();
+        if was_full && !self.uart.writer().is_full() {
+            self.transmitter_ready();
         }
     }
 
-    /// Whether output is waiting for `flush`.
-    pub fn output_pending(&self) -> bool {
-        self.uart.writer().pending()
+    /// Raises the THRE interrupt again if the guest enabled it: rewriting IER makes the
+    /// UART model re-evaluate its pending conditions (skipped while DLAB maps offset 1 to
+    /// the divisor latch).
+    fn transmitter_ready(&mut self) {
+        if self.uart.read(LCR_OFFSET) & LCR_DLAB != 0 {
+            return;
+        }
+        let ier = self.uart.read(IER_OFFSET);
+        if let Err(e) = self.uart.write(IER_OFFSET, ier) {
+            log::debug(format_args!("serial: THRE interrupt: {e:?}"));
+        }
+    }
+
+    /// At exit: stops taking the guest's output, writes out what is buffered while the
+    /// reader makes progress (giving up after `stall` without any), puts the descriptor's
+    /// flags back and closes it. Returns the bytes that were not written.
+    pub fn finish_output(serial: &Mutex<Serial>, stall: Duration) -> u64 {
+        let mut last_progress = Instant::now();
+        loop {
+            let fd = {
+                let mut s = lock(serial);
+                let out = s.uart.writer_mut();
+                out.close();
+                if out.write_out() > 0 {
+                    last_progress = Instant::now();
+                }
+                if !out.pending() {
+                    break;
+                }
+                match out.fd() {
+                    Some(fd) => fd,
+                    None => break,
+                }
+            };
+            let left = stall.saturating_sub(last_progress.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            let ts = libc::timespec {
+                tv_sec: left.as_secs() as libc::time_t,
+                tv_nsec: left.subsec_nanos() as libc::c_long,
+            };
+            // SAFETY: one valid pollfd and a valid timespec.
+            unsafe { libc::ppoll(&mut p, 1, &ts, std::ptr::null()) };
+        }
+        let mut s = lock(serial);
+        let out = s.uart.writer_mut();
+        let lost = out.lost();
+        out.shut();
+        lost
     }
 
     /// The next input byte, left in the FIFO (the BIOS keyboard's peek).
@@ -150,6 +452,11 @@ impl BusDevice for Serial {
         data.fill(0);
         if let Some(b) = data.first_mut() {
             *b = self.uart.read(offset as u8);
+            // The model's transmitter is always empty; it is busy while the output buffer
+            // cannot take a FIFO's worth.
+            if offset == LSR_OFFSET && self.uart.writer().is_full() {
+                *b &= !(LSR_THRE | LSR_TEMT);
+            }
         }
     }
 
@@ -212,22 +519,175 @@ mod tests {
     }
 
     #[test]
-    fn output_goes_out_a_line_at_a_time() {
+    fn output_goes_out_when_the_monitor_writes_it() {
         let path = std::env::temp_dir().join(format!("minipc-serial-{}", std::process::id()));
         let f = std::fs::File::create(&path).unwrap();
         let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
         let mut s = Serial::new(evt, SerialOut::new(Sink::File(f)));
+        s.set_output_notifier(wake.clone());
         for b in b"ab" {
             s.write(0, &[*b]);
         }
+        // No I/O from the vCPU's side, and no wake-up for a partial line.
         assert!(s.output_pending());
         assert_eq!(std::fs::read(&path).unwrap(), b"");
+        assert!(wake.read().is_err(), "woken for a partial line");
         s.write(0, b"\n");
+        assert_eq!(wake.read().unwrap(), 1);
+        s.write(0, b"c");
+        s.write(0, b"\n");
+        assert!(wake.read().is_err(), "woken twice before the monitor wrote");
+        s.write_out();
         assert!(!s.output_pending());
-        assert_eq!(std::fs::read(&path).unwrap(), b"ab\n");
+        assert_eq!(std::fs::read(&path).unwrap(), b"ab\nc\n");
         s.write(0, b">");
-        s.flush();
-        assert_eq!(std::fs::read(&path).unwrap(), b"ab\n>");
+        s.write_out();
+        assert_eq!(std::fs::read(&path).unwrap(), b"ab\nc\n>");
         let _ = std::fs::remove_file(path);
+    }
+
+    /// A pipe whose reader is `File`; the writer is the UART's sink. It holds one page.
+    fn pipe() -> (std::fs::File, std::fs::File) {
+        use std::os::fd::FromRawFd;
+        let mut p = [0; 2];
+        // SAFETY: pipe2 fills the array.
+        assert_eq!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: fcntl on our own pipe with an integer argument.
+        assert!(unsafe { libc::fcntl(p[1], libc::F_SETPIPE_SZ, 4096) } >= 4096);
+        // SAFETY: fresh descriptors, each owned once.
+        unsafe {
+            (
+                std::fs::File::from_raw_fd(p[0]),
+                std::fs::File::from_raw_fd(p[1]),
+            )
+        }
+    }
+
+    fn lsr(s: &mut Serial) -> u8 {
+        let mut b = [0u8];
+        s.read(LSR_OFFSET, &mut b);
+        b[0]
+    }
+
+    /// A reader that stops reading: the buffer fills to its bound, the UART then reads busy
+    /// (a guest polling LSR waits), and room made by the reader lets the guest go on.
+    #[test]
+    fn a_stalled_reader_makes_the_transmitter_busy_and_bounds_the_buffer() {
+        use std::io::Read;
+        let (mut reader, writer) = pipe();
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let irq_probe = irq.try_clone().unwrap();
+        let mut s = Serial::new(irq, SerialOut::new(Sink::File(writer)));
+        // THRE interrupts on.
+        s.write(1, &[0x02]);
+        let mut sent = 0usize;
+        while lsr(&mut s) & (LSR_THRE | LSR_TEMT) == (LSR_THRE | LSR_TEMT) {
+            s.write(0, &[b'0' + (sent % 10) as u8]);
+            sent += 1;
+            if sent.is_multiple_of(1000) {
+                s.write_out();
+            }
+            assert!(sent < 1 << 20, "the transmitter never became busy");
+        }
+        // The pipe took a page; the buffer holds the rest, within its bound.
+        assert!(sent >= OUT_CAPACITY - TX_FIFO, "{sent}");
+        assert!(sent <= OUT_CAPACITY + 4096, "{sent}");
+        assert_eq!(lsr(&mut s) & (LSR_THRE | LSR_TEMT), 0);
+        // Nothing lost yet: what the pipe does not hold is buffered.
+        let buffered = s.uart.writer().lost();
+        assert!(buffered as usize > OUT_CAPACITY - TX_FIFO, "{buffered}");
+        // A byte written while busy is lost, as on a real UART.
+        s.write(0, b"x");
+        assert_eq!(s.uart.writer().lost(), buffered + 1);
+        // The guest's interrupt handler reads IIR (acknowledging THRE), sees LSR busy and
+        // sends nothing.
+        let mut iir = [0u8];
+        s.read(2, &mut iir);
+        let _ = irq_probe.read();
+        // The reader takes what the pipe holds; the monitor writes out; the transmitter is
+        // free again, and the guest hears of it through its THRE interrupt.
+        let mut page = vec![0u8; sent - buffered as usize];
+        reader.read_exact(&mut page).unwrap();
+        assert!(page
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == b'0' + (i % 10) as u8));
+        s.write_out();
+        assert_eq!(lsr(&mut s) & (LSR_THRE | LSR_TEMT), LSR_THRE | LSR_TEMT);
+        assert!(
+            irq_probe.read().is_ok(),
+            "no THRE interrupt when room came back"
+        );
+    }
+
+    #[test]
+    fn at_exit_a_stalled_reader_costs_the_stall_time_and_a_live_one_gets_everything() {
+        use std::io::Read;
+        let (reader, writer) = pipe();
+        let serial = Mutex::new(Serial::new(
+            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            SerialOut::new(Sink::File(writer)),
+        ));
+        for i in 0..10_000usize {
+            serial.lock().unwrap().write(0, &[b'a' + (i % 26) as u8]);
+        }
+        let t = Instant::now();
+        let lost = Serial::finish_output(&serial, Duration::from_millis(200));
+        assert!(t.elapsed() >= Duration::from_millis(200));
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert_eq!(lost, 10_000 - 4096);
+        // Closed: the guest's later bytes are dropped.
+        serial.lock().unwrap().write(0, b"z");
+        assert!(serial.lock().unwrap().output_pending());
+        drop(reader);
+
+        let (mut reader, writer) = pipe();
+        let serial = Mutex::new(Serial::new(
+            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            SerialOut::new(Sink::File(writer)),
+        ));
+        for i in 0..20_000usize {
+            serial.lock().unwrap().write(0, &[b'a' + (i % 26) as u8]);
+        }
+        let slow = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            let mut buf = [0u8; 1000];
+            loop {
+                std::thread::sleep(Duration::from_millis(5));
+                match reader.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => all.extend_from_slice(&buf[..n]),
+                }
+            }
+            all
+        });
+        let lost = Serial::finish_output(&serial, Duration::from_millis(500));
+        assert_eq!(lost, 0);
+        drop(serial);
+        let all = slow.join().unwrap();
+        assert_eq!(all.len(), 20_000);
+        assert!(all
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == b'a' + (i % 26) as u8));
+    }
+
+    #[test]
+    fn a_reader_that_goes_away_drops_the_output_without_blocking_the_guest() {
+        let (reader, writer) = pipe();
+        drop(reader);
+        let mut s = Serial::new(
+            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            SerialOut::new(Sink::File(writer)),
+        );
+        s.write(0, b"x");
+        s.write_out();
+        assert!(!s.output_pending());
+        for _ in 0..2 * OUT_CAPACITY {
+            s.write(0, b"y");
+        }
+        assert_eq!(lsr(&mut s) & LSR_THRE, LSR_THRE);
+        assert_eq!(s.uart.writer().lost(), 0);
     }
 }

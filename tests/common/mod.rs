@@ -9,23 +9,30 @@ use std::time::{Duration, Instant};
 
 pub const MINIPC: &str = env!("CARGO_BIN_EXE_minipc");
 
-/// True when /dev/kvm can be used. Outside CI a missing KVM skips the test loudly; in CI
-/// (CI=true) it fails it.
+/// Whether a test's precondition (KVM, root, a tool) is met. When it is not, the test is
+/// skipped with a loud message naming `what` is missing, except under CI=true, where it
+/// fails: in CI every test must run.
+pub fn precondition(met: bool, what: &str) -> bool {
+    if !met {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{what}, and CI=true: this test must run in CI");
+        }
+        eprintln!("\n*** SKIPPED: {what} ***\n");
+    }
+    met
+}
+
+/// True when /dev/kvm can be used (see `precondition`).
 pub fn kvm_available() -> bool {
     let ok = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/kvm")
         .is_ok();
-    if !ok {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("/dev/kvm is not usable, and CI=true: KVM tests must run in CI");
-        }
-        eprintln!(
-            "\n*** SKIPPED: /dev/kvm is not usable on this machine; this test needs KVM ***\n"
-        );
-    }
-    ok
+    precondition(
+        ok,
+        "/dev/kvm is not usable on this machine; this test needs KVM",
+    )
 }
 
 fn run_tool(cmd: &mut Command) {
@@ -63,16 +70,21 @@ pub fn boot_sector(name: &str, defs: &[(&str, u64)]) -> Vec<u8> {
 }
 
 /// Assembles and links tests/guests/NAME.s with the linker script SCRIPT; returns the flat
-/// binary.
+/// binary. Tests running at the same time may build the same guest: each builds under its
+/// own names and renames the image into place, so no test ever sees a half-written one.
 fn build_guest(name: &str, defs: &[(&str, u64)], script: &str) -> PathBuf {
+    static BUILDS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests");
     let tag: String = defs.iter().map(|(k, v)| format!("-{k}{v}")).collect();
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guests");
     std::fs::create_dir_all(&dir).expect("create guest dir");
-    let base = dir.join(format!("{name}{tag}"));
-    let obj = base.with_extension("o");
-    let elf = base.with_extension("elf");
-    let bin = base.with_extension("bin");
+    let n = BUILDS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let stem = script.trim_end_matches(".ld");
+    let unique = format!("{name}{tag}-{stem}-{}-{n}", std::process::id());
+    let obj = dir.join(format!("{unique}.o"));
+    let elf = dir.join(format!("{unique}.elf"));
+    let built = dir.join(format!("{unique}.bin"));
+    let bin = dir.join(format!("{name}{tag}-{stem}.bin"));
     let mut asm = Command::new("as");
     asm.arg("--32").arg("-I").arg(&src);
     for (k, v) in defs {
@@ -91,8 +103,11 @@ fn build_guest(name: &str, defs: &[(&str, u64)], script: &str) -> PathBuf {
         Command::new("objcopy")
             .args(["-O", "binary"])
             .arg(&elf)
-            .arg(&bin),
+            .arg(&built),
     );
+    std::fs::rename(&built, &bin).expect("move the guest image into place");
+    let _ = std::fs::remove_file(&obj);
+    let _ = std::fs::remove_file(&elf);
     bin
 }
 

@@ -1,0 +1,230 @@
+//! The guest's serial output to a reader that stalls or is slow: the VMM never blocks on it
+//! (`--timeout`, signals and `--stats` work whatever the reader does), the UART tells the
+//! guest to wait when the VMM's bounded buffer is full, and a reader that keeps reading gets
+//! every byte, in order.
+
+mod common;
+use common::*;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A FIFO with a reader that opened it and never reads (returned to keep it open), and a
+/// writer for minipc's stdout. The pipe holds 4 KiB, so a flooding guest fills it at once.
+fn stalled_fifo(name: &str) -> (File, File) {
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{name}-{}.fifo", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let c = std::ffi::CString::new(path_str(&path)).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    // SAFETY: a NUL-terminated path; the descriptor is owned by the File below.
+    let r = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK) };
+    assert!(r >= 0, "open the FIFO for reading");
+    // SAFETY: a fresh descriptor we own.
+    let reader = unsafe { File::from_raw_fd(r) };
+    let writer = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    shrink_pipe(&writer);
+    let _ = std::fs::remove_file(&path);
+    (reader, writer)
+}
+
+/// Shrinks a pipe to one page.
+fn shrink_pipe(f: &impl AsRawFd) {
+    // SAFETY: fcntl on a pipe descriptor we hold, integer argument.
+    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+    assert!(
+        r >= 4096,
+        "F_SETPIPE_SZ: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+fn spawn_to(args: &[&str], stdout: Stdio) -> Child {
+    Command::new(MINIPC)
+        .args(args)
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start minipc")
+}
+
+/// Waits for `child` up to `limit`; on expiry kills its process group and fails.
+fn wait_within(mut child: Child, limit: Duration, what: &str) -> (i32, String) {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            use std::os::unix::process::ExitStatusExt;
+            let code = status
+                .code()
+                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+            return (code, err);
+        }
+        if start.elapsed() > limit {
+            // SAFETY: killing the process group this test started.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.wait();
+            panic!("{what}: minipc still runs after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_stalled_reader_does_not_stop_the_timeout_or_the_stats() {
+    if !kvm_available() {
+        return;
+    }
+    let g = guest("flood", &[]);
+    let (_reader, writer) = stalled_fifo("timeout");
+    let start = Instant::now();
+    let child = spawn_to(
+        &["--firmware", path_str(&g), "--timeout", "1", "--stats"],
+        Stdio::from(writer),
+    );
+    let (code, err) = wait_within(child, Duration::from_secs(15), "--timeout 1");
+    assert_eq!(code, 124, "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}: {err}",
+        start.elapsed()
+    );
+    assert!(
+        err.contains("{\"exit_reason\":\"timeout\",\"exit_code\":124"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_stalled_reader_does_not_stop_sigterm() {
+    if !kvm_available() {
+        return;
+    }
+    let g = guest("flood", &[]);
+    let (_reader, writer) = stalled_fifo("sigterm");
+    let child = spawn_to(
+        &["--firmware", path_str(&g), "--timeout", "60", "--stats"],
+        Stdio::from(writer),
+    );
+    // Long enough for the pipe to fill and the guest to be writing into a full one.
+    std::thread::sleep(Duration::from_millis(1500));
+    let sent = Instant::now();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let (code, err) = wait_within(child, Duration::from_secs(15), "SIGTERM");
+    assert_eq!(code, 143, "{err}");
+    assert!(
+        sent.elapsed() < Duration::from_secs(4),
+        "took {:?} after SIGTERM: {err}",
+        sent.elapsed()
+    );
+    assert!(err.contains("\"exit_reason\":\"signal\""), "{err}");
+}
+
+/// With a reader that never reads, the guest sees the UART busy once the VMM holds 64 KiB
+/// (nothing more), and leaves; those bytes are the ones the exit reports lost.
+#[test]
+fn a_stalled_reader_makes_the_uart_busy_at_64_kib() {
+    if !kvm_available() {
+        return;
+    }
+    let g = guest("lines", &[("LINES", 0xFFFF), ("STOP_WHEN_BUSY", 1)]);
+    let (mut reader, writer) = stalled_fifo("busy");
+    let child = spawn_to(
+        &["--firmware", path_str(&g), "--timeout", "60"],
+        Stdio::from(writer),
+    );
+    let (code, err) = wait_within(child, Duration::from_secs(70), "until busy");
+    assert_eq!(
+        code,
+        (0x22 << 1) | 1,
+        "the guest never saw the UART busy: {err}"
+    );
+    let lost: u64 = err
+        .lines()
+        .find_map(|l| l.strip_prefix("minipc: serial output: "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no lost bytes reported: {err}"));
+    // What the pipe took, and nothing else, reached the reader: the start of the output.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    let expected: String = (0..200)
+        .map(|n| format!("line {n:04x} abcdefghijklmnopqrstuvwxyz0123456789\r\n"))
+        .collect();
+    let n = got.len().min(expected.len());
+    assert_eq!(&got[..n], &expected.as_bytes()[..n]);
+    // The guest saw the UART busy when the VMM held its 64 KiB (less a transmit FIFO), no
+    // sooner and no later; the pipe holds at most a page.
+    let sent = lost + got.len() as u64;
+    assert!(got.len() <= 4096, "{}", got.len());
+    assert!(
+        (64 * 1024 - 16..=64 * 1024 + 4096).contains(&sent),
+        "{sent} bytes sent ({lost} lost, {} read) before the UART read busy",
+        got.len()
+    );
+}
+
+/// The reader sleeps, then reads in bursts: every line arrives, once, in order.
+#[test]
+fn a_slow_reader_gets_every_byte_in_order() {
+    if !kvm_available() {
+        return;
+    }
+    const LINES: u64 = 1000;
+    let g = guest("lines", &[("LINES", LINES)]);
+    let mut child = spawn_to(
+        &["--firmware", path_str(&g), "--timeout", "120"],
+        Stdio::piped(),
+    );
+    let mut out = child.stdout.take().unwrap();
+    shrink_pipe(&out);
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        std::thread::sleep(Duration::from_millis(1500));
+        let mut buf = vec![0u8; 8192];
+        loop {
+            match out.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+                Err(e) => panic!("read: {e}"),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        all
+    });
+    let (code, err) = wait_within(child, Duration::from_secs(60), "slow reader");
+    let all = reader.join().unwrap();
+    assert_eq!(code, (0x21 << 1) | 1, "{err}");
+    let text = String::from_utf8(all).expect("ASCII output");
+    let mut lines = text.split("\r\n");
+    for n in 0..LINES {
+        let want = format!("line {n:04x} abcdefghijklmnopqrstuvwxyz0123456789");
+        assert_eq!(lines.next(), Some(want.as_str()), "line {n}");
+    }
+    let done = lines.next().unwrap_or_default();
+    assert!(done.starts_with("done busy "), "last line {done:?}");
+    assert!(!err.contains("lost"), "{err}");
+    assert_eq!(lines.next(), Some(""));
+    assert_eq!(lines.next(), None);
+}
