@@ -70,23 +70,20 @@ fn file_err(path: &str, why: impl Into<String>) -> BootError {
     }
 }
 
-/// Reads a whole input file, trusting what was read rather than its metadata (a pipe or a
-/// procfs file has none), and refuses one of more than `max` bytes without reading it all.
+/// Reads a whole input file (`files::read_limited`: what was read counts, not the file's
+/// metadata) of at most `max` bytes, the guest's RAM; refuses an empty one.
 pub fn read_input(path: &Path, what: &str, max: u64) -> Result<Vec<u8>, BootError> {
-    use std::io::Read;
+    use crate::files::FileError;
     let p = path.display().to_string();
-    let f =
-        std::fs::File::open(path).map_err(|e| file_err(&p, format!("cannot read {what}: {e}")))?;
-    let mut bytes = Vec::new();
-    f.take(max.saturating_add(1))
-        .read_to_end(&mut bytes)
-        .map_err(|e| file_err(&p, format!("cannot read {what}: {e}")))?;
-    if bytes.len() as u64 > max {
-        return Err(file_err(
+    let bytes = crate::files::read_limited(path, max).map_err(|e| match e {
+        FileError::TooLarge { .. } => file_err(
             &p,
             format!("{what} is larger than the guest's RAM ({max} bytes)"),
-        ));
-    }
+        ),
+        FileError::Open { err, .. } | FileError::Read { err, .. } => {
+            file_err(&p, format!("cannot read {what}: {err}"))
+        }
+    })?;
     if bytes.is_empty() {
         return Err(file_err(&p, format!("{what} is empty")));
     }
