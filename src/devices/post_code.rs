@@ -36,7 +36,11 @@ impl BusDevice for PostCode {
             self.last = *v;
             if HANDOFF_CODES.contains(v) {
                 let _ = HANDOFF.set(Instant::now());
-                let _ = STEPS_AT_HANDOFF.set(STEPS.load(Ordering::Relaxed));
+                // Counted only while vCPU 0 is single-stepped.
+                let steps = STEPS.load(Ordering::Relaxed);
+                if steps > 0 {
+                    let _ = STEPS_AT_HANDOFF.set(steps);
+                }
             }
         }
         None
