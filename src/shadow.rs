@@ -173,6 +173,53 @@ impl BusDevice for ShadowMmio {
 }
 
 impl Shadow {
+    /// Whether every segment `[addr, addr + len)` touches is in one of `modes`.
+    fn all_in(&self, addr: u64, len: usize, modes: &[PamMode]) -> bool {
+        let Some(end) = addr.checked_add(len as u64) else {
+            return false;
+        };
+        if addr < SHADOW_START || end > SHADOW_START + SHADOW_LEN {
+            return false;
+        }
+        let mut at = addr;
+        while at < end {
+            let Some(i) = segment_of(at) else {
+                return false;
+            };
+            if !modes.contains(&self.modes[i]) {
+                return false;
+            }
+            let (s, l) = segment(i);
+            at = s + l;
+        }
+        true
+    }
+
+    /// A device's DMA write at `addr` (guest-physical, inside 0xC0000-0xFFFFF): it lands in
+    /// shadow RAM where the PAM registers enable writes, as the memory controller routes it.
+    /// False, and nothing written, when any part of it is not writable.
+    pub fn dma_write(&mut self, addr: u64, data: &[u8]) -> bool {
+        if !self.all_in(addr, data.len(), &[PamMode::Ram, PamMode::WriteOnly]) {
+            return false;
+        }
+        self.ram_write((addr - SHADOW_START) as usize, data);
+        true
+    }
+
+    /// A device's DMA read at `addr` from shadow RAM where the PAM registers enable reads.
+    pub fn dma_read(&self, addr: u64, buf: &mut [u8]) -> bool {
+        if !self.all_in(addr, buf.len(), &[PamMode::Ram, PamMode::ReadOnlyRam]) {
+            return false;
+        }
+        match self.ram_slice((addr - SHADOW_START) as usize, buf.len()) {
+            Some(s) => {
+                buf.copy_from_slice(s);
+                true
+            }
+            None => false,
+        }
+    }
+
     fn ram_slice(&self, at: usize, len: usize) -> Option<&[u8]> {
         if at.checked_add(len)? > self.ram.size() {
             return None;

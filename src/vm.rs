@@ -268,7 +268,7 @@ pub fn build(
 
     let t = Instant::now();
     create_interrupt_controllers(&vm)?;
-    let mut devices = platform_devices(&vm, cfg, &layout, shadow, serial_out)?;
+    let mut devices = platform_devices(&vm, cfg, &layout, shadow.clone(), serial_out)?;
     let e820 = layout.e820(rom.size());
     let env = crate::boot::BootEnv {
         layout: &layout,
@@ -278,7 +278,8 @@ pub fn build(
     let descriptor = boot
         .load(&guest_mem, &env)
         .map_err(|e| VmError::Boot(e.to_string()))?;
-    let fw_cfg = firmware_config(cfg, &layout, &guest_mem, &e820, descriptor, &boot)?;
+    let mut fw_cfg = firmware_config(cfg, &layout, &guest_mem, &e820, descriptor, &boot)?;
+    fw_cfg.set_shadow(shadow);
     devices
         .pio
         .insert(FW_CFG_PORT, FW_CFG_LEN, Arc::new(Mutex::new(fw_cfg)))

@@ -412,6 +412,12 @@ fn bad_kernels_are_refused_with_one_line() {
     aout[8 + 8] ^= 0xFF;
     let aout = tmp_file("bad-checksum-mb", &aout);
     assert_refused(&["--kernel", path_str(&aout)], "not a kernel");
+    // A user's firmware gets a Linux bzImage through fw_cfg, nothing else.
+    let rom = guest("hello", &[]);
+    assert_refused(
+        &["--firmware", path_str(&rom), "--kernel", path_str(&mb)],
+        "must be a Linux bzImage",
+    );
     // A module that does not fit in RAM.
     assert_refused(
         &[

@@ -197,6 +197,8 @@ enum Payload {
     Disk,
     /// A user's firmware image: it boots by itself.
     Firmware,
+    /// A user's firmware, with a Linux kernel for it in fw_cfg.
+    FirmwareLinux(Box<linux::FwCfgLinux>),
     Linux(Box<linux::Linux>),
     Multiboot(Box<multiboot::Multiboot>),
     Multiboot2(Box<multiboot2::Multiboot2>),
@@ -217,7 +219,11 @@ impl BootPlan {
     /// Reads and checks everything the configuration names for the boot.
     pub fn new(cfg: &VmConfig, layout: &MemoryLayout) -> Result<BootPlan, BootError> {
         let payload = match &cfg.kernel {
-            Some(_) if cfg.firmware.is_some() => Payload::Firmware,
+            Some(path) if cfg.firmware.is_some() => {
+                let p = path.display().to_string();
+                let image = read_input(path, "kernel", layout.ram_size)?;
+                Payload::FirmwareLinux(Box::new(linux::FwCfgLinux::new(&p, image, cfg, layout)?))
+            }
             Some(path) => detect::plan(path, cfg, layout)?,
             None if cfg.firmware.is_some() => Payload::Firmware,
             None if cfg.disk.is_some() => Payload::Disk,
@@ -252,6 +258,7 @@ impl BootPlan {
             Payload::Demo => "demo",
             Payload::Disk => "disk",
             Payload::Firmware => "firmware",
+            Payload::FirmwareLinux(_) => "firmware-linux",
             Payload::Linux(l) => l.describe(),
             Payload::Multiboot(_) => "multiboot",
             Payload::Multiboot2(_) => "multiboot2",
@@ -262,12 +269,14 @@ impl BootPlan {
     /// descriptor for the firmware.
     pub fn load(&self, mem: &GuestMemoryMmap, env: &BootEnv) -> Result<BootDescriptor, BootError> {
         // The BIOS data area, as POST would leave it (a user's firmware writes its own).
-        if !matches!(self.payload, Payload::Firmware) {
+        if !matches!(self.payload, Payload::Firmware | Payload::FirmwareLinux(_)) {
             crate::bios::bda::write(mem, env.layout, self.disk.as_deref(), self.ticks_now())
                 .map_err(|e| BootError::Memory(e.to_string()))?;
         }
         let (kind, handoff) = match &self.payload {
-            Payload::Demo | Payload::Firmware => (BootKind::Demo, Handoff::default()),
+            Payload::Demo | Payload::Firmware | Payload::FirmwareLinux(_) => {
+                (BootKind::Demo, Handoff::default())
+            }
             Payload::Disk => (BootKind::Disk, Handoff::default()),
             Payload::Linux(l) => l.load(mem, env)?,
             Payload::Multiboot(m) => m.load(mem, env)?,
@@ -281,7 +290,10 @@ impl BootPlan {
     }
 
     /// The fw_cfg items of this boot (QEMU's kernel, initrd and command line items).
-    pub fn add_fw_cfg_items(&self, _fw_cfg: &mut FwCfg) -> Result<(), FwCfgError> {
+    pub fn add_fw_cfg_items(&self, fw_cfg: &mut FwCfg) -> Result<(), FwCfgError> {
+        if let Payload::FirmwareLinux(l) = &self.payload {
+            l.add_items(fw_cfg);
+        }
         Ok(())
     }
 }

@@ -8,12 +8,15 @@
 //! host memory.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::bus::BusDevice;
+use crate::bus::{lock, BusDevice};
 use crate::exit::ExitReason;
 use crate::log;
+use crate::shadow::{Shadow, SHADOW_LEN, SHADOW_START};
 
 pub const FW_CFG_PORT: u64 = 0x510;
 /// Selector (2 bytes), data (1), padding, DMA address (8 bytes at 0x514).
@@ -34,6 +37,19 @@ pub mod key {
     pub const MAX_CPUS: u16 = 0x0F;
     pub const FILE_DIR: u16 = 0x19;
     pub const FILE_FIRST: u16 = 0x20;
+    /// The Linux boot items a firmware loads a kernel from (QEMU's `-kernel` with `-bios`).
+    pub const KERNEL_ADDR: u16 = 0x07;
+    pub const KERNEL_SIZE: u16 = 0x08;
+    pub const INITRD_ADDR: u16 = 0x0A;
+    pub const INITRD_SIZE: u16 = 0x0B;
+    pub const KERNEL_DATA: u16 = 0x11;
+    pub const INITRD_DATA: u16 = 0x12;
+    pub const CMDLINE_ADDR: u16 = 0x13;
+    pub const CMDLINE_SIZE: u16 = 0x14;
+    pub const CMDLINE_DATA: u16 = 0x15;
+    pub const SETUP_ADDR: u16 = 0x16;
+    pub const SETUP_SIZE: u16 = 0x17;
+    pub const SETUP_DATA: u16 = 0x18;
 }
 
 /// ID bits: the traditional interface, and DMA.
@@ -62,13 +78,32 @@ pub enum FwCfgError {
     Full(String),
 }
 
+/// An item's bytes: its own, or a range of bytes shared with their owner (a kernel image
+/// the boot plan holds), never copied.
+enum Item {
+    Owned(Vec<u8>),
+    Shared(Arc<Vec<u8>>, Range<usize>),
+}
+
+impl Item {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Item::Owned(v) => v,
+            Item::Shared(v, r) => v.get(r.clone()).unwrap_or(&[]),
+        }
+    }
+}
+
 pub struct FwCfg {
-    items: BTreeMap<u16, Vec<u8>>,
+    items: BTreeMap<u16, Item>,
     files: BTreeMap<String, u16>,
     selected: u16,
     offset: usize,
     dma_high: u32,
     mem: GuestMemoryMmap,
+    /// The BIOS shadow areas (0xC0000-0xFFFFF), outside `mem`: a firmware running from
+    /// shadow RAM DMAs there.
+    shadow: Option<Arc<Mutex<Shadow>>>,
 }
 
 impl FwCfg {
@@ -81,6 +116,7 @@ impl FwCfg {
             offset: 0,
             dma_high: 0,
             mem,
+            shadow: None,
         };
         f.add_item(key::SIGNATURE, b"QEMU".to_vec());
         f.add_item(key::ID, (ID_TRADITIONAL | ID_DMA).to_le_bytes().to_vec());
@@ -88,8 +124,42 @@ impl FwCfg {
         f
     }
 
+    /// DMA reaches the shadow areas too, where the PAM registers make them RAM.
+    pub fn set_shadow(&mut self, shadow: Arc<Mutex<Shadow>>) {
+        self.shadow = Some(shadow);
+    }
+
+    /// Writes guest memory for a DMA transfer: RAM, or shadow RAM below 1 MiB.
+    fn guest_write(&self, addr: u64, data: &[u8]) -> Result<(), String> {
+        let in_shadow = addr >= SHADOW_START && addr < SHADOW_START + SHADOW_LEN;
+        match (&self.shadow, in_shadow) {
+            (Some(s), true) => lock(s)
+                .dma_write(addr, data)
+                .then_some(())
+                .ok_or_else(|| format!("{addr:#x}+{:#x} is not writable shadow RAM", data.len())),
+            _ => self
+                .mem
+                .write_slice(data, GuestAddress(addr))
+                .map_err(|e| format!("{addr:#x}+{:#x}: {e}", data.len())),
+        }
+    }
+
+    /// Reads guest memory for a DMA descriptor: RAM, or shadow RAM below 1 MiB.
+    fn guest_read(&self, addr: u64, buf: &mut [u8]) -> bool {
+        let in_shadow = addr >= SHADOW_START && addr < SHADOW_START + SHADOW_LEN;
+        match (&self.shadow, in_shadow) {
+            (Some(s), true) => lock(s).dma_read(addr, buf),
+            _ => self.mem.read_slice(buf, GuestAddress(addr)).is_ok(),
+        }
+    }
+
     pub fn add_item(&mut self, key: u16, data: Vec<u8>) {
-        self.items.insert(key, data);
+        self.items.insert(key, Item::Owned(data));
+    }
+
+    /// An item whose bytes are `range` of `data`, shared, not copied.
+    pub fn add_shared_item(&mut self, key: u16, data: Arc<Vec<u8>>, range: Range<usize>) {
+        self.items.insert(key, Item::Shared(data, range));
     }
 
     pub fn add_file(&mut self, name: &str, data: Vec<u8>) -> Result<u16, FwCfgError> {
@@ -104,7 +174,7 @@ impl FwCfg {
             .filter(|k| *k < 0x4000)
             .ok_or_else(|| FwCfgError::Full(name.to_string()))?;
         self.files.insert(name.to_string(), k);
-        self.items.insert(k, data);
+        self.items.insert(k, Item::Owned(data));
         self.rebuild_directory();
         Ok(k)
     }
@@ -114,7 +184,7 @@ impl FwCfg {
     fn rebuild_directory(&mut self) {
         let mut dir = (self.files.len() as u32).to_be_bytes().to_vec();
         for (name, k) in &self.files {
-            let size = self.items.get(k).map_or(0, |d| d.len()) as u32;
+            let size = self.items.get(k).map_or(0, |d| d.bytes().len()) as u32;
             dir.extend_from_slice(&size.to_be_bytes());
             dir.extend_from_slice(&k.to_be_bytes());
             dir.extend_from_slice(&[0, 0]);
@@ -122,7 +192,7 @@ impl FwCfg {
             n[..name.len()].copy_from_slice(name.as_bytes());
             dir.extend_from_slice(&n);
         }
-        self.items.insert(key::FILE_DIR, dir);
+        self.items.insert(key::FILE_DIR, Item::Owned(dir));
     }
 
     fn select(&mut self, k: u16) {
@@ -133,7 +203,7 @@ impl FwCfg {
     fn current(&self) -> &[u8] {
         self.items
             .get(&self.selected)
-            .map_or(&[][..], |v| v.as_slice())
+            .map_or(&[][..], |v| v.bytes())
     }
 
     fn read_data(&mut self) -> u8 {
@@ -148,7 +218,7 @@ impl FwCfg {
     fn dma(&mut self, addr: u64) {
         let desc_addr = GuestAddress(addr);
         let mut desc = [0u8; 16];
-        if self.mem.read_slice(&mut desc, desc_addr).is_err() {
+        if !self.guest_read(addr, &mut desc) {
             log::debug(format_args!(
                 "fw_cfg: DMA descriptor at {addr:#x} is outside RAM"
             ));
@@ -167,7 +237,7 @@ impl FwCfg {
             }
         };
         // The control word is the first field of the descriptor.
-        let _ = self.mem.write_slice(&status.to_be_bytes(), desc_addr);
+        let _ = self.guest_write(desc_addr.0, &status.to_be_bytes());
     }
 
     fn dma_transfer(&mut self, control: u32, length: u32, address: u64) -> Result<(), String> {
@@ -179,9 +249,8 @@ impl FwCfg {
             let data = self.current();
             let avail = data.len().saturating_sub(self.offset).min(length);
             let src = &data[self.offset..self.offset + avail];
-            self.mem
-                .write_slice(src, GuestAddress(address))
-                .map_err(|e| format!("read into {address:#x}+{avail:#x}: {e}"))?;
+            self.guest_write(address, src)
+                .map_err(|e| format!("read into {e}"))?;
             // Past the end of the item the guest reads zeros.
             let mut done = avail;
             let zeros = [0u8; 4096];
@@ -190,9 +259,8 @@ impl FwCfg {
                 let at = address
                     .checked_add(done as u64)
                     .ok_or("buffer wraps around")?;
-                self.mem
-                    .write_slice(&zeros[..n], GuestAddress(at))
-                    .map_err(|e| format!("read into {at:#x}+{n:#x}: {e}"))?;
+                self.guest_write(at, &zeros[..n])
+                    .map_err(|e| format!("read into {e}"))?;
                 done += n;
             }
             self.offset += avail;
@@ -267,6 +335,28 @@ mod tests {
                 b[0]
             })
             .collect()
+    }
+
+    #[test]
+    fn shared_items_serve_a_range_of_their_owner() {
+        let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let mut f = FwCfg::new(m);
+        let image = Arc::new(b"setupKERNEL".to_vec());
+        f.add_shared_item(key::KERNEL_DATA, image.clone(), 5..11);
+        f.write(SELECTOR_OFFSET, &key::KERNEL_DATA.to_le_bytes());
+        let mut got = Vec::new();
+        for _ in 0..8 {
+            let mut b = [0u8];
+            f.read(DATA_OFFSET, &mut b);
+            got.push(b[0]);
+        }
+        assert_eq!(&got, b"KERNEL\0\0");
+        // A range past its owner reads as empty, never out of bounds.
+        f.add_shared_item(key::INITRD_DATA, image, 9..99);
+        f.write(SELECTOR_OFFSET, &key::INITRD_DATA.to_le_bytes());
+        let mut b = [0xAAu8];
+        f.read(DATA_OFFSET, &mut b);
+        assert_eq!(b, [0]);
     }
 
     #[test]

@@ -286,3 +286,27 @@ pub fn expected_e820(mem: u64) -> Vec<(u64, u64, u64)> {
         (0xFFFE_0000, 0x2_0000, 2),
     ]
 }
+
+/// A file a tests/fixtures script leaves in the fixture cache (`$MINIPC_FIXTURES`, by
+/// default ~/.cache/minipc): skips loudly when it is missing, fails under CI=true.
+pub fn fixture(dir: &str, name: &str, script: &str) -> Option<PathBuf> {
+    let root = std::env::var_os("MINIPC_FIXTURES")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("minipc")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/minipc")))?;
+    let p = root.join(dir).join(name);
+    if p.is_file() {
+        return Some(p);
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!(
+            "{} is missing and CI=true: run tests/fixtures/debian-kernel.sh",
+            p.display()
+        );
+    }
+    eprintln!(
+        "\n*** SKIPPED: {} is missing; run tests/fixtures/{script} ***\n",
+        p.display()
+    );
+    None
+}
