@@ -131,7 +131,7 @@ impl FwCfg {
 
     /// Writes guest memory for a DMA transfer: RAM, or shadow RAM below 1 MiB.
     fn guest_write(&self, addr: u64, data: &[u8]) -> Result<(), String> {
-        let in_shadow = addr >= SHADOW_START && addr < SHADOW_START + SHADOW_LEN;
+        let in_shadow = (SHADOW_START..SHADOW_START + SHADOW_LEN).contains(&addr);
         match (&self.shadow, in_shadow) {
             (Some(s), true) => lock(s)
                 .dma_write(addr, data)
@@ -146,7 +146,7 @@ impl FwCfg {
 
     /// Reads guest memory for a DMA descriptor: RAM, or shadow RAM below 1 MiB.
     fn guest_read(&self, addr: u64, buf: &mut [u8]) -> bool {
-        let in_shadow = addr >= SHADOW_START && addr < SHADOW_START + SHADOW_LEN;
+        let in_shadow = (SHADOW_START..SHADOW_START + SHADOW_LEN).contains(&addr);
         match (&self.shadow, in_shadow) {
             (Some(s), true) => lock(s).dma_read(addr, buf),
             _ => self.mem.read_slice(buf, GuestAddress(addr)).is_ok(),
