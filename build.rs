@@ -57,6 +57,7 @@ const SYMBOLS: &[&str] = &[
     "int18_out",
     "int19_out",
     "int1a_out",
+    "print_out",
     "floppy_dpt",
     "system_config",
 ];

@@ -1,4 +1,5 @@
-# Console output: lines are built in LINE_BUF and sent to COM1 with one REP OUTSB.
+# Console output: lines are built in LINE_BUF and handed to the VMM whole (the print service
+# at port 0xEA: DS:SI, CX bytes), one VM exit per line.
         .code16
         .intel_syntax noprefix
         .text
@@ -78,8 +79,9 @@ line_send:
         mov     si, LINE_BUF
         mov     cx, di
         sub     cx, si
-        mov     dx, COM1
-        rep     outsb
+        .globl  print_out
+print_out:
+        out     0xEA, al
         pop     si
         pop     ds
         mov     di, LINE_BUF

@@ -67,25 +67,27 @@ pub enum Service {
     NoBoot,
     /// INT 19h, 0xE8.
     Boot,
+    /// The firmware's own console output: a whole line (DS:SI, CX bytes) in one exit, 0xEA.
+    Print,
 }
 
-const SERVICES: [Service; 9] = [
-    Service::Video,
-    Service::Disk,
-    Service::System,
-    Service::Keyboard,
-    Service::Time,
-    Service::Equipment,
-    Service::MemorySize,
-    Service::NoBoot,
-    Service::Boot,
+/// Each service's port (0xE9 stays free: it is the Bochs/QEMU debug console's).
+const SERVICES: [(u16, Service); 10] = [
+    (0xE0, Service::Video),
+    (0xE1, Service::Disk),
+    (0xE2, Service::System),
+    (0xE3, Service::Keyboard),
+    (0xE4, Service::Time),
+    (0xE5, Service::Equipment),
+    (0xE6, Service::MemorySize),
+    (0xE7, Service::NoBoot),
+    (0xE8, Service::Boot),
+    (0xEA, Service::Print),
 ];
 
 impl Service {
     pub fn from_port(port: u16) -> Option<Service> {
-        SERVICES
-            .get(usize::from(port.checked_sub(SERVICE_PORT_BASE)?))
-            .copied()
+        SERVICES.iter().find(|(p, _)| *p == port).map(|(_, s)| *s)
     }
 
     /// The offset in F000 of the handler's `out` to this service's port.
@@ -100,6 +102,7 @@ impl Service {
             Service::MemorySize => symbols::INT12_OUT,
             Service::NoBoot => symbols::INT18_OUT,
             Service::Boot => symbols::INT19_OUT,
+            Service::Print => symbols::PRINT_OUT,
         }
     }
 }
@@ -360,6 +363,7 @@ impl Bios {
             Service::MemorySize => self.memory_size(regs),
             Service::NoBoot => self.no_boot(),
             Service::Boot => self.boot(regs),
+            Service::Print => self.print(regs, segs),
         };
         self.apply(regs, segs, &outcome);
         outcome
@@ -374,6 +378,19 @@ impl Bios {
             }
         }
         regs.rflags = (regs.rflags & !u64::from(CF)) | u64::from(o.handler_cf);
+    }
+
+    /// The firmware's console output: CX bytes at DS:SI to COM1 in one go (a line costs
+    /// one VM exit instead of one per byte). No flags change: the caller is not an INT.
+    fn print(&self, r: &kvm_regs, segs: &Segments) -> Outcome {
+        let (addr, len) = (segs.ds + (r.rsi & 0xFFFF), u64::from(cx(r)));
+        if self.ram_buffer(addr, len) {
+            let mut buf = vec![0u8; len as usize];
+            if self.mem.read_slice(&mut buf, GuestAddress(addr)).is_ok() {
+                self.console.write(&buf);
+            }
+        }
+        Outcome::default()
     }
 
     fn read_u8(&self, addr: u64) -> u8 {
@@ -539,8 +556,8 @@ mod tests {
 
     #[test]
     fn ports_map_to_services_and_back() {
-        for (i, s) in SERVICES.iter().enumerate() {
-            assert_eq!(Service::from_port(0xE0 + i as u16), Some(*s));
+        for (p, s) in SERVICES {
+            assert_eq!(Service::from_port(p), Some(s));
         }
         assert_eq!(Service::from_port(0xE9), None);
         assert_eq!(Service::from_port(0xDF), None);
@@ -580,9 +597,9 @@ mod tests {
     #[test]
     fn each_symbol_is_an_out_to_its_port_followed_by_no_out() {
         let fw = crate::firmware::EMBEDDED;
-        for (i, s) in SERVICES.iter().enumerate() {
+        for (p, s) in SERVICES {
             let at = usize::from(s.out_offset());
-            assert_eq!(&fw[at..at + 2], &[0xE6, 0xE0 + i as u8], "{s:?}");
+            assert_eq!(&fw[at..at + 2], &[0xE6, p as u8], "{s:?}");
             // OUT imm8 (E6/E7), OUT DX (EE/EF), and the operand-size prefix of a wider OUT.
             assert!(
                 ![0xE6, 0xE7, 0xEE, 0xEF, 0x66].contains(&fw[at + 2]),
