@@ -22,7 +22,9 @@ use crate::bus::{lock, BusDevice};
 use crate::devices::i440fx::{PamChange, PamMode};
 use crate::exit::ExitReason;
 use crate::log;
-use crate::memory::{BIOS_WINDOW_START, HIGH_MEMORY_START, KIB, OPTION_ROM_START};
+use crate::memory::{
+    BIOS_WINDOW_SIZE, BIOS_WINDOW_START, HIGH_MEMORY_START, KIB, OPTION_ROM_START,
+};
 
 pub const SHADOW_START: u64 = OPTION_ROM_START;
 pub const SHADOW_LEN: u64 = HIGH_MEMORY_START - OPTION_ROM_START;
@@ -61,6 +63,10 @@ pub struct Shadow {
     modes: [PamMode; SEGMENTS],
     mapped: [bool; SEGMENTS],
     first_slot: u32,
+    /// Until the first PAM change, one read-only slot covers the whole ROM window
+    /// 0xE0000-0xFFFFF (one registration instead of five at start-up); the first change
+    /// replaces it with a slot per segment.
+    whole_rom: bool,
 }
 
 impl Shadow {
@@ -78,10 +84,16 @@ impl Shadow {
             modes: [PamMode::Rom; SEGMENTS],
             mapped: [false; SEGMENTS],
             first_slot,
+            whole_rom: false,
         };
-        for i in 0..SEGMENTS {
-            s.map(i)?;
-        }
+        s.set_region(
+            s.whole_rom_slot(),
+            BIOS_WINDOW_START,
+            BIOS_WINDOW_SIZE,
+            s.rom.as_ptr() as u64,
+            KVM_MEM_READONLY,
+        )?;
+        s.whole_rom = true;
         Ok(s)
     }
 
@@ -94,20 +106,40 @@ impl Shadow {
             return;
         }
         self.modes[i] = c.mode;
+        if self.whole_rom {
+            // The first change: a slot per segment from now on, each as its mode says.
+            self.whole_rom = false;
+            if let Err(e) = self.set_region(self.whole_rom_slot(), BIOS_WINDOW_START, 0, 0, 0) {
+                log::debug(format_args!("shadow: {e}"));
+            }
+            for j in 0..SEGMENTS {
+                if let Err(e) = self.map(j) {
+                    log::debug(format_args!("shadow: {e}"));
+                }
+            }
+            return;
+        }
         if let Err(e) = self.map(i) {
             // The slot is gone: the segment reads as all-ones until the next change.
             log::debug(format_args!("shadow: {e}"));
         }
     }
 
-    fn rom_offset(start: u64) -> Option<u64> {
-        start.checked_sub(BIOS_WINDOW_START)
+    /// The slot of the whole ROM window, after the thirteen segments' slots.
+    fn whole_rom_slot(&self) -> u32 {
+        self.first_slot + SEGMENTS as u32
     }
 
-    fn set_slot(&self, i: usize, size: u64, host: u64, flags: u32) -> Result<(), ShadowError> {
-        let (start, _) = segment(i);
+    fn set_region(
+        &self,
+        slot: u32,
+        start: u64,
+        size: u64,
+        host: u64,
+        flags: u32,
+    ) -> Result<(), ShadowError> {
         let region = kvm_userspace_memory_region {
-            slot: self.first_slot + i as u32,
+            slot,
             flags,
             guest_phys_addr: start,
             memory_size: size,
@@ -117,6 +149,15 @@ impl Shadow {
         // long as the VM; size 0 deletes the slot.
         unsafe { self.vm.set_user_memory_region(region) }
             .map_err(|err| ShadowError::Slot { start, err })
+    }
+
+    fn rom_offset(start: u64) -> Option<u64> {
+        start.checked_sub(BIOS_WINDOW_START)
+    }
+
+    fn set_slot(&self, i: usize, size: u64, host: u64, flags: u32) -> Result<(), ShadowError> {
+        let (start, _) = segment(i);
+        self.set_region(self.first_slot + i as u32, start, size, host, flags)
     }
 
     fn map(&mut self, i: usize) -> Result<(), ShadowError> {
