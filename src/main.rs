@@ -16,6 +16,7 @@ mod log;
 mod memory;
 mod monitor;
 mod mptable;
+mod pause;
 mod seccomp;
 mod shadow;
 mod stats;

@@ -128,6 +128,7 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
                 test_forbidden_syscall: opts.test_forbidden_syscall && id == 0,
                 reset_state,
                 bios: machine.bios.clone(),
+                pause: machine.pause.clone(),
             },
         )?);
     }

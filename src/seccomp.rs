@@ -183,6 +183,9 @@ const VCPU: &[Allowed] = &[
     any(libc::SYS_pread64, "pread64"),
     any(libc::SYS_pwrite64, "pwrite64"),
     any(libc::SYS_clock_nanosleep, "clock_nanosleep"),
+    // A PAM write kicks the other vCPUs out of KVM_RUN (pause.rs): pthread_kill.
+    any(libc::SYS_getpid, "getpid"),
+    any(libc::SYS_tgkill, "tgkill"),
     // Restoring the terminal from the SIGSYS handler: glibc's tcsetattr reads the settings
     // back after setting them.
     Allowed {
@@ -445,9 +448,11 @@ mod tests {
             names(ThreadKind::Vcpu),
             with(&[
                 "clock_nanosleep",
+                "getpid",
                 "ioctl",
                 "pread64",
                 "pwrite64",
+                "tgkill",
                 "timerfd_settime"
             ])
         );

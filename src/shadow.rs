@@ -25,6 +25,7 @@ use crate::log;
 use crate::memory::{
     BIOS_WINDOW_SIZE, BIOS_WINDOW_START, HIGH_MEMORY_START, KIB, OPTION_ROM_START,
 };
+use crate::pause::Pause;
 
 pub const SHADOW_START: u64 = OPTION_ROM_START;
 pub const SHADOW_LEN: u64 = HIGH_MEMORY_START - OPTION_ROM_START;
@@ -67,11 +68,19 @@ pub struct Shadow {
     /// 0xE0000-0xFFFFF (one registration instead of five at start-up); the first change
     /// replaces it with a slot per segment.
     whole_rom: bool,
+    /// Keeps the other vCPUs out of KVM_RUN while a slot changes: a vCPU must never fetch
+    /// from the hole between deleting a slot and creating its replacement.
+    pause: Arc<Pause>,
 }
 
 impl Shadow {
     /// Maps every segment as the reset state has it (`Rom`), on KVM slots `first_slot` and up.
-    pub fn new(vm: Arc<VmFd>, rom: Arc<MmapRegion>, first_slot: u32) -> Result<Self, ShadowError> {
+    pub fn new(
+        vm: Arc<VmFd>,
+        rom: Arc<MmapRegion>,
+        first_slot: u32,
+        pause: Arc<Pause>,
+    ) -> Result<Self, ShadowError> {
         let ram = vm_memory::mmap::MmapRegionBuilder::new(SHADOW_LEN as usize)
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
             .with_mmap_flags(libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | libc::MAP_NORESERVE)
@@ -85,6 +94,7 @@ impl Shadow {
             mapped: [false; SEGMENTS],
             first_slot,
             whole_rom: false,
+            pause,
         };
         s.set_region(
             s.whole_rom_slot(),
@@ -106,6 +116,12 @@ impl Shadow {
             return;
         }
         self.modes[i] = c.mode;
+        let pause = self.pause.clone();
+        pause.with_others_stopped(|| self.remap(i));
+    }
+
+    /// Makes segment `i`'s slot what its mode says (all segments' on the first change).
+    fn remap(&mut self, i: usize) {
         if self.whole_rom {
             // The first change: a slot per segment from now on, each as its mode says.
             self.whole_rom = false;

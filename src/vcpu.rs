@@ -28,6 +28,7 @@ use crate::bios::{self, Bios, Caller, Segments};
 use crate::bus::Bus;
 use crate::exit::ExitReason;
 use crate::log;
+use crate::pause::Pause;
 use crate::seccomp::{self, ThreadKind};
 use crate::stats::{FIRST_EXIT, FIRST_RUN};
 use seccompiler::BpfProgram;
@@ -202,6 +203,7 @@ struct Vcpu {
     wake: Arc<EventFd>,
     reset_state: Option<ResetState>,
     bios: Arc<Bios>,
+    pause: Arc<Pause>,
 }
 
 /// What a vCPU thread starts with.
@@ -221,6 +223,8 @@ pub struct Setup {
     pub reset_state: Option<ResetState>,
     /// The BIOS services the firmware calls through its service ports.
     pub bios: Arc<Bios>,
+    /// Stops this vCPU outside KVM_RUN while another changes a memory slot.
+    pub pause: Arc<Pause>,
 }
 
 pub fn spawn(mut fd: VcpuFd, setup: Setup) -> std::io::Result<VcpuHandle> {
@@ -238,6 +242,7 @@ pub fn spawn(mut fd: VcpuFd, setup: Setup) -> std::io::Result<VcpuHandle> {
         wake: setup.wake,
         reset_state: setup.reset_state,
         bios: setup.bios,
+        pause: setup.pause,
     };
     let (filter, start, test_forbidden) = (setup.filter, setup.start, setup.test_forbidden_syscall);
     let run_addr = run as usize;
@@ -256,6 +261,7 @@ pub fn spawn(mut fd: VcpuFd, setup: Setup) -> std::io::Result<VcpuHandle> {
                     vcpu.park_forever();
                 }
             }
+            vcpu.pause.register(id as usize, vcpu.run);
             start.wait();
             if test_forbidden {
                 // SAFETY: getppid has no arguments and no effect; it is simply not allowed.
@@ -341,7 +347,11 @@ impl Vcpu {
 
     fn run_once(&mut self) -> Step {
         let run = self.run;
+        let id = self.id as usize;
+        // Not while another vCPU changes a memory slot (pause.rs).
+        while !self.pause.enter(id) {}
         let exit = self.fd.run();
+        self.pause.leave(id);
         match exit {
             Ok(VcpuExit::IoIn(port, data)) => {
                 let size = io_size(run);

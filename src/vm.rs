@@ -82,6 +82,8 @@ pub struct Machine {
     /// The boot, loaded again on a reboot (the guest may have overwritten it); kept only
     /// with `--reboot`.
     pub boot_at_reset: Option<BootAtReset>,
+    /// Stops the vCPUs around memory slot changes (PAM).
+    pub pause: Arc<crate::pause::Pause>,
 }
 
 /// What a reboot needs to load the boot payload again.
@@ -261,8 +263,14 @@ pub fn build(
         rsdp,
     } = register_memory(&vm, &guest_mem, rom, cfg, &layout)?;
     let vm = Arc::new(vm);
-    let shadow = Shadow::new(vm.clone(), rom_maps[1].clone(), first_shadow_slot)
-        .map_err(|e| VmError::GuestMemory(e.to_string()))?;
+    let pause = Arc::new(crate::pause::Pause::new(cfg.cpus as usize));
+    let shadow = Shadow::new(
+        vm.clone(),
+        rom_maps[1].clone(),
+        first_shadow_slot,
+        pause.clone(),
+    )
+    .map_err(|e| VmError::GuestMemory(e.to_string()))?;
     let shadow = Arc::new(Mutex::new(shadow));
     phases.memory = t.elapsed();
 
@@ -334,6 +342,7 @@ pub fn build(
         bios,
         chips_at_reset,
         boot_at_reset,
+        pause,
     })
 }
 

@@ -238,6 +238,21 @@ fn an_os_finds_the_acpi_rsdp_or_the_mp_table_where_it_looks() {
 }
 
 #[test]
+fn pam_changes_never_leave_a_hole_for_a_vcpu_running_from_the_segment() {
+    if !kvm_available() {
+        return;
+    }
+    // An AP spins in the ROM at 0xF0000-0xFFFFF while the BSP switches that segment's PAM
+    // mode 1,000 times: without the other vCPUs stopped around each slot change, the AP
+    // fetches from the hole and KVM fails to emulate (exit 4).
+    let g = guest("pam_smp", &[]);
+    for cpus in ["2", "2", "4"] {
+        let r = minipc(&["--firmware", path_str(&g), "--cpus", cpus, "--timeout", "60"]);
+        assert_eq!(r.code, (0x21 << 1) | 1, "--cpus {cpus}: {}", r.stderr);
+    }
+}
+
+#[test]
 fn pam_registers_switch_the_shadow_areas_between_rom_and_ram() {
     if !kvm_available() {
         return;
