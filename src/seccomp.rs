@@ -46,6 +46,7 @@ const KVM_SET_SREGS: u64 = iow(0x84, std::mem::size_of::<kvm_sregs>());
 const KVM_SET_FPU: u64 = iow(0x8D, std::mem::size_of::<kvm_bindings::kvm_fpu>());
 const KVM_SET_LAPIC: u64 = iow(0x8F, std::mem::size_of::<kvm_bindings::kvm_lapic_state>());
 const KVM_SET_MP_STATE: u64 = iow(0x99, std::mem::size_of::<kvm_mp_state>());
+const KVM_SET_MSRS: u64 = iow(0x89, std::mem::size_of::<kvm_bindings::kvm_msrs>());
 const KVM_SET_VCPU_EVENTS: u64 = iow(0xA0, std::mem::size_of::<kvm_bindings::kvm_vcpu_events>());
 const KVM_SET_IRQCHIP: u64 = ior(0x63, std::mem::size_of::<kvm_bindings::kvm_irqchip>());
 const KVM_SET_PIT2: u64 = iow(0xA0, std::mem::size_of::<kvm_bindings::kvm_pit_state2>());
@@ -205,6 +206,7 @@ const VCPU_REBOOT: &[Allowed] = &[Allowed {
         KVM_SET_LAPIC,
         KVM_SET_MP_STATE,
         KVM_SET_VCPU_EVENTS,
+        KVM_SET_MSRS,
     ]),
 }];
 

@@ -247,7 +247,14 @@ fn pam_changes_never_leave_a_hole_for_a_vcpu_running_from_the_segment() {
     // fetches from the hole and KVM fails to emulate (exit 4).
     let g = guest("pam_smp", &[]);
     for cpus in ["2", "2", "4"] {
-        let r = minipc(&["--firmware", path_str(&g), "--cpus", cpus, "--timeout", "60"]);
+        let r = minipc(&[
+            "--firmware",
+            path_str(&g),
+            "--cpus",
+            cpus,
+            "--timeout",
+            "60",
+        ]);
         assert_eq!(r.code, (0x21 << 1) | 1, "--cpus {cpus}: {}", r.stderr);
     }
 }

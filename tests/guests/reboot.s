@@ -24,6 +24,10 @@ start:
         mov     dx, 0x602                       # ACPI PM1 enable: power button
         mov     ax, 0x0100
         out     dx, ax
+        mov     ecx, 0x174                      # an MSR: SYSENTER_CS
+        mov     eax, 0x1234
+        xor     edx, edx
+        wrmsr
         mov     al, 0x60                        # i8042 command byte: translation off
         out     0x64, al
         mov     al, 0x05
@@ -71,7 +75,12 @@ again:
         cmp     al, 0x05
         jne     6f
         exit    0x79
-6:
+6:      mov     ecx, 0x174                      # SYSENTER_CS back at its reset value
+        rdmsr
+        test    eax, eax
+        jz      7f
+        exit    0x78
+7:
         mov     si, offset second
         call    print
         mov     dx, 0xCF8
