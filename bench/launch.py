@@ -96,7 +96,7 @@ def main():
     ap.add_argument("-n", type=int, default=30)
     args = ap.parse_args()
     sh("cargo", "build", "--release", "--quiet", "--manifest-path", os.path.join(ROOT, "Cargo.toml"))
-    minipc = os.path.join(ROOT, "target", "release", "minipc")
+    minipc = os.path.join(ROOT, "target", "x86_64-unknown-linux-gnu", "release", "minipc")
     tmp = tempfile.mkdtemp(prefix="minipc-bench-")
     rom = build_guest(tmp, "bench", 64 * 1024)
 
