@@ -14,7 +14,8 @@ const SOURCES: &[&str] = &[
     "console.s",
     "services.s",
     "demo.s",
-    "handoff.s",
+    "handoff_real.s",
+    "handoff_protected.s",
 ];
 const BLOB_SIZE: u64 = 64 * 1024;
 

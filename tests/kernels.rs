@@ -159,6 +159,22 @@ fn bzimage_real_mode_setup_runs_on_the_bios_services() {
     // The setup code's own BIOS calls: INT 10h teletype and the INT 15h E820 walk.
     assert_eq!(value(&r, "int10"), "V");
     assert_eq!(e820_of(&r, "e820"), expected_e820(MEM));
+    assert_eq!(hex(&r, "fixed_disks"), 0);
+
+    // With --disk too, the kernel boots and the disk is there for INT 13h.
+    let disk = tmp_file("kernel-and-disk.img", &vec![0u8; 1 << 20]);
+    let run = minipc(&[
+        "--kernel",
+        path_str(&k),
+        "--boot-protocol",
+        "16",
+        "--disk",
+        path_str(&disk),
+        "--timeout",
+        "20",
+    ]);
+    assert_eq!(run.code, (0x10 << 1) | 1, "{}{}", run.stdout, run.stderr);
+    assert_eq!(hex(&report(&run.stdout), "fixed_disks"), 1);
 }
 
 #[test]

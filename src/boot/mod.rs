@@ -2,7 +2,7 @@
 //! (every file read and every header checked), then loaded into guest memory while the
 //! machine is built, and again on every reboot. The plan tells the firmware what to start
 //! through the boot descriptor; the firmware only switches mode and jumps
-//! (firmware/handoff.s).
+//! (firmware/handoff_real.s, firmware/handoff_protected.s).
 //!
 //! One file per format: `linux.rs` (bzImage and ELF vmlinux), `multiboot.rs` (multiboot 1),
 //! `multiboot2.rs`; `detect.rs` decides which one a `--kernel` file is; `elf.rs` reads ELF

@@ -94,7 +94,17 @@ setup16:
         call    puts16
         pop     ds
         call    nl16
-        # The BIOS: a teletype character, then the E820 map.
+        # The BIOS: the fixed disks INT 13h AH=08h reports for drive 80h (0 without a disk),
+        # a teletype character, then the E820 map.
+        mov     ah, 0x08
+        mov     dl, 0x80
+        push    es
+        int     0x13
+        pop     es
+        jnc     1f
+        xor     dl, dl
+1:      movzx   ebx, dl
+        show    16, fixed_disks, ebx
         mov     esi, offset s_int10
         call    puts16
         mov     ax, 0x0E56                      # 'V'

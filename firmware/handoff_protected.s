@@ -1,6 +1,7 @@
-# The hand-off to a loaded guest: the VMM has placed the image, its boot structures, a GDT
-# and page tables in RAM; the firmware switches mode, loads the registers the boot
-# descriptor names, and jumps. Nothing else.
+# The hand-off to a guest entered in 32-bit protected mode (boot kind 2: Linux's 32-bit
+# entry, multiboot 1 and 2, PVH) or 64-bit long mode (kind 3: Linux's 64-bit entry): the VMM
+# has placed the image, its boot structures, a GDT and page tables in RAM; the firmware
+# switches mode, loads the registers the boot descriptor names, and jumps. Nothing else.
         .code16
         .intel_syntax noprefix
         .text
@@ -27,33 +28,6 @@
         mov     ds, [BOOT_DESC + BD_DS]         # flat, as every boot protocol requires
         jmp     fword ptr [BOOT_DESC + BD_ENTRY]
         .endm
-
-# Kind 1: real mode. SS:SP, the segments and the general registers from the descriptor,
-# then a far return to its CS:IP.
-        .globl handoff_real
-handoff_real:
-        mov     al, 0xB0 + 1
-        out     0x80, al                        # POST code: the hand-off (--stats handoff_us)
-        xor     ax, ax
-        mov     ds, ax
-        mov     ss, [BOOT_DESC + BD_SS]
-        mov     esp, [BOOT_DESC + BD_ESP]
-        push    dword ptr [BOOT_DESC + BD_ENTRY] # IP, then CS above it: a far return frame
-        mov     es, [BOOT_DESC + BD_ES]
-        mov     fs, [BOOT_DESC + BD_FS]
-        mov     gs, [BOOT_DESC + BD_GS]
-        mov     eax, [BOOT_DESC + BD_EAX]
-        mov     ebx, [BOOT_DESC + BD_EBX]
-        mov     ecx, [BOOT_DESC + BD_ECX]
-        mov     edx, [BOOT_DESC + BD_EDX]
-        mov     esi, [BOOT_DESC + BD_ESI]
-        mov     edi, [BOOT_DESC + BD_EDI]
-        mov     ebp, [BOOT_DESC + BD_EBP]
-        test    byte ptr [BOOT_DESC + BD_FLAGS], 1
-        jz      1f
-        sti
-1:      mov     ds, [BOOT_DESC + BD_DS]
-        retf
 
 # Kinds 2 and 3: protected mode through the firmware's own GDT, then (kind 3) long mode
 # with the VMM's page tables; finally the VMM's GDT, segments and registers, and a far jump.
