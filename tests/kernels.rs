@@ -9,9 +9,16 @@ use std::path::PathBuf;
 
 const MEM: u64 = 256 << 20;
 
+/// Writes `bytes` to a file named `name`: under a name of its own first, then renamed into
+/// place, so that tests running at the same time never read a half-written file.
 fn tmp_file(name: &str, bytes: &[u8]) -> PathBuf {
-    let p = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
-    std::fs::write(&p, bytes).unwrap();
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!("{name}.tmp{}-{n}", std::process::id()));
+    std::fs::write(&tmp, bytes).unwrap();
+    let p = dir.join(name);
+    std::fs::rename(&tmp, &p).unwrap();
     p
 }
 
