@@ -55,3 +55,26 @@ fn int_16h_waits_in_the_firmware_for_a_key() {
     );
     drop(stdin);
 }
+
+#[test]
+fn a_guest_waiting_for_a_key_costs_next_to_no_cpu() {
+    if !kvm_available() {
+        return;
+    }
+    let mut img = boot_sector("keywait", &[]);
+    img.resize(64 * 512, 0);
+    let p = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("disk-keywait-idle.img");
+    std::fs::write(&p, img).unwrap();
+    // No key ever comes: the guest waits in INT 16h AH=00h for 2 s (the firmware halts between
+    // its questions; the VMM sleeps while the guest halts).
+    let r = minipc(&["--disk", path_str(&p), "--timeout", "2", "--stats"]);
+    assert_eq!(r.code, 124, "{}", r.stderr);
+    let stats = r.stats().unwrap_or_else(|| panic!("{}", r.stderr));
+    let cpu_us: u64 = stats
+        .split("\"cpu_us\":")
+        .nth(1)
+        .and_then(|s| s.trim_end_matches('}').parse().ok())
+        .unwrap_or_else(|| panic!("{stats}"));
+    // A spinning host core would be 2,000,000 us; measured about 11,000 us here.
+    assert!(cpu_us < 200_000, "{cpu_us} us of CPU in 2 s of waiting: {stats}");
+}
