@@ -76,5 +76,8 @@ fn a_guest_waiting_for_a_key_costs_next_to_no_cpu() {
         .and_then(|s| s.trim_end_matches('}').parse().ok())
         .unwrap_or_else(|| panic!("{stats}"));
     // A spinning host core would be 2,000,000 us; measured about 11,000 us here.
-    assert!(cpu_us < 200_000, "{cpu_us} us of CPU in 2 s of waiting: {stats}");
+    assert!(
+        cpu_us < 200_000,
+        "{cpu_us} us of CPU in 2 s of waiting: {stats}"
+    );
 }

@@ -75,25 +75,31 @@ fn check_linux_entry(r: &[(String, String)], cmdline: &str, rd: &[u8]) {
     assert_eq!(e820_of(r, "e820"), expected_e820(MEM));
 }
 
+/// Boots the synthetic bzImage with an initrd, `--cmdline cmdline` and `extra` arguments;
+/// returns its report after checking it left with debug-exit `code`.
+fn boot_bzimage(extra: &[&str], cmdline: &str, code: i32) -> (Vec<(String, String)>, Vec<u8>) {
+    let (rd, bytes) = initrd();
+    let k = bzimage();
+    let mut args = vec!["--kernel", path_str(&k), "--initrd", path_str(&rd)];
+    args.extend_from_slice(&["--cmdline", cmdline, "--timeout", "20"]);
+    args.extend_from_slice(extra);
+    let run = minipc(&args);
+    assert_eq!(
+        run.code,
+        (code << 1) | 1,
+        "{extra:?}: {}{}",
+        run.stdout,
+        run.stderr
+    );
+    (report(&run.stdout), bytes)
+}
+
 #[test]
 fn bzimage_64_bit_entry_is_the_default() {
     if !kvm_available() {
         return;
     }
-    let (rd, bytes) = initrd();
-    let k = bzimage();
-    let run = minipc(&[
-        "--kernel",
-        path_str(&k),
-        "--initrd",
-        path_str(&rd),
-        "--cmdline",
-        "console=ttyS0 root=/dev/ram0",
-        "--timeout",
-        "20",
-    ]);
-    assert_eq!(run.code, (0x30 << 1) | 1, "{}{}", run.stdout, run.stderr);
-    let r = report(&run.stdout);
+    let (r, bytes) = boot_bzimage(&[], "console=ttyS0 root=/dev/ram0", 0x30);
     assert_eq!(value(&r, "mode"), "00000064");
     check_linux_entry(&r, "console=ttyS0 root=/dev/ram0", &bytes);
     // Long mode: paging and EFER.LMA on.
@@ -106,22 +112,7 @@ fn bzimage_32_bit_entry() {
     if !kvm_available() {
         return;
     }
-    let (rd, bytes) = initrd();
-    let k = bzimage();
-    let run = minipc(&[
-        "--kernel",
-        path_str(&k),
-        "--boot-protocol",
-        "32",
-        "--initrd",
-        path_str(&rd),
-        "--cmdline",
-        "quiet",
-        "--timeout",
-        "20",
-    ]);
-    assert_eq!(run.code, (0x20 << 1) | 1, "{}{}", run.stdout, run.stderr);
-    let r = report(&run.stdout);
+    let (r, bytes) = boot_bzimage(&["--boot-protocol", "32"], "quiet", 0x20);
     assert_eq!(value(&r, "mode"), "00000032");
     check_linux_entry(&r, "quiet", &bytes);
     // Protected mode, paging off.
@@ -133,22 +124,8 @@ fn bzimage_real_mode_setup_runs_on_the_bios_services() {
     if !kvm_available() {
         return;
     }
-    let (rd, bytes) = initrd();
-    let k = bzimage();
-    let run = minipc(&[
-        "--kernel",
-        path_str(&k),
-        "--boot-protocol",
-        "16",
-        "--initrd",
-        path_str(&rd),
-        "--cmdline",
-        "console=ttyS0 earlyprintk=ttyS0",
-        "--timeout",
-        "20",
-    ]);
-    assert_eq!(run.code, (0x10 << 1) | 1, "{}{}", run.stdout, run.stderr);
-    let r = report(&run.stdout);
+    let cmdline = "console=ttyS0 earlyprintk=ttyS0";
+    let (r, bytes) = boot_bzimage(&["--boot-protocol", "16"], cmdline, 0x10);
     assert_eq!(value(&r, "mode"), "00000016");
     // CS = the setup segment + 0x20; DS = SS = the setup segment, as the protocol says.
     let ds = hex(&r, "ds");
@@ -162,7 +139,7 @@ fn bzimage_real_mode_setup_runs_on_the_bios_services() {
     assert_eq!(hex(&r, "code32_start"), 0x10_0000);
     assert_eq!(hex(&r, "initrd_size"), bytes.len() as u64);
     assert_eq!(hex(&r, "initrd") % 4096, 0);
-    assert_eq!(value(&r, "cmdline"), "console=ttyS0 earlyprintk=ttyS0");
+    assert_eq!(value(&r, "cmdline"), cmdline);
     // The setup code's own BIOS calls: INT 10h teletype and the INT 15h E820 walk.
     assert_eq!(value(&r, "int10"), "V");
     assert_eq!(e820_of(&r, "e820"), expected_e820(MEM));
@@ -170,18 +147,9 @@ fn bzimage_real_mode_setup_runs_on_the_bios_services() {
 
     // With --disk too, the kernel boots and the disk is there for INT 13h.
     let disk = tmp_file("kernel-and-disk.img", &vec![0u8; 1 << 20]);
-    let run = minipc(&[
-        "--kernel",
-        path_str(&k),
-        "--boot-protocol",
-        "16",
-        "--disk",
-        path_str(&disk),
-        "--timeout",
-        "20",
-    ]);
-    assert_eq!(run.code, (0x10 << 1) | 1, "{}{}", run.stdout, run.stderr);
-    assert_eq!(hex(&report(&run.stdout), "fixed_disks"), 1);
+    let with_disk = ["--boot-protocol", "16", "--disk", path_str(&disk)];
+    let (r, _) = boot_bzimage(&with_disk, cmdline, 0x10);
+    assert_eq!(hex(&r, "fixed_disks"), 1);
 }
 
 #[test]

@@ -18,10 +18,7 @@ use linux_loader::loader::KernelLoader;
 use linux_loader::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
 use vm_memory::{ByteValued, GuestAddress, GuestMemoryMmap};
 
-use super::{
-    area, check_image_range, file_err, put, write_gdt, write_identity_page_tables, BootEnv,
-    BootError, CODE_SELECTOR, DATA_SELECTOR,
-};
+use super::{area, check_image_range, file_err, put, BootEnv, BootError};
 use crate::config::BootProtocol;
 use crate::firmware::{BootKind, Handoff, Regs, Segs};
 use crate::memory::{MemoryLayout, BIOS_WINDOW_START, HIGH_MEMORY_START, MIB};
@@ -219,14 +216,7 @@ impl Linux {
             let (f, e) = elf_kernel(path, &image, cfg.boot_protocol, layout)?;
             (f, e, area::CMDLINE_MAX as usize)
         };
-        let text = cfg.cmdline.clone().unwrap_or_default();
-        let cmdline = Cmdline::try_from(&text, cmdline_size.min(area::CMDLINE_MAX as usize))
-            .map_err(|e| {
-                BootError::Cmdline(format!("{e} (the kernel takes {cmdline_size} bytes)"))
-            })?
-            .as_cstring()
-            .map_err(|e| BootError::Cmdline(e.to_string()))?
-            .into_bytes_with_nul();
+        let cmdline = kernel_cmdline(cfg, cmdline_size)?;
         let kernel_end = match &format {
             Format::BzImage {
                 header,
@@ -382,32 +372,11 @@ impl Linux {
     /// The GDT, page tables (64-bit) and registers of a protected- or long-mode entry: ESI
     /// points at the zero page; EBX, EBP and EDI are zero; interrupts off.
     fn handoff(&self, mem: &GuestMemoryMmap, entry: u64) -> Result<(BootKind, Handoff), BootError> {
-        let long = self.entry == Entry::Long;
-        let gdt = write_gdt(mem, long)?;
-        let cr3 = if long {
-            write_identity_page_tables(mem)?
-        } else {
-            0
+        let regs = Regs {
+            esi: area::ZERO_PAGE as u32,
+            ..Default::default()
         };
-        Ok((
-            if long {
-                BootKind::Long
-            } else {
-                BootKind::Protected
-            },
-            Handoff {
-                entry: entry as u32,
-                segs: Segs::flat(CODE_SELECTOR, DATA_SELECTOR),
-                regs: Regs {
-                    esi: area::ZERO_PAGE as u32,
-                    esp: area::STACK_TOP as u32,
-                    ..Default::default()
-                },
-                interrupts: false,
-                gdt,
-                cr3,
-            },
-        ))
+        super::flat_handoff(mem, entry, self.entry == Entry::Long, regs)
     }
 
     /// The 16-bit protocol: the real-mode part at `area::SETUP` with its header filled in;
@@ -493,23 +462,24 @@ impl Linux {
         }
         PvhBootConfigurator::write_bootparams(&params, mem)
             .map_err(|e| BootError::Memory(e.to_string()))?;
-        let gdt = write_gdt(mem, false)?;
-        Ok((
-            BootKind::Protected,
-            Handoff {
-                entry,
-                segs: Segs::flat(CODE_SELECTOR, DATA_SELECTOR),
-                regs: Regs {
-                    ebx: area::ZERO_PAGE as u32,
-                    esp: area::STACK_TOP as u32,
-                    ..Default::default()
-                },
-                interrupts: false,
-                gdt,
-                cr3: 0,
-            },
-        ))
+        let regs = Regs {
+            ebx: area::ZERO_PAGE as u32,
+            ..Default::default()
+        };
+        super::flat_handoff(mem, entry.into(), false, regs)
     }
+}
+
+/// `--cmdline` as a kernel that takes `size` bytes (NUL included) accepts it, NUL-terminated.
+fn kernel_cmdline(cfg: &crate::config::VmConfig, size: usize) -> Result<Vec<u8>, BootError> {
+    let text = cfg.cmdline.clone().unwrap_or_default();
+    Ok(
+        Cmdline::try_from(&text, size.min(area::CMDLINE_MAX as usize))
+            .map_err(|e| BootError::Cmdline(format!("{e} (the kernel takes {size} bytes)")))?
+            .as_cstring()
+            .map_err(|e| BootError::Cmdline(e.to_string()))?
+            .into_bytes_with_nul(),
+    )
 }
 
 /// Where the protected-mode kernel of a bzImage goes: a relocatable kernel at its
@@ -830,14 +800,7 @@ impl FwCfgLinux {
             HIGH_MEMORY_START + need,
             layout,
         )?;
-        let text = cfg.cmdline.clone().unwrap_or_default();
-        let cmdline = Cmdline::try_from(&text, cmdline_size.min(area::CMDLINE_MAX as usize))
-            .map_err(|e| {
-                BootError::Cmdline(format!("{e} (the kernel takes {cmdline_size} bytes)"))
-            })?
-            .as_cstring()
-            .map_err(|e| BootError::Cmdline(e.to_string()))?
-            .into_bytes_with_nul();
+        let cmdline = kernel_cmdline(cfg, cmdline_size)?;
         let initrd = match &cfg.initrd {
             Some(p) => {
                 let ip = p.display().to_string();

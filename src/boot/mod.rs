@@ -22,7 +22,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use crate::block::{BlockError, Disk};
 use crate::config::VmConfig;
 use crate::devices::fw_cfg::{FwCfg, FwCfgError};
-use crate::firmware::{BootDescriptor, BootKind, Handoff};
+use crate::firmware::{BootDescriptor, BootKind, Handoff, Regs, Segs};
 use crate::memory::{E820Entry, MemoryLayout, EBDA_START, HIGH_MEMORY_START};
 
 /// Guest-physical addresses of the boot structures the VMM writes. The firmware's own
@@ -186,6 +186,41 @@ pub fn write_identity_page_tables(mem: &GuestMemoryMmap) -> Result<u32, BootErro
         }
     }
     Ok(pml4 as u32)
+}
+
+/// The hand-off to a flat 32-bit protected-mode entry, or with `long` a 64-bit one: the
+/// hand-off GDT (and the identity page tables), CS 0x10 and every data segment 0x18,
+/// interrupts off, the stack at `area::STACK_TOP`, and the protocol's `regs`.
+pub fn flat_handoff(
+    mem: &GuestMemoryMmap,
+    entry: u64,
+    long: bool,
+    regs: Regs,
+) -> Result<(BootKind, Handoff), BootError> {
+    let gdt = write_gdt(mem, long)?;
+    let cr3 = if long {
+        write_identity_page_tables(mem)?
+    } else {
+        0
+    };
+    Ok((
+        if long {
+            BootKind::Long
+        } else {
+            BootKind::Protected
+        },
+        Handoff {
+            entry: entry as u32,
+            segs: Segs::flat(CODE_SELECTOR, DATA_SELECTOR),
+            regs: Regs {
+                esp: area::STACK_TOP as u32,
+                ..regs
+            },
+            interrupts: false,
+            gdt,
+            cr3,
+        },
+    ))
 }
 
 /// What the firmware starts, and what must be in guest memory for it.

@@ -7,12 +7,9 @@
 use vm_memory::GuestMemoryMmap;
 
 use super::elf;
-use super::{
-    area, check_image_range, file_err, put, write_gdt, zero, BootEnv, BootError, CODE_SELECTOR,
-    DATA_SELECTOR,
-};
+use super::{area, check_image_range, file_err, put, zero, BootEnv, BootError};
 use crate::config::VmConfig;
-use crate::firmware::{BootKind, Handoff, Regs, Segs};
+use crate::firmware::{BootKind, Handoff, Regs};
 use crate::memory::{MemoryLayout, EBDA_START, KIB};
 
 const MAGIC: u32 = 0x1BAD_B002;
@@ -275,23 +272,12 @@ pub fn handoff(
     magic: u32,
     info: u32,
 ) -> Result<(BootKind, Handoff), BootError> {
-    let gdt = write_gdt(mem, false)?;
-    Ok((
-        BootKind::Protected,
-        Handoff {
-            entry,
-            segs: Segs::flat(CODE_SELECTOR, DATA_SELECTOR),
-            regs: Regs {
-                eax: magic,
-                ebx: info,
-                esp: area::STACK_TOP as u32,
-                ..Default::default()
-            },
-            interrupts: false,
-            gdt,
-            cr3: 0,
-        },
-    ))
+    let regs = Regs {
+        eax: magic,
+        ebx: info,
+        ..Default::default()
+    };
+    super::flat_handoff(mem, entry.into(), false, regs)
 }
 
 /// Finds a multiboot 1 header: (its offset, flags).
