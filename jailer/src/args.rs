@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::cgroup::{self, CgroupError, Setting};
+use crate::cgroup::{self, CgroupError, Setting, Version};
 use crate::rlimits::{Limits, RlimitError};
 
 pub const DEFAULT_CHROOT_BASE: &str = "/srv/jailer";
@@ -23,7 +23,11 @@ Options:
   --chroot-base DIR         absolute; the jail is DIR/minipc/ID/root (default /srv/jailer)
   --netns PATH              join this network namespace (e.g. /var/run/netns/NAME)
   --cgroup KEY=VALUE        write VALUE to the leaf's KEY file, e.g. memory.max=256M,
-                            pids.max=64, 'cpu.max=50000 100000' (repeatable)
+                            pids.max=64, 'cpu.max=50000 100000' (repeatable); on
+                            cgroup v1, v2 keys are translated to the v1 files (memory.max
+                            to memory.limit_in_bytes, ...) and v1 keys written as given
+  --cgroup-version 1|2      the cgroup interface (default: v2 when it is mounted at
+                            /sys/fs/cgroup, else the v1 controllers)
   --resource-limit KEY=N    no-file=N (default 2048) or fsize=N bytes (default 16 GiB)
                             (repeatable)
   --daemonize               detach (new session, stdio to /dev/null), print the VMM's
@@ -84,6 +88,7 @@ pub struct Args {
     pub chroot_base: PathBuf,
     pub netns: Option<PathBuf>,
     pub cgroups: Vec<Setting>,
+    pub cgroup_version: Option<Version>,
     pub limits: Limits,
     pub daemonize: bool,
     pub mount_proc: bool,
@@ -153,6 +158,7 @@ pub fn parse(args: Vec<String>) -> Result<Command, ArgsError> {
     let mut chroot_base = None;
     let mut netns = None;
     let mut cgroups: Vec<Setting> = Vec::new();
+    let mut cgroup_version = None;
     let mut limits = Limits::default();
     let mut daemonize = false;
     let mut mount_proc = false;
@@ -178,6 +184,7 @@ pub fn parse(args: Vec<String>) -> Result<Command, ArgsError> {
                 | "--chroot-base"
                 | "--netns"
                 | "--cgroup"
+                | "--cgroup-version"
                 | "--resource-limit"
         );
         let is_switch = matches!(
@@ -227,6 +234,7 @@ pub fn parse(args: Vec<String>) -> Result<Command, ArgsError> {
                 }
                 cgroups.push(s);
             }
+            "--cgroup-version" => cgroup_version = Some(cgroup::parse_version(&value)?),
             "--resource-limit" => limits.set(&value)?,
             "--daemonize" => daemonize = true,
             "--mount-proc" => mount_proc = true,
@@ -241,6 +249,7 @@ pub fn parse(args: Vec<String>) -> Result<Command, ArgsError> {
         chroot_base: chroot_base.unwrap_or_else(|| PathBuf::from(DEFAULT_CHROOT_BASE)),
         netns,
         cgroups,
+        cgroup_version,
         limits,
         daemonize,
         mount_proc,
@@ -295,6 +304,7 @@ mod tests {
         assert_eq!(a.chroot_base, PathBuf::from("/srv/jailer"));
         assert_eq!(a.netns, None);
         assert!(a.cgroups.is_empty());
+        assert_eq!(a.cgroup_version, None);
         assert_eq!(a.limits, Limits::default());
         assert!(!a.daemonize && !a.mount_proc);
         assert!(a.vmm_args.is_empty());
@@ -320,6 +330,7 @@ mod tests {
             "--cgroup=cpu.max=50000 100000",
             "--cgroup",
             "pids.max=64",
+            "--cgroup-version=1",
             "--resource-limit=no-file=64",
             "--resource-limit",
             "fsize=1024",
@@ -336,6 +347,11 @@ mod tests {
         assert_eq!(a.cgroups[0].key, "cpu.max");
         assert_eq!(a.cgroups[0].value, "50000 100000");
         assert_eq!(a.cgroups[1].value, "64");
+        assert_eq!(a.cgroup_version, Some(Version::V1));
+        assert_eq!(
+            run(&["--cgroup-version", "2"]).unwrap().cgroup_version,
+            Some(Version::V2)
+        );
         assert_eq!((a.limits.no_file, a.limits.fsize), (64, 1024));
         assert!(a.daemonize && a.mount_proc);
     }
@@ -379,6 +395,14 @@ mod tests {
         assert!(err(&["--cgroup", "../x=1"]).starts_with("--cgroup '../x=1'"));
         assert!(err(&["--cgroup", "pids.max=1", "--cgroup", "pids.max=2"]).contains("twice"));
         assert!(err(&["--resource-limit", "stack=1"]).contains("unknown key"));
+        assert_eq!(
+            err(&["--cgroup-version", "3"]),
+            "--cgroup-version '3': expected 1 or 2"
+        );
+        assert_eq!(
+            err(&["--cgroup-version", "1", "--cgroup-version", "2"]),
+            "--cgroup-version is given twice"
+        );
     }
 
     #[test]

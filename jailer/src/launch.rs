@@ -41,7 +41,8 @@ pub struct Spec {
     pub uid: u32,
     pub gid: u32,
     pub netns: Option<File>,
-    pub cgroup_procs: Option<File>,
+    /// The `cgroup.procs` file of each of the leaf's directories.
+    pub cgroup_procs: Vec<File>,
     pub limits: Limits,
     pub daemonize: bool,
     pub mount_proc: bool,
@@ -191,7 +192,7 @@ fn child(
     envp: &[CString],
 ) -> Result<Infallible, String> {
     use std::os::fd::AsRawFd;
-    if let Some(mut procs) = spec.cgroup_procs.take() {
+    for mut procs in std::mem::take(&mut spec.cgroup_procs) {
         // "0" moves the writing process itself.
         step("moving the VMM into its cgroup", procs.write_all(b"0"))?;
     }

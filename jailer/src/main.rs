@@ -84,13 +84,19 @@ impl Error {
             | Error::SerialDir { .. }
             | Error::NotNetns(_) => code::BAD_INPUT,
             Error::Cgroup(e) => match e {
-                CgroupError::NotV2
-                | CgroupError::ControllerMissing { .. }
-                | CgroupError::Io { .. } => code::HOST_ERROR,
+                CgroupError::Io { .. } => code::HOST_ERROR,
+                // A limit this host cannot apply (no hierarchy, a controller it lacks, a
+                // key without a file) is refused like any bad argument: nothing started.
                 CgroupError::Syntax(_)
                 | CgroupError::BadKey { .. }
                 | CgroupError::BadValue(_)
+                | CgroupError::BadNumber { .. }
                 | CgroupError::Duplicate(_)
+                | CgroupError::BadVersion(_)
+                | CgroupError::NotMounted(_)
+                | CgroupError::ControllerMissing { .. }
+                | CgroupError::V1ControllerMissing { .. }
+                | CgroupError::NoV1Equivalent { .. }
                 | CgroupError::Exists(_)
                 | CgroupError::NoSuchFile { .. }
                 | CgroupError::Refused { .. } => code::BAD_INPUT,
@@ -182,12 +188,14 @@ fn run() -> Result<i32, Error> {
         }
         None => None,
     };
-    let cgroup_root = Path::new(cgroup::ROOT);
-    let cgroup_v2 = cgroup::is_v2(cgroup_root);
-    if !a.cgroups.is_empty() && !cgroup_v2 {
-        return Err(CgroupError::NotV2.into());
+    let hierarchy = cgroup::Hierarchy::find(a.cgroup_version);
+    match &hierarchy {
+        Some(h) => cgroup::check(h, &a.cgroups)?,
+        None if !a.cgroups.is_empty() || a.cgroup_version.is_some() => {
+            return Err(CgroupError::NotMounted(a.cgroup_version).into())
+        }
+        None => {}
     }
-
     // The jail; dropping `jail` removes it again.
     let mut jail = Jail::create(&a.chroot_base, &a.id, a.uid, a.gid)?;
     jail.install_exec(&exec)?;
@@ -207,20 +215,29 @@ fn run() -> Result<i32, Error> {
     let vmm_args = plan.rewrite(&file_paths, &serial_paths);
 
     // The cgroup leaf; dropping `leaf` removes it again. A warning is printed only once
-    // the VMM runs, so that a failure is reported on a single line.
+    // the VMM runs, so that a failure is reported on a single line. On cgroup v1 a leaf
+    // is made only under the hierarchies the limits use: without any, there is none.
     let mut warning = None;
-    let mut leaf = if cgroup_v2 {
-        match cgroup::create(cgroup_root, &a.id, &a.cgroups) {
-            Ok(l) => Some(l),
-            Err(e) if a.cgroups.is_empty() => {
-                warning = Some(e.to_string());
-                None
+    let mut leaf = match &hierarchy {
+        Some(h) if !a.cgroups.is_empty() || h.version() == cgroup::Version::V2 => {
+            match cgroup::create(h, &a.id, &a.cgroups) {
+                Ok(l) => Some(l),
+                Err(e) if a.cgroups.is_empty() => {
+                    warning = Some(e.to_string());
+                    None
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
         }
-    } else {
-        warning = Some(format!("cgroup v2 is not mounted at {}", cgroup::ROOT));
-        None
+        Some(_) => None,
+        None => {
+            warning = Some(format!(
+                "no cgroup hierarchy is mounted (neither cgroup v2 at {} nor cgroup v1 \
+                 controllers)",
+                cgroup::ROOT
+            ));
+            None
+        }
     };
 
     let env = PASSED_ENV
@@ -233,7 +250,7 @@ fn run() -> Result<i32, Error> {
         uid: a.uid,
         gid: a.gid,
         netns,
-        cgroup_procs: leaf.as_mut().and_then(|l| l.take_procs()),
+        cgroup_procs: leaf.as_mut().map(|l| l.take_procs()).unwrap_or_default(),
         limits: a.limits,
         daemonize: a.daemonize,
         mount_proc: a.mount_proc,
@@ -272,13 +289,22 @@ mod tests {
             Error::NotNetns(PathBuf::from("/x")),
             Error::Jail(JailError::Exists(PathBuf::from("/x"))),
             Error::Cgroup(CgroupError::Syntax("x".into())),
+            Error::Cgroup(CgroupError::NotMounted(None)),
+            Error::Cgroup(CgroupError::V1ControllerMissing {
+                key: "pids.max".into(),
+                controller: "pids".into(),
+                mounted: vec![],
+            }),
             Error::Launch(LaunchError::Nul("x".into())),
         ];
         for e in &bad {
             assert_eq!(e.exit_code(), 2, "{e}");
         }
         let host = [
-            Error::Cgroup(CgroupError::NotV2),
+            Error::Cgroup(CgroupError::Io {
+                path: PathBuf::from("/x"),
+                err: io(),
+            }),
             Error::Jail(JailError::Io {
                 step: "mknod",
                 path: PathBuf::from("/x"),

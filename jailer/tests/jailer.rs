@@ -111,9 +111,8 @@ fn parse_probe(stdout: &str) -> HashMap<String, String> {
         .collect()
 }
 
-/// Exit codes of the jailer's own failures (README.md): bad input, host failure.
+/// The exit code of the jailer's own failures on bad input (README.md).
 const BAD_INPUT: i32 = 2;
-const HOST_ERROR: i32 = 6;
 
 fn assert_error(r: &Out, needle: &str) {
     assert_error_code(r, BAD_INPUT, needle);
@@ -445,37 +444,227 @@ fn an_existing_jail_is_not_touched() {
 }
 
 /// The jailer runs in a private mount namespace where an empty tmpfs hides whatever is
-/// mounted at /sys/fs/cgroup, so the test sees a host without cgroup v2 wherever it runs.
+/// mounted at /sys/fs/cgroup, so the test sees a host without any cgroup hierarchy
+/// wherever it runs: a limit, or a cgroup version asked for, is refused by name.
 #[test]
-fn cgroup_limits_need_cgroup_v2() {
-    if skip_unless_root("cgroup_limits_need_cgroup_v2") {
+fn cgroup_limits_need_a_cgroup_hierarchy() {
+    if skip_unless_root("cgroup_limits_need_a_cgroup_hierarchy") {
         return;
     }
     if !precondition(
         tool_runs("unshare"),
-        "cgroup_limits_need_cgroup_v2: unshare (util-linux) is missing",
+        "cgroup_limits_need_a_cgroup_hierarchy: unshare (util-linux) is missing",
     ) {
         return;
     }
-    let (id, base) = fresh("nov2");
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--cgroup", "pids.max=64"],
+            "--cgroup: no cgroup hierarchy is mounted",
+        ),
+        (
+            &["--cgroup-version", "1", "--cgroup", "pids.max=64"],
+            "--cgroup-version 1: no cgroup v1 controller is mounted",
+        ),
+        (
+            &["--cgroup-version", "1"],
+            "--cgroup-version 1: no cgroup v1 controller is mounted",
+        ),
+    ];
+    for (extra, needle) in cases {
+        let (id, base) = fresh("nocgroup");
+        let mut args = probe_args(&id, &base);
+        args.extend_from_slice(extra);
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount -t tmpfs none /sys/fs/cgroup && exec \"$0\" \"$@\"",
+            JAILER,
+        ]);
+        cmd.args(&args);
+        assert_error_code(&run_cmd(cmd), BAD_INPUT, needle);
+        assert_gone(&base, &id);
+        fs::remove_dir_all(&base).unwrap();
+    }
+}
+
+/// The cgroup v1 hierarchies of this host, by controller: where each is mounted (from
+/// /proc/self/mountinfo; fields after " - ": type, source, super options).
+fn v1_mounts() -> HashMap<String, PathBuf> {
+    let mut out = HashMap::new();
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for line in text.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mut r = right.split(' ');
+        if r.next() != Some("cgroup") {
+            continue;
+        }
+        let Some(point) = left.split(' ').nth(4) else {
+            continue;
+        };
+        for opt in r.nth(1).unwrap_or("").split(',') {
+            if opt != "rw" && opt != "ro" && !opt.contains('=') && Path::new(point).is_dir() {
+                out.entry(opt.to_string())
+                    .or_insert_with(|| PathBuf::from(point));
+            }
+        }
+    }
+    out
+}
+
+/// The first mount point of a cgroup2 file system, from /proc/self/mountinfo.
+fn v2_mount() -> Option<PathBuf> {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let point = PathBuf::from(left.split(' ').nth(4)?);
+        (right.split(' ').next() == Some("cgroup2") && point.join("cgroup.controllers").exists())
+            .then_some(point)
+    })
+}
+
+/// Lines of a /proc/PID/cgroup text (or the probe's, joined by ';') that put the process
+/// in the jail's leaf, as "HIERARCHY-ID:CONTROLLERS".
+fn in_leaf(cgroup: &str, id: &str) -> Vec<String> {
+    cgroup
+        .split([';', '\n'])
+        .filter_map(|l| l.rsplit_once(':'))
+        .filter(|(_, path)| *path == format!("/minipc/{id}"))
+        .map(|(h, _)| h.to_string())
+        .collect()
+}
+
+/// A v1 key the host cannot apply: its controller is not mounted as cgroup v1.
+fn unmounted_v1_key(mounts: &HashMap<String, PathBuf>) -> Option<(&'static str, &'static str)> {
+    [
+        ("rdma", "rdma.max=mlx4_0 hca_handle=2"),
+        ("misc", "misc.max=res_a 1"),
+        ("net_cls", "net_cls.classid=1"),
+        ("perf_event", "perf_event.x=1"),
+        ("hugetlb", "hugetlb.2MB.limit_in_bytes=0"),
+    ]
+    .into_iter()
+    .find(|(c, _)| !mounts.contains_key(*c))
+}
+
+/// On cgroup v1, a key without a v1 equivalent, a key without a file, a controller that
+/// is not mounted and a bad value are refused by name (exit 2), and no leaf is left.
+#[test]
+fn cgroup_v1_keys_the_host_cannot_apply_are_named() {
+    let test = "cgroup_v1_keys_the_host_cannot_apply_are_named";
+    if skip_unless_root(test) {
+        return;
+    }
+    let mounts = v1_mounts();
+    if !precondition(
+        mounts.contains_key("memory"),
+        &format!("{test}: no cgroup v1 memory controller is mounted"),
+    ) {
+        return;
+    }
+    let memory = mounts["memory"].clone();
+    let (id, base) = fresh("v1keys");
+    let leaf = memory.join("minipc").join(&id);
+    let mut cases: Vec<(String, String)> = vec![
+        (
+            "memory.high=1G".into(),
+            "--cgroup memory.high: no cgroup v1 equivalent (the closest v1 file is \
+             memory.soft_limit_in_bytes"
+                .into(),
+        ),
+        (
+            "memory.no_such_file=1".into(),
+            format!(
+                "--cgroup memory.no_such_file: no such file in {}",
+                leaf.display()
+            ),
+        ),
+        (
+            "cpu.weight=0".into(),
+            "--cgroup 'cpu.weight=0': expected a weight from 1 to 10000".into(),
+        ),
+        (
+            "cpu.max=half".into(),
+            "--cgroup 'cpu.max=half': expected 'QUOTA [PERIOD]'".into(),
+        ),
+        (
+            "memory.limit_in_bytes=lots".into(),
+            "--cgroup 'memory.limit_in_bytes=lots': the kernel refused it".into(),
+        ),
+    ];
+    match unmounted_v1_key(&mounts) {
+        Some((controller, key)) => cases.push((
+            key.to_string(),
+            format!("controller '{controller}' is not mounted as cgroup v1 (mounted: "),
+        )),
+        None => {
+            precondition(
+                false,
+                &format!("{test}: every v1 controller is mounted; the missing one is not checked"),
+            );
+        }
+    }
+    for (setting, needle) in &cases {
+        let mut args = probe_args(&id, &base);
+        args.extend(["--cgroup-version", "1", "--cgroup", setting]);
+        assert_error(&jailer(&args), needle);
+        assert!(!leaf.exists(), "{setting}: {} left behind", leaf.display());
+        assert_gone(&base, &id);
+    }
+    fs::remove_dir_all(&base).unwrap();
+}
+
+/// `--cgroup-version` picks the hierarchy: with 1 the process is in a leaf of the v1
+/// controller its limit uses, with 2 in a leaf of the cgroup v2 hierarchy (on a hybrid
+/// host, the one at /sys/fs/cgroup/unified); the leaves are gone afterwards.
+#[test]
+fn cgroup_version_picks_the_hierarchy() {
+    let test = "cgroup_version_picks_the_hierarchy";
+    if skip_unless_root(test) {
+        return;
+    }
+    let mounts = v1_mounts();
+    let v2 = v2_mount();
+    if !precondition(
+        mounts.contains_key("pids") && v2.is_some(),
+        &format!(
+            "{test}: needs the cgroup v1 pids controller and a cgroup v2 mount (a hybrid host)"
+        ),
+    ) {
+        return;
+    }
+    let v2 = v2.unwrap_or_default();
+    let (id, base) = fresh("version");
+
     let mut args = probe_args(&id, &base);
-    args.extend(["--cgroup", "pids.max=64"]);
-    let mut cmd = Command::new("unshare");
-    cmd.args([
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        "mount -t tmpfs none /sys/fs/cgroup && exec \"$0\" \"$@\"",
-        JAILER,
+    args.extend([
+        "--mount-proc",
+        "--cgroup-version",
+        "1",
+        "--cgroup",
+        "pids.max=64",
     ]);
-    cmd.args(&args);
-    assert_error_code(
-        &run_cmd(cmd),
-        HOST_ERROR,
-        "cgroup v2 is not mounted at /sys/fs/cgroup",
-    );
+    let r = jailer(&args);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let p = parse_probe(&r.stdout);
+    let lines = in_leaf(&p["cgroup"], &id);
+    assert_eq!(lines.len(), 1, "v1: {}", p["cgroup"]);
+    assert!(lines[0].ends_with(":pids"), "v1: {}", p["cgroup"]);
+    assert!(!mounts["pids"].join("minipc").join(&id).exists());
+
+    let mut args = probe_args(&id, &base);
+    args.extend(["--mount-proc", "--cgroup-version", "2"]);
+    let r = jailer(&args);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let p = parse_probe(&r.stdout);
+    assert_eq!(in_leaf(&p["cgroup"], &id), ["0:"], "v2: {}", p["cgroup"]);
+    assert!(!v2.join("minipc").join(&id).exists());
     assert_gone(&base, &id);
     fs::remove_dir_all(&base).unwrap();
 }
@@ -857,6 +1046,33 @@ fn status_field(pid: u32, name: &str) -> String {
         .unwrap_or_default()
 }
 
+/// A 4 KiB firmware whose reset vector jumps to itself: the guest spins until stopped.
+fn spin_rom(dir: &Path) -> PathBuf {
+    let rom = dir.join("spin.bin");
+    let mut bytes = vec![0u8; 4096];
+    bytes[0xFF0] = 0xEB;
+    bytes[0xFF1] = 0xFE;
+    fs::write(&rom, &bytes).unwrap();
+    rom
+}
+
+/// The VMM's two processes under the jailer `jailer`, once its vCPU runs: the jailer's
+/// child is the VMM's supervisor (PID 1 of the new PID namespace), whose child runs the
+/// VM. Empty when they do not appear within 5 s.
+fn vmm_processes(jailer: u32) -> Vec<u32> {
+    for _ in 0..200 {
+        std::thread::sleep(std::time::Duration::from_millis(25));
+        if let Some(sup) = children_of(jailer).first().copied() {
+            if let Some(vm) = children_of(sup).first().copied() {
+                if fs::read_dir(format!("/proc/{vm}/task")).map_or(0, |d| d.count()) >= 2 {
+                    return vec![sup, vm];
+                }
+            }
+        }
+    }
+    Vec::new()
+}
+
 #[test]
 fn a_running_vmm_is_confined_as_seen_from_outside() {
     let test = "a_running_vmm_is_confined_as_seen_from_outside";
@@ -873,12 +1089,7 @@ fn a_running_vmm_is_confined_as_seen_from_outside() {
         return;
     }
     let (id, base) = fresh("outside");
-    // A 4 KiB firmware whose reset vector jumps to itself: the guest spins until stopped.
-    let rom = base.join("spin.bin");
-    let mut bytes = vec![0u8; 4096];
-    bytes[0xFF0] = 0xEB;
-    bytes[0xFF1] = 0xFE;
-    fs::write(&rom, &bytes).unwrap();
+    let rom = spin_rom(&base);
     let mut args = nobody_args(&id, s(&vmm), &base);
     args.extend(["--", "--firmware", s(&rom), "--timeout", "60"]);
     let mut child = Command::new(JAILER)
@@ -888,20 +1099,7 @@ fn a_running_vmm_is_confined_as_seen_from_outside() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // The jailer's child is the VMM's supervisor (PID 1 of the new PID namespace); its child
-    // runs the VM.
-    let mut procs = Vec::new();
-    for _ in 0..200 {
-        std::thread::sleep(std::time::Duration::from_millis(25));
-        if let Some(sup) = children_of(child.id()).first().copied() {
-            if let Some(vm) = children_of(sup).first().copied() {
-                if fs::read_dir(format!("/proc/{vm}/task")).map_or(0, |d| d.count()) >= 2 {
-                    procs = vec![sup, vm];
-                    break;
-                }
-            }
-        }
-    }
+    let procs = vmm_processes(child.id());
     assert_eq!(procs.len(), 2, "the VMM did not start under the jailer");
     let me = std::process::id();
     for pid in procs {
@@ -939,6 +1137,165 @@ fn a_running_vmm_is_confined_as_seen_from_outside() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(143));
+    assert_gone(&base, &id);
+    fs::remove_dir_all(&base).unwrap();
+}
+
+/// A number in a cgroup file.
+fn cgroup_number(path: &Path) -> i64 {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{}: {text:?}", path.display()))
+}
+
+/// A `name value` line of a cgroup v1 stat file.
+fn stat_value(path: &Path, name: &str) -> i64 {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {}: {text}", path.display()))
+}
+
+/// The README's launch on a cgroup v1 (or hybrid) host: the v2 keys become the v1 files of
+/// a leaf under each controller, both VMM processes are in every leaf, and, read from
+/// outside while the guest spins, the limits hold: the CPU quota throttles it, its memory
+/// and tasks are counted against the leaf. The leaves are gone afterwards.
+#[test]
+fn cgroup_v1_limits_apply_to_the_running_vmm() {
+    let test = "cgroup_v1_limits_apply_to_the_running_vmm";
+    if skip_unless_root(test) {
+        return;
+    }
+    let Some(vmm) = minipc_binary(test) else {
+        return;
+    };
+    if !precondition(
+        Path::new("/dev/kvm").exists(),
+        &format!("{test}: no /dev/kvm"),
+    ) {
+        return;
+    }
+    let mounts = v1_mounts();
+    let controllers = ["memory", "pids", "cpu"];
+    let v1_host = !Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    if !precondition(
+        v1_host && controllers.iter().all(|c| mounts.contains_key(*c)),
+        &format!(
+            "{test}: needs a cgroup v1 or hybrid host with the memory, pids and cpu controllers"
+        ),
+    ) {
+        return;
+    }
+    let (id, base) = fresh("v1limits");
+    let rom = spin_rom(&base);
+    let mut args = nobody_args(&id, s(&vmm), &base);
+    // No --cgroup-version: the jailer finds the v1 controllers itself.
+    args.extend([
+        "--cgroup",
+        "memory.max=256M",
+        "--cgroup",
+        "pids.max=32",
+        "--cgroup",
+        "cpu.max=20000 100000",
+        "--cgroup",
+        "cpu.weight=50",
+        "--",
+        "--mem",
+        "64M",
+        "--firmware",
+        s(&rom),
+        "--timeout",
+        "60",
+    ]);
+    let mut child = Command::new(JAILER)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let procs = vmm_processes(child.id());
+    let leaf = |c: &str| mounts[c].join("minipc").join(&id);
+    let mut seen = Vec::new();
+    if procs.len() == 2 {
+        // Long enough for a spinning guest to run into its 20% quota several times.
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        for c in controllers {
+            let members = fs::read_to_string(leaf(c).join("cgroup.procs")).unwrap_or_default();
+            seen.push((c, members));
+        }
+    }
+    let values = (procs.len() == 2).then(|| {
+        (
+            cgroup_number(&leaf("memory").join("memory.limit_in_bytes")),
+            cgroup_number(&leaf("memory").join("memory.max_usage_in_bytes")),
+            cgroup_number(&leaf("pids").join("pids.max")),
+            cgroup_number(&leaf("pids").join("pids.current")),
+            cgroup_number(&leaf("cpu").join("cpu.cfs_quota_us")),
+            cgroup_number(&leaf("cpu").join("cpu.cfs_period_us")),
+            cgroup_number(&leaf("cpu").join("cpu.shares")),
+            stat_value(&leaf("cpu").join("cpu.stat"), "nr_throttled"),
+        )
+    });
+    let proc_cgroup = procs
+        .iter()
+        .map(|p| fs::read_to_string(format!("/proc/{p}/cgroup")).unwrap_or_default())
+        .collect::<Vec<_>>();
+    // SAFETY: signalling the jailer this test started; it forwards SIGTERM to the VMM.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(procs.len(), 2, "the VMM did not start: {stderr}");
+    let Some((limit, usage, pids_max, pids_now, quota, period, shares, throttled)) = values else {
+        unreachable!("read while the VMM ran")
+    };
+    for (c, members) in &seen {
+        for p in &procs {
+            assert!(
+                members.lines().any(|l| l == p.to_string()),
+                "{c}: VMM process {p} not in {}: {members:?}",
+                leaf(c).display()
+            );
+        }
+    }
+    for text in &proc_cgroup {
+        let hierarchies = in_leaf(text, &id);
+        for c in controllers {
+            assert!(
+                hierarchies.iter().any(|h| h
+                    .rsplit(':')
+                    .next()
+                    .is_some_and(|l| l.split(',').any(|x| x == c))),
+                "{c} not in the leaf: {text}"
+            );
+        }
+    }
+    assert_eq!(limit, 256 << 20, "memory.limit_in_bytes");
+    assert!(
+        usage > 0 && usage <= limit,
+        "memory.max_usage_in_bytes {usage}: the VMM's memory is not counted"
+    );
+    assert_eq!(pids_max, 32, "pids.max");
+    // The supervisor, the VM process and its vCPU thread at least.
+    assert!((3..=32).contains(&pids_now), "pids.current {pids_now}");
+    assert_eq!(
+        (quota, period),
+        (20_000, 100_000),
+        "cpu.cfs_quota_us, period"
+    );
+    assert_eq!(shares, 512, "cpu.shares for cpu.weight=50");
+    assert!(throttled > 0, "the spinning guest was never throttled");
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{stderr}");
+    for c in controllers {
+        assert!(!leaf(c).exists(), "{} left behind", leaf(c).display());
+    }
     assert_gone(&base, &id);
     fs::remove_dir_all(&base).unwrap();
 }
