@@ -181,7 +181,7 @@ def main():
         sh("cargo", "build", "--release", "--quiet", "--manifest-path",
            os.path.join(ROOT, "Cargo.toml"))
         target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-        binary = os.path.join(target, "release", "minipc")
+        binary = os.path.join(target, "x86_64-unknown-linux-gnu", "release", "minipc")
     if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         sys.exit("bench: prctl(PR_SET_CHILD_SUBREAPER) failed")
     tmp = tempfile.mkdtemp(prefix="minipc-load-")
