@@ -4,12 +4,14 @@
 //! through the boot descriptor; the firmware only switches mode and jumps
 //! (firmware/handoff_real.s, firmware/handoff_protected.s).
 //!
-//! One file per format: `linux.rs` (bzImage and ELF vmlinux), `multiboot.rs` (multiboot 1),
+//! One file per format: `linux.rs` (bzImage and ELF vmlinux), `firmware_linux.rs` (a bzImage
+//! for a user's firmware, through fw_cfg), `multiboot.rs` (multiboot 1),
 //! `multiboot2.rs`; `detect.rs` decides which one a `--kernel` file is; `elf.rs` reads ELF
 //! program headers for the multiboot loaders.
 
 mod detect;
 mod elf;
+mod firmware_linux;
 mod linux;
 mod multiboot;
 mod multiboot2;
@@ -233,7 +235,7 @@ enum Payload {
     /// A user's firmware image: it boots by itself.
     Firmware,
     /// A user's firmware, with a Linux kernel for it in fw_cfg.
-    FirmwareLinux(Box<linux::FwCfgLinux>),
+    FirmwareLinux(Box<firmware_linux::FwCfgLinux>),
     Linux(Box<linux::Linux>),
     Multiboot(Box<multiboot::Multiboot>),
     Multiboot2(Box<multiboot2::Multiboot2>),
@@ -257,7 +259,9 @@ impl BootPlan {
             Some(path) if cfg.firmware.is_some() => {
                 let p = path.display().to_string();
                 let image = read_input(path, "kernel", layout.ram_size)?;
-                Payload::FirmwareLinux(Box::new(linux::FwCfgLinux::new(&p, image, cfg, layout)?))
+                Payload::FirmwareLinux(Box::new(firmware_linux::FwCfgLinux::new(
+                    &p, image, cfg, layout,
+                )?))
             }
             Some(path) => detect::plan(path, cfg, layout)?,
             None if cfg.firmware.is_some() => Payload::Firmware,
