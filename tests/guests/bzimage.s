@@ -142,6 +142,7 @@ e820_next:      .long 0
 # The protected-mode kernel, at code32_start.
         .section .text32, "ax"
         .code32
+        .globl  startup_32
 startup_32:
         jmp     main32
         .section .text32.main, "ax"
