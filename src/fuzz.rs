@@ -12,6 +12,8 @@
 //! - `MINIPC_FUZZ_SEED`: the run's seed (default: fixed per target, so runs repeat).
 //! - `MINIPC_FUZZ_CASE`: run one case, by the seed a failure printed.
 //! - `MINIPC_FUZZ_KEEP_GOING=1`: after a panic, go on (up to 10) and fail at the end.
+//! - `MINIPC_FUZZ_DUMP=PATH`: targets whose input is a file write each input there (with
+//!   `MINIPC_FUZZ_CASE`, the failing one), for a regression test or a look with `xxd`.
 //!
 //! Each target prints `fuzz NAME: N executions in T s, C crashes` (seen with
 //! `--nocapture`); `bench/fuzz.sh` collects these lines.
@@ -227,6 +229,15 @@ fn mutate_once(rng: &mut Rng, buf: &mut Vec<u8>, fields: &[Field]) {
                 let i = rng.index(buf.len());
                 buf[i] = *rng.pick(&[0u8, 0xFF, 0x7F, 0x80]);
             }
+        }
+    }
+}
+
+/// Writes a case's input file to `MINIPC_FUZZ_DUMP`, when set.
+pub fn dump(bytes: &[u8]) {
+    if let Some(p) = std::env::var_os("MINIPC_FUZZ_DUMP") {
+        if let Err(e) = std::fs::write(&p, bytes) {
+            eprintln!("MINIPC_FUZZ_DUMP: {}: {e}", p.to_string_lossy());
         }
     }
 }

@@ -312,13 +312,13 @@ pub(crate) mod tests {
 }
 
 #[cfg(test)]
-mod fuzz {
+pub(super) mod fuzz {
     use super::tests::{elf32, elf64};
     use super::*;
     use crate::fuzz::{get_le, mutate, run, Field, Rng};
 
     /// The fields of the ELF header and of the first `phnum` program headers.
-    fn fields(is_64: bool, phnum: usize) -> Vec<Field> {
+    pub fn fields(is_64: bool, phnum: usize) -> Vec<Field> {
         let mut f = vec![Field(4, 1), Field(5, 1), Field(18, 2)];
         let (phoff, size, hdr) = if is_64 {
             f.extend([Field(24, 8), Field(32, 8), Field(54, 2), Field(56, 2)]);
@@ -428,6 +428,7 @@ mod fuzz {
                 mutate(rng, &mut b, &f);
                 b
             };
+            crate::fuzz::dump(&b);
             match parse(&b) {
                 Ok(e) => check(&b, &e),
                 Err(why) => assert!(!why.is_empty()),

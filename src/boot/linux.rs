@@ -13,7 +13,6 @@ use linux_loader::configurator::pvh::PvhBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use linux_loader::loader::bzimage::BzImage;
-use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::KernelLoader;
 use linux_loader::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
 use vm_memory::{ByteValued, GuestAddress, GuestMemoryMmap};
@@ -322,19 +321,16 @@ impl Linux {
                 self.handoff(mem, entry)
             }
             Format::Elf { entry, pvh_entry } => {
-                let r = Elf::load(
-                    mem,
-                    None,
-                    &mut Cursor::new(&self.image),
-                    Some(GuestAddress(HIGH_MEMORY_START)),
-                )
-                .map_err(load_err)?;
+                // The segments `elf_kernel` checked, read by the same parser: their file
+                // bytes at their physical addresses (the kernel clears its own BSS).
+                let elf = super::elf::parse(&self.image).map_err(|e| file_err(&self.path, e))?;
+                for s in &elf.segments {
+                    let start = s.offset as usize;
+                    put(mem, s.paddr, &self.image[start..start + s.filesz as usize])?;
+                }
                 if self.entry == Entry::Pvh {
-                    let pvh = match (r.pvh_boot_cap, pvh_entry) {
-                        (PvhBootCapability::PvhEntryPresent(a), _) => a.0 as u32,
-                        (_, Some(a)) => *a,
-                        _ => return Err(file_err(&self.path, "the kernel has no PVH entry")),
-                    };
+                    let pvh = pvh_entry
+                        .ok_or_else(|| file_err(&self.path, "the kernel has no PVH entry"))?;
                     return self.load_pvh(mem, env, pvh, ramdisk_image, ramdisk_size);
                 }
                 let hdr = setup_header {
@@ -357,6 +353,69 @@ impl Linux {
                 self.handoff(mem, *entry)
             }
         }
+    }
+
+    /// Where the plan puts the kernel, initrd, command line and setup code.
+    #[cfg(test)]
+    pub(super) fn footprint(&self) -> Vec<super::test_util::Placed> {
+        use super::test_util::{head, Placed};
+        let mut v = vec![Placed {
+            what: "command line",
+            payload: false,
+            addr: area::CMDLINE,
+            len: self.cmdline.len() as u64,
+            head: self.cmdline.clone(),
+        }];
+        match &self.format {
+            Format::BzImage {
+                setup_len,
+                load_addr,
+                ..
+            } => {
+                let pm = (self.image.len() - setup_len) as u64;
+                v.push(Placed {
+                    what: "kernel",
+                    payload: true,
+                    addr: *load_addr,
+                    len: pm,
+                    head: head(&self.image, *setup_len as u64, pm, pm, false),
+                });
+                if self.entry == Entry::Real {
+                    v.push(Placed {
+                        what: "setup",
+                        payload: false,
+                        addr: area::SETUP,
+                        len: *setup_len as u64,
+                        head: self.image[..0x1F1].to_vec(),
+                    });
+                }
+            }
+            Format::Elf { .. } => {
+                for s in super::elf::parse(&self.image)
+                    .map(|e| e.segments)
+                    .unwrap_or_default()
+                {
+                    v.push(Placed {
+                        what: "ELF segment",
+                        payload: true,
+                        addr: s.paddr,
+                        len: s.memsz,
+                        head: head(&self.image, s.offset, s.filesz, s.memsz, false),
+                    });
+                }
+            }
+        }
+        if let Some((_, bytes, addr)) = &self.initrd {
+            let n = bytes.len() as u64;
+            v.push(Placed {
+                what: "initrd",
+                payload: true,
+                addr: *addr,
+                len: n,
+                head: head(bytes, 0, n, n, false),
+            });
+        }
+        v
     }
 
     /// The zero page for the 32- and 64-bit entries.
@@ -635,7 +694,10 @@ fn pvh_note(b: &[u8]) -> Option<u32> {
             let kind = rd32(n + 8)?;
             let name_at = n + 12;
             let desc_at = name_at.checked_add((namesz + 3) & !3)?;
-            if kind == XEN_ELFNOTE_PHYS32_ENTRY && b.get(name_at..name_at + namesz)? == b"Xen\0" {
+            if kind == XEN_ELFNOTE_PHYS32_ENTRY
+                && descsz >= 4
+                && b.get(name_at..name_at + namesz)? == b"Xen\0"
+            {
                 return rd32(desc_at);
             }
             n = desc_at.checked_add((descsz + 3) & !3)?;
@@ -645,7 +707,7 @@ fn pvh_note(b: &[u8]) -> Option<u32> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::memory::MemoryLayout;
 
@@ -728,6 +790,52 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("--cmdline"), "{e}");
+    }
+
+    /// An ELF vmlinux with a PVH note whose descriptor size is `descsz` (the entry is
+    /// there either way).
+    fn vmlinux_with_pvh_descsz(descsz: u32) -> Vec<u8> {
+        let text = [0x90u8; 64];
+        let mut b = crate::boot::elf::tests::elf64(
+            0x10_0000,
+            &[(0x10_0000, &text, 0x2000)],
+            &[(
+                XEN_ELFNOTE_PHYS32_ENTRY,
+                b"Xen\0",
+                &0x10_0040u32.to_le_bytes(),
+            )],
+        );
+        let note = 64 + 2 * 56 + text.len();
+        b[note + 4..note + 8].copy_from_slice(&descsz.to_le_bytes());
+        b
+    }
+
+    /// Found by fuzzing (`kernel_files`): a PVH note with a descriptor too short for the
+    /// entry was taken as the entry, and the ELF passed the plan's checks but failed to load
+    /// after the machine was built ("Invalid PVH note header" from a second parser).
+    #[test]
+    fn a_short_pvh_note_is_no_entry_and_the_elf_loads_as_planned() {
+        assert_eq!(pvh_note(&vmlinux_with_pvh_descsz(4)), Some(0x10_0040));
+        let short = vmlinux_with_pvh_descsz(0);
+        assert_eq!(pvh_note(&short), None);
+        let layout = MemoryLayout::new(64 * MIB).unwrap();
+        let e = Linux::new("k", short.clone(), &cfg(BootProtocol::Pvh), &layout)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no PVH note"), "{e}");
+        let l = Linux::new("k", short, &cfg(BootProtocol::Auto), &layout).unwrap();
+        let mem = super::super::test_util::memory(&layout);
+        let e820 = layout.e820(128 * 1024);
+        let env = BootEnv {
+            layout: &layout,
+            e820: &e820,
+            rsdp: None,
+        };
+        let (kind, h) = l.load(&mem, &env).unwrap();
+        assert_eq!((kind, h.entry), (BootKind::Long, 0x10_0000));
+        let mut text = [0u8; 64];
+        vm_memory::Bytes::read_slice(&mem, &mut text, GuestAddress(0x10_0000)).unwrap();
+        assert_eq!(text, [0x90; 64]);
     }
 
     #[test]

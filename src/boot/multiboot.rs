@@ -83,6 +83,34 @@ impl Image {
     }
 }
 
+/// Where an image's pieces and the modules go, for the fuzz targets' checks.
+#[cfg(test)]
+pub fn footprint(file: &[u8], image: &Image, modules: &[Module]) -> Vec<super::test_util::Placed> {
+    use super::test_util::{head, Placed};
+    let mut v: Vec<Placed> = image
+        .pieces
+        .iter()
+        .map(|p| Placed {
+            what: "image",
+            payload: true,
+            addr: p.addr,
+            len: p.memsz,
+            head: head(file, p.offset, p.filesz, p.memsz, true),
+        })
+        .collect();
+    for m in modules {
+        let n = m.bytes.len() as u64;
+        v.push(Placed {
+            what: "module",
+            payload: true,
+            addr: m.addr,
+            len: n,
+            head: head(&m.bytes, 0, n, n, false),
+        });
+    }
+    v
+}
+
 /// The "a.out kludge" addresses of a multiboot 1 header or a multiboot 2 address tag:
 /// the file from `header_offset - (header_addr - load_addr)` is loaded at `load_addr` up
 /// to `load_end_addr` (0: the end of the file), then zeros up to `bss_end_addr` (0: none).
@@ -371,6 +399,19 @@ impl Multiboot {
         })
     }
 
+    #[cfg(test)]
+    pub fn footprint(&self) -> Vec<super::test_util::Placed> {
+        let mut v = footprint(&self.file, &self.image, &self.modules);
+        v.push(super::test_util::Placed {
+            what: "command line",
+            payload: false,
+            addr: area::CMDLINE,
+            len: self.cmdline.len() as u64,
+            head: self.cmdline.clone(),
+        });
+        v
+    }
+
     pub fn load(
         &self,
         mem: &GuestMemoryMmap,
@@ -431,13 +472,13 @@ impl Multiboot {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::memory::MIB;
     use vm_memory::{Bytes, GuestAddress};
 
     /// A multiboot 1 a.out-kludge image: the header at `at`, loaded at 1 MiB.
-    fn kludge(at: usize, len: usize, flags: u32) -> Vec<u8> {
+    pub fn kludge(at: usize, len: usize, flags: u32) -> Vec<u8> {
         let mut b = vec![0x90u8; len];
         let load = 0x10_0000u32;
         let hdr = load + at as u32;
