@@ -602,7 +602,7 @@ fn load_address(h: &setup_header, need: u64, layout: &MemoryLayout) -> u64 {
 fn place_initrd(size: u64, kernel_end: u64, max: u64, layout: &MemoryLayout) -> Option<u64> {
     let top = max.min(layout.low_ram_end - 1).checked_add(1)?;
     let addr = top.checked_sub(size)? & !0xFFF;
-    let floor = (kernel_end + 0xFFF) & !0xFFF;
+    let floor = kernel_end.checked_add(0xFFF)? & !0xFFF;
     (addr >= floor && addr >= MIB).then_some(addr)
 }
 
@@ -669,11 +669,11 @@ fn elf_kernel(
 /// The PVH entry point from an ELF64's notes (XEN_ELFNOTE_PHYS32_ENTRY), if any.
 fn pvh_note(b: &[u8]) -> Option<u32> {
     let rd32 = |o: usize| {
-        b.get(o..o + 4)
+        b.get(o..o.checked_add(4)?)
             .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
     };
     let rd64 = |o: usize| {
-        b.get(o..o + 8)
+        b.get(o..o.checked_add(8)?)
             .map(|s| u64::from_le_bytes(s.try_into().unwrap_or([0; 8])))
     };
     let phoff = rd64(32)? as usize;
@@ -684,8 +684,8 @@ fn pvh_note(b: &[u8]) -> Option<u32> {
         if rd32(o)? != 4 {
             continue; // PT_NOTE
         }
-        let off = rd64(o + 8)? as usize;
-        let size = rd64(o + 32)? as usize;
+        let off = rd64(o.checked_add(8)?)? as usize;
+        let size = rd64(o.checked_add(32)?)? as usize;
         let end = off.checked_add(size)?.min(b.len());
         let mut n = off;
         while n + 12 <= end {
@@ -810,6 +810,17 @@ pub(super) mod tests {
         b
     }
 
+    /// Found by fuzzing (`pvh_notes`): a program header table offset within a few bytes of
+    /// the top of the address space overflowed reading the first header (a panic in debug
+    /// builds). `elf::parse` refuses such a file first; this parser stands on its own.
+    #[test]
+    fn a_program_header_offset_at_the_top_is_no_note() {
+        let mut b = vmlinux_with_pvh_descsz(4);
+        b[32..40].copy_from_slice(&0xFFFF_FFFF_FFFF_FFFDu64.to_le_bytes());
+        b[54..56].copy_from_slice(&0x35u16.to_le_bytes());
+        assert_eq!(pvh_note(&b), None);
+    }
+
     /// Found by fuzzing (`kernel_files`): a PVH note with a descriptor too short for the
     /// entry was taken as the entry, and the ELF passed the plan's checks but failed to load
     /// after the machine was built ("Invalid PVH note header" from a second parser).
@@ -851,6 +862,17 @@ pub(super) mod tests {
         );
         assert_eq!(place_initrd(60 * MIB, 8 * MIB, 0x7FFF_FFFF, &layout), None);
         assert_eq!(place_initrd(u64::MAX, 0, u64::MAX, &layout), None);
+    }
+
+    /// Found by fuzzing (`initrd_placement`): a kernel end within a page of the top of the
+    /// address space overflowed rounding up (a panic in debug builds).
+    #[test]
+    fn a_kernel_ending_at_the_top_leaves_no_room_for_an_initrd() {
+        let layout = MemoryLayout::new(64 * MIB).unwrap();
+        assert_eq!(
+            place_initrd(0x1000, u64::MAX - 0x800, u64::MAX, &layout),
+            None
+        );
     }
 
     #[test]
@@ -1008,5 +1030,170 @@ impl FwCfgLinux {
             fw.add_item(key::INITRD_SIZE, u32le(b.len() as u64));
             fw.add_shared_item(key::INITRD_DATA, b.clone(), 0..b.len());
         }
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use super::tests::bzimage;
+    use super::*;
+    use crate::boot::elf::tests::elf64;
+    use crate::devices::fw_cfg::{key, FwCfg};
+    use crate::fuzz::{get_le, mutate, put_le, run, Field, Rng};
+
+    #[test]
+    fn pvh_notes() {
+        run("pvh_notes", 40_000, |rng| {
+            let text = [0x90u8; 32];
+            let mut notes: Vec<(u32, &[u8], &[u8])> = vec![(1, b"GNU\0", b"abcdefgh")];
+            let entry = 0x10_0000u32 + rng.below(0x1000) as u32;
+            let desc = entry.to_le_bytes();
+            let at = rng.index(2);
+            notes.insert(at, (XEN_ELFNOTE_PHYS32_ENTRY, b"Xen\0", &desc));
+            let mut b = elf64(0x10_0000, &[(0x10_0000, &text, 0x1000)], &notes);
+            // The ELF header's table fields, the note header, and each note's words.
+            let noff = get_le(&b, 64 + 56 + 8, 8) as usize;
+            let mut fields = vec![Field(32, 8), Field(54, 2), Field(56, 2)];
+            fields.extend([56, 64, 96, 112].map(|o| Field(64 + o, 8)));
+            fields.extend([
+                Field(64 + 56, 4),
+                Field(64 + 56 + 8, 8),
+                Field(64 + 56 + 32, 8),
+            ]);
+            fields.extend((0..12).map(|i| Field(noff + 4 * i, 4)));
+            mutate(rng, &mut b, &fields);
+            if rng.one_in(10) {
+                put_le(&mut b, 32, 8, rng.interesting());
+            }
+            crate::fuzz::dump(&b);
+            if let Some(e) = pvh_note(&b) {
+                // The entry is a descriptor's bytes, right after a "Xen" name.
+                let found = b
+                    .windows(8)
+                    .any(|w| w[..4] == *b"Xen\0" && w[4..] == e.to_le_bytes());
+                assert!(found, "entry {e:#x} is not after a Xen note name");
+            }
+        });
+    }
+
+    #[test]
+    fn initrd_placement() {
+        let layouts: Vec<MemoryLayout> = [2 * MIB, 4 * MIB, 64 * MIB, 3584 * MIB]
+            .iter()
+            .map(|m| MemoryLayout::new(*m).unwrap())
+            .collect();
+        run("initrd_placement", 200_000, |rng| {
+            let layout = rng.pick(&layouts);
+            let size = match rng.below(3) {
+                0 => rng.below(64 * MIB),
+                1 => rng.below(0x3000),
+                _ => rng.interesting(),
+            };
+            let kernel_end = match rng.below(3) {
+                0 => HIGH_MEMORY_START + rng.below(32 * MIB),
+                1 => layout.low_ram_end.saturating_sub(rng.below(4 * MIB)),
+                _ => rng.interesting(),
+            };
+            let max = match rng.below(4) {
+                0 => 0x37FF_FFFF,
+                1 => u64::from(u32::MAX),
+                2 => 0x7FFF_FFFF,
+                _ => rng.interesting(),
+            };
+            let top = (u128::from(max) + 1).min(u128::from(layout.low_ram_end));
+            let floor = (u128::from(kernel_end) + 0xFFF) & !0xFFF;
+            match place_initrd(size, kernel_end, max, layout) {
+                Some(addr) => {
+                    let (a, end) = (u128::from(addr), u128::from(addr) + u128::from(size));
+                    assert_eq!(addr % 0x1000, 0);
+                    assert!(addr >= MIB && a >= floor && end <= top, "{addr:#x}");
+                    // As high as it goes: the next page up does not fit.
+                    assert!(end + 0x1000 > top);
+                }
+                None => {
+                    // Nothing page aligned between the kernel (and 1 MiB) and the top fits.
+                    let highest = top.checked_sub(u128::from(size)).map(|a| a & !0xFFF);
+                    assert!(
+                        highest.is_none_or(|a| a < floor || a < u128::from(MIB)),
+                        "{size:#x} above {kernel_end:#x} below {max:#x} refused"
+                    );
+                }
+            }
+        });
+    }
+
+    /// The fields of the setup header a bzImage's checks read.
+    fn bzimage_fields() -> Vec<Field> {
+        [
+            (0x1F1, 1),
+            (0x1F4, 4),
+            (0x206, 2),
+            (0x211, 1),
+            (0x22C, 4),
+            (0x230, 4),
+            (0x234, 1),
+            (0x236, 2),
+            (0x238, 4),
+            (0x258, 8),
+            (0x260, 4),
+        ]
+        .iter()
+        .map(|&(o, w)| Field(o, w))
+        .collect()
+    }
+
+    /// An fw_cfg item's first `n` bytes, read through the data port.
+    fn item(fw: &mut FwCfg, k: u16, n: usize) -> Vec<u8> {
+        use crate::bus::BusDevice;
+        fw.write(0, &k.to_le_bytes());
+        let mut v = vec![0u8; n];
+        fw.read(1, &mut v);
+        v
+    }
+
+    #[test]
+    fn firmware_bzimage() {
+        let layouts: Vec<MemoryLayout> = [2 * MIB, 4 * MIB, 64 * MIB]
+            .iter()
+            .map(|m| MemoryLayout::new(*m).unwrap())
+            .collect();
+        let mem = vm_memory::GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+        run("firmware_bzimage", 12_000, |rng| {
+            let sects = *rng.pick(&[0u8, 1, 4, 30, 70]);
+            let pm = 128 + rng.index(0x3000);
+            let mut b = bzimage(sects, pm);
+            if !rng.one_in(8) {
+                mutate(rng, &mut b, &bzimage_fields());
+            }
+            crate::fuzz::dump(&b);
+            let cfg = crate::config::VmConfig {
+                cmdline: match rng.below(4) {
+                    0 => None,
+                    1 => Some("x".repeat(rng.index(3000))),
+                    _ => Some("console=ttyS0".into()),
+                },
+                ..Default::default()
+            };
+            let layout = rng.pick(&layouts);
+            let Ok(l) = FwCfgLinux::new("k", b.clone(), &cfg, layout) else {
+                return;
+            };
+            // The setup code fits below the command line; the kernel in RAM from 1 MiB.
+            let setup_len = l.setup.len();
+            assert!(area::SETUP + setup_len as u64 <= area::CMDLINE);
+            assert!(HIGH_MEMORY_START + (b.len() - setup_len) as u64 <= layout.low_ram_end);
+            let mut fw = FwCfg::new(mem.clone());
+            l.add_items(&mut fw);
+            let u32_item = |fw: &mut FwCfg, k| get_le(&item(fw, k, 4), 0, 4) as usize;
+            assert_eq!(u32_item(&mut fw, key::SETUP_SIZE), setup_len);
+            assert_eq!(u32_item(&mut fw, key::KERNEL_SIZE), b.len() - setup_len);
+            assert_eq!(u32_item(&mut fw, key::CMDLINE_SIZE), l.cmdline.len());
+            let n = 16.min(b.len() - setup_len);
+            assert_eq!(
+                item(&mut fw, key::KERNEL_DATA, n),
+                b[setup_len..setup_len + n]
+            );
+            assert_eq!(item(&mut fw, key::SETUP_DATA, 0x1F1), b[..0x1F1]);
+        });
     }
 }
