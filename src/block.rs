@@ -439,7 +439,7 @@ mod fuzz {
                     2 => 0,
                     _ => SECTOR_SIZE as usize * rng.index(80),
                 };
-                let fits = len as u64 % SECTOR_SIZE == 0
+                let fits = (len as u64).is_multiple_of(SECTOR_SIZE)
                     && at
                         .checked_add(len as u64 / SECTOR_SIZE)
                         .is_some_and(|e| e <= sectors);

@@ -110,25 +110,6 @@ impl Rng {
             }
         }
     }
-
-    /// A value within a few pages either side of one of `edges` (addresses where a range
-    /// starts or ends), or an interesting one.
-    pub fn near(&mut self, edges: &[u64]) -> u64 {
-        if edges.is_empty() || self.one_in(5) {
-            return self.interesting();
-        }
-        let e = *self.pick(edges);
-        let d = match self.below(3) {
-            0 => self.below(33),
-            1 => self.below(0x2000),
-            _ => self.below(0x10_0000),
-        };
-        if self.one_in(2) {
-            e.wrapping_add(d)
-        } else {
-            e.wrapping_sub(d)
-        }
-    }
 }
 
 /// Writes `v`'s low `width` bytes little-endian at `at`, as far as `buf` reaches.

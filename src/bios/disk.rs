@@ -696,7 +696,7 @@ mod fuzz {
             .iter()
             .map(|&(name, n)| (image(name, n), n))
             .collect();
-        run("int13", 2_500, |rng| {
+        run("int13", 1_500, |rng| {
             let which = rng.index(images.len() + 1);
             let disk = images
                 .get(which)

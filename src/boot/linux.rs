@@ -688,7 +688,7 @@ fn pvh_note(b: &[u8]) -> Option<u32> {
         let size = rd64(o.checked_add(32)?)? as usize;
         let end = off.checked_add(size)?.min(b.len());
         let mut n = off;
-        while n + 12 <= end {
+        while n.checked_add(12).is_some_and(|e| e <= end) {
             let namesz = rd32(n)? as usize;
             let descsz = rd32(n + 4)? as usize;
             let kind = rd32(n + 8)?;
@@ -818,6 +818,17 @@ pub(super) mod tests {
         let mut b = vmlinux_with_pvh_descsz(4);
         b[32..40].copy_from_slice(&0xFFFF_FFFF_FFFF_FFFDu64.to_le_bytes());
         b[54..56].copy_from_slice(&0x35u16.to_le_bytes());
+        assert_eq!(pvh_note(&b), None);
+    }
+
+    /// Found by fuzzing (`pvh_notes`, in a longer run): a PT_NOTE whose offset is within 12
+    /// bytes of the top of the address space overflowed walking its notes.
+    #[test]
+    fn a_note_segment_at_the_top_is_no_note() {
+        let mut b = vmlinux_with_pvh_descsz(4);
+        let note_header = 64 + 56;
+        b[note_header + 8..note_header + 16].copy_from_slice(&(u64::MAX - 2).to_le_bytes());
+        b[note_header + 32..note_header + 40].copy_from_slice(&0u64.to_le_bytes());
         assert_eq!(pvh_note(&b), None);
     }
 
@@ -1039,7 +1050,7 @@ mod fuzz {
     use super::*;
     use crate::boot::elf::tests::elf64;
     use crate::devices::fw_cfg::{key, FwCfg};
-    use crate::fuzz::{get_le, mutate, put_le, run, Field, Rng};
+    use crate::fuzz::{get_le, mutate, put_le, run, Field};
 
     #[test]
     fn pvh_notes() {
