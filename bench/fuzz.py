@@ -68,12 +68,18 @@ def main():
     wall = time.monotonic() - start
 
     rows = {}
-    for l in run.stdout.splitlines():
+    lines = run.stdout.splitlines()
+    for i, l in enumerate(lines):
         m = LINE.match(l.strip())
         if m:
             rows[m.group(1)] = (int(m.group(2)), float(m.group(3)), int(m.group(4)))
         elif "panicked; replay:" in l:
             print(l.strip())
+        elif "' panicked at " in l:
+            # A case's panic and its message (not the target's closing summary).
+            message = lines[i + 1].strip() if i + 1 < len(lines) else ""
+            if not message.startswith("fuzz "):
+                print(f"  {l.strip()} {message}")
     print(f"\n{'target':<22} {'executions':>14} {'time (s)':>9} {'crashes':>8}")
     for name in sorted(rows):
         n, t, c = rows[name]
