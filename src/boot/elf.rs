@@ -275,8 +275,8 @@ pub(crate) mod tests {
     }
 
     /// Found by fuzzing (`elf_headers`): a PT_LOAD with file bytes and a memory size of 0
-    /// was skipped unchecked, though a loader that copies `filesz` bytes (linux-loader does)
-    /// writes them at its address, wherever that is.
+    /// was skipped unchecked, though a loader that copies `filesz` bytes writes them at its
+    /// address, wherever that is.
     #[test]
     fn file_bytes_without_memory_are_refused() {
         let b = elf32(
