@@ -1,7 +1,8 @@
 //! Linux: a bzImage (boot protocol 2.02 or later), loaded with `linux-loader`, or an ELF
-//! vmlinux, loaded from the segments `elf.rs` checked; entered through the 64-bit entry (default when the kernel has one), the
-//! 32-bit entry, the kernel's own real-mode setup code (`--boot-protocol 16`, on the
-//! firmware's BIOS services), or PVH (an ELF with a Xen PVH note).
+//! vmlinux, loaded from the segments `elf.rs` checked; entered through the 64-bit entry
+//! (default when the kernel has one), the 32-bit entry, the kernel's own real-mode setup
+//! code (`--boot-protocol 16`, on the firmware's BIOS services), or PVH (an ELF with a Xen
+//! PVH note).
 //!
 //! See the kernel's Documentation/arch/x86/boot.rst for every field used here.
 
