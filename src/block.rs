@@ -378,3 +378,95 @@ pub mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::tests::image;
+    use super::*;
+    use crate::fuzz::{run, Rng};
+
+    #[test]
+    fn disk_geometry() {
+        // Sizes a file or block device can have: up to 2^63 - 1 bytes.
+        let max = i64::MAX as u64 / SECTOR_SIZE;
+        run("disk_geometry", 200_000, |rng| {
+            let sectors = match rng.below(3) {
+                0 => rng.below(8000),
+                1 => FLOPPIES[rng.index(FLOPPIES.len())].0 * 2 + rng.below(3) - 1,
+                _ => rng.interesting() % (max + 1),
+            };
+            let (media, g) = classify(sectors);
+            match media {
+                Media::Floppy { .. } => {
+                    assert_eq!(u64::from(g.cylinders * g.heads * g.sectors), sectors);
+                }
+                Media::HardDisk => {
+                    assert_eq!((g.heads, g.sectors), (HD_HEADS, HD_SECTORS));
+                    let whole = sectors / u64::from(HD_HEADS * HD_SECTORS);
+                    assert_eq!(u64::from(g.cylinders), whole.clamp(1, u64::from(u32::MAX)));
+                }
+            }
+        });
+    }
+
+    /// An LBA for a disk of `sectors`: inside, at the end, or anywhere.
+    fn lba(rng: &mut Rng, sectors: u64) -> u64 {
+        match rng.below(3) {
+            0 => rng.below(sectors),
+            1 => sectors.wrapping_sub(rng.below(3)),
+            _ => rng.interesting(),
+        }
+    }
+
+    /// Reads and writes at fuzzed LBAs and lengths on an image opened copy-on-write or
+    /// `,rw`, against a model of its contents: each transfer succeeds exactly when it is
+    /// whole sectors inside the disk, reads see every earlier write, and the file changes
+    /// only with `,rw`.
+    #[test]
+    fn disk_transfers() {
+        run("disk_transfers", 1_500, |rng| {
+            let sectors = *rng.pick(&[1u64, 2, 9, 64]);
+            let path = image(&format!("fuzz-{}", rng.next()), sectors);
+            let original = std::fs::read(&path).unwrap();
+            let writable = rng.one_in(3);
+            let d = Disk::open(&path, writable).unwrap();
+            let mut model = original.clone();
+            for _ in 0..=rng.below(12) {
+                let at = lba(rng, sectors);
+                let len = match rng.below(4) {
+                    0 => SECTOR_SIZE as usize * (1 + rng.index(3)),
+                    1 => rng.index(1500),
+                    2 => 0,
+                    _ => SECTOR_SIZE as usize * rng.index(80),
+                };
+                let fits = (len as u64).is_multiple_of(SECTOR_SIZE)
+                    && at
+                        .checked_add(len as u64 / SECTOR_SIZE)
+                        .is_some_and(|e| e <= sectors);
+                let range = || {
+                    let start = (at * SECTOR_SIZE) as usize;
+                    start..start + len
+                };
+                if rng.one_in(2) {
+                    let data = rng.bytes(len);
+                    let r = d.write(at, &data);
+                    assert_eq!(r.is_ok(), fits, "write {len} at {at}: {r:?}");
+                    if fits {
+                        model[range()].copy_from_slice(&data);
+                    }
+                } else {
+                    let mut buf = vec![0xA5u8; len];
+                    let r = d.read(at, &mut buf);
+                    assert_eq!(r.is_ok(), fits, "read {len} at {at}: {r:?}");
+                    if fits {
+                        assert!(buf == model[range()], "read {len} at {at}");
+                    }
+                }
+            }
+            d.flush().unwrap();
+            let file = std::fs::read(&path).unwrap();
+            assert!(file == if writable { model } else { original });
+            let _ = std::fs::remove_file(path);
+        });
+    }
+}

@@ -530,3 +530,151 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::fuzz::{run, Rng};
+
+    const OPTIONS: [&str; 24] = [
+        "--firmware",
+        "--kernel",
+        "--initrd",
+        "--cmdline",
+        "--module",
+        "--boot-protocol",
+        "--disk",
+        "--mem",
+        "--cpus",
+        "--serial",
+        "--timeout",
+        "--stats",
+        "--rtc",
+        "--no-acpi",
+        "--reboot",
+        "--seccomp",
+        "--log-level",
+        "-h",
+        "-V",
+        "--help",
+        "--version",
+        "--bogus",
+        "-",
+        "--",
+    ];
+
+    fn value(rng: &mut Rng) -> String {
+        let numbers = [
+            "0",
+            "1",
+            "254",
+            "255",
+            "-1",
+            "4294967297",
+            "18446744073709551616",
+            "1e9",
+            "0.000001",
+            "inf",
+            "NaN",
+        ];
+        let words = [
+            "",
+            "64M",
+            "2G",
+            "1T",
+            "16",
+            "32",
+            "64",
+            "pvh",
+            "stdio",
+            "none",
+            "file:",
+            "file:/x",
+            "utc",
+            "localtime",
+            "on",
+            "off",
+            "debug",
+            "k,rw",
+            ",rw",
+            "m,",
+            "a=b",
+            "é",
+            "\u{1F600}",
+            " 5 ",
+            "--mem",
+            "x\0y",
+        ];
+        match rng.below(4) {
+            0 => (*rng.pick(&numbers)).to_string(),
+            1 => (*rng.pick(&words)).to_string(),
+            2 => rng.next().to_string(),
+            _ => {
+                let n = rng.index(12);
+                (0..n)
+                    .map(|_| char::from_u32(rng.below(0x11_0000) as u32).unwrap_or('?'))
+                    .collect()
+            }
+        }
+    }
+
+    /// A value the option takes.
+    fn good_value(rng: &mut Rng, option: &str) -> String {
+        let values: &[&str] = match option {
+            "--mem" => &["2M", "64M", "1G", "3584M", "5G", "128"],
+            "--cpus" => &["1", "4", "254"],
+            "--boot-protocol" => &["64", "32", "16", "pvh"],
+            "--serial" => &["stdio", "none", "file:out.log"],
+            "--timeout" => &["0.5", "10", "999999999"],
+            "--rtc" => &["utc", "localtime"],
+            "--seccomp" => &["on", "off"],
+            "--log-level" => &["error", "warn", "info", "debug"],
+            "--disk" => &["d.img", "d.img,rw", "d.img,ro"],
+            "--module" => &["m.bin", "m.bin,name arg", "m,a,b"],
+            _ => &["k.bin", "console=ttyS0 quiet", "x"],
+        };
+        (*rng.pick(values)).to_string()
+    }
+
+    /// Argument vectors of real option names (and some not), with random values, in both
+    /// forms, repeated; what parses must hold together and what does not says why.
+    #[test]
+    fn command_lines() {
+        run("command_lines", 30_000, |rng| {
+            let mut args = Vec::new();
+            for _ in 0..=rng.below(8) {
+                let name = *rng.pick(&OPTIONS);
+                let v = if rng.one_in(2) {
+                    good_value(rng, name)
+                } else {
+                    value(rng)
+                };
+                match rng.below(6) {
+                    0 | 1 => args.push(format!("{name}={v}")),
+                    2 if rng.one_in(4) => args.push(v),
+                    _ => {
+                        args.push(name.to_string());
+                        if !rng.one_in(6) {
+                            args.push(v);
+                        }
+                    }
+                }
+            }
+            match parse(args.clone()) {
+                Ok(Command::Run(c)) => {
+                    assert!((1..=MAX_CPUS).contains(&c.cpus), "{args:?}");
+                    assert!(MemoryLayout::new(c.mem_size).is_ok(), "{args:?}");
+                    assert!(c.timeout.is_none_or(|t| !t.is_zero()), "{args:?}");
+                    assert!(!(c.firmware.is_some() && c.disk.is_some()), "{args:?}");
+                    if c.kernel.is_none() {
+                        assert!(c.initrd.is_none() && c.cmdline.is_none() && c.modules.is_empty());
+                        assert_eq!(c.boot_protocol, BootProtocol::Auto);
+                    }
+                    assert!(c.modules.iter().all(|m| !m.path.as_os_str().is_empty()));
+                }
+                Ok(_) => {}
+                Err(e) => assert!(!e.to_string().is_empty()),
+            }
+        });
+    }
+}

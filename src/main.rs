@@ -11,6 +11,8 @@ mod devices;
 mod exit;
 mod files;
 mod firmware;
+#[cfg(test)]
+mod fuzz;
 mod halt;
 mod log;
 mod memory;

@@ -424,3 +424,57 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::fuzz::run;
+
+    /// Sizes as a user types them (digits, a unit in any case, spaces) and as nobody does,
+    /// against a model: a size is its digits times the unit, refused when it overflows.
+    #[test]
+    fn sizes() {
+        let units = [
+            "", "b", "k", "kb", "kib", "m", "mb", "mib", "g", "gb", "gib", "t", "tb", "tib",
+        ];
+        let shifts = [20u32, 0, 10, 10, 10, 20, 20, 20, 30, 30, 30, 40, 40, 40];
+        run("sizes", 100_000, |rng| {
+            let digits: String = (0..rng.index(24))
+                .map(|_| char::from(b'0' + rng.below(10) as u8))
+                .collect();
+            let u = rng.index(units.len());
+            let unit: String = units[u]
+                .chars()
+                .map(|c| {
+                    if rng.one_in(2) {
+                        c.to_ascii_uppercase()
+                    } else {
+                        c
+                    }
+                })
+                .collect();
+            let mut s = format!("{digits}{unit}");
+            let junk = rng.one_in(4);
+            if junk {
+                let at = rng.index(s.len() + 1);
+                let c = *rng.pick(&['x', ' ', '-', '+', '.', 'é', '\u{1F600}', '\0', 'i']);
+                if s.is_char_boundary(at) {
+                    s.insert(at, c);
+                }
+            }
+            if rng.one_in(4) {
+                s = format!(" {s}\t");
+            }
+            let got = parse_size(&s);
+            if junk {
+                return; // Junk may or may not make a size (" 5M" does): no panic is all.
+            }
+            // At most 23 digits: the number fits in 128 bits, shifted too.
+            let want = digits
+                .parse::<u128>()
+                .ok()
+                .and_then(|d| u64::try_from(d << shifts[u]).ok());
+            assert_eq!(got, want, "{s:?}");
+        });
+    }
+}

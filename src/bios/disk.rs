@@ -122,7 +122,7 @@ impl Bios {
         let lba = u64::from((cylinder * g.heads + head) * g.sectors + sector - 1);
         d.check_range(lba, count).map_err(|_| NOT_FOUND)?;
         if ah(r) != 0x04 {
-            let addr = segs.es + u64::from(bx(r));
+            let addr = linear(segs.es, u64::from(bx(r)));
             let len = count * SECTOR_SIZE;
             if (addr & 0xFFFF) + len > 0x1_0000 {
                 return Err(DMA_BOUNDARY);
@@ -203,7 +203,7 @@ impl Bios {
     /// size (16, or 24 with a 64-bit flat buffer address used when the segment:offset is
     /// FFFF:FFFF), block count (updated with the blocks moved), buffer, LBA.
     fn extended(&self, d: &Disk, r: &mut kvm_regs, segs: &Segments) -> Result<(), u8> {
-        let packet = segs.ds + (r.rsi & 0xFFFF);
+        let packet = linear(segs.ds, r.rsi & 0xFFFF);
         let size = self.read_u8(packet);
         if size < 0x10 {
             return Err(BAD_COMMAND);
@@ -247,7 +247,7 @@ impl Bios {
     /// AH=48h: drive parameters into the buffer at DS:SI, as much of the EDD 3.0 result
     /// (0x1A, 0x1E or 0x42 bytes) as the size the caller put in its first word allows.
     fn edd_parameters(&self, d: &Disk, r: &mut kvm_regs, segs: &Segments) -> Result<(), u8> {
-        let at = segs.ds + (r.rsi & 0xFFFF);
+        let at = linear(segs.ds, r.rsi & 0xFFFF);
         let room = self.read_u16(at);
         let size: u16 = match room {
             0x42.. => 0x42,
@@ -611,5 +611,169 @@ mod tests {
         assert!(disk_call(&t, &mut r));
         assert_eq!(ah(&r), BAD_COMMAND);
         let _ = std::fs::remove_file(p);
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use super::super::fuzz::{
+        changes, check_registers, flags_word, only_wrote, regs, segments, snapshot,
+    };
+    use super::super::tests::*;
+    use super::*;
+    use crate::block::tests::image;
+    use crate::fuzz::{put_le, run, Rng};
+    use crate::memory::MIB;
+
+    const FUNCTIONS: [u8; 17] = [
+        0x00, 0x01, 0x02, 0x03, 0x04, 0x08, 0x0C, 0x0D, 0x10, 0x11, 0x15, 0x41, 0x42, 0x43, 0x44,
+        0x47, 0x48,
+    ];
+
+    /// A disk address packet with fuzzed fields: size, count, segment:offset, LBA, flat
+    /// address.
+    fn packet(rng: &mut Rng, sectors: u64) -> Vec<u8> {
+        let mut p = vec![0u8; 24];
+        let any = rng.byte();
+        p[0] = *rng.pick(&[0x10, 0x18, 0x10, 0x0F, 0x20, any]);
+        let count = match rng.below(3) {
+            0 => rng.below(9),
+            1 => rng.below(200),
+            _ => rng.interesting(),
+        };
+        put_le(&mut p, 2, 2, count);
+        let far = match rng.below(4) {
+            0 => 0xFFFF_FFFF,
+            1 => rng.below(0xA000) << 16 | rng.below(0x1_0000),
+            2 => 0x3000_0000 | rng.below(0x100) << 8,
+            _ => rng.interesting(),
+        };
+        put_le(&mut p, 4, 4, far);
+        let lba = match rng.below(3) {
+            0 => rng.below(sectors + 2),
+            1 => sectors.wrapping_sub(rng.below(4)),
+            _ => rng.interesting(),
+        };
+        put_le(&mut p, 8, 8, lba);
+        let flat = match rng.below(3) {
+            0 => 0x10_0000 + rng.below(MIB),
+            1 => (0x9_0000 + rng.below(0x8_0000)) & !0x1FF,
+            _ => rng.interesting(),
+        };
+        put_le(&mut p, 16, 8, flat);
+        p
+    }
+
+    /// The buffer a read puts sectors in, from the registers and packet before the call.
+    fn read_buffer(b: &Bios, r: &kvm_regs, segs: &Segments) -> Option<(u64, u64)> {
+        match ah(r) {
+            0x02 => {
+                let at = linear(segs.es, u64::from(bx(r)));
+                Some((at, at + u64::from(al(r)) * SECTOR_SIZE))
+            }
+            0x42 => {
+                let p = linear(segs.ds, r.rsi & 0xFFFF);
+                let size = b.read_u8(p);
+                let count = u64::from(b.read_u16(p + 2));
+                let far = b.read_u32(p + 4);
+                let at = if far == u32::MAX && size >= 0x18 {
+                    b.mem.read_obj::<u64>(GuestAddress(p + 16)).ok()?
+                } else {
+                    u64::from(far >> 16) * 16 + u64::from(far & 0xFFFF)
+                };
+                Some((at, at.saturating_add(count * SECTOR_SIZE)))
+            }
+            _ => None,
+        }
+    }
+
+    /// INT 13h with random registers, packets and segment bases on a hard disk, a diskette
+    /// and no disk; every byte written must be the transfer buffer, the packet's count, the
+    /// drive parameters' buffer, the BDA's status bytes or the stacked FLAGS.
+    #[test]
+    fn int13() {
+        let images: Vec<(std::path::PathBuf, u64)> = [("fuzz-hd", 16 * 63 + 5), ("fuzz-fd", 720)]
+            .iter()
+            .map(|&(name, n)| (image(name, n), n))
+            .collect();
+        run("int13", 1_500, |rng| {
+            let which = rng.index(images.len() + 1);
+            let disk = images
+                .get(which)
+                .map(|(p, _)| Arc::new(Disk::open(p, false).unwrap()));
+            let sectors = images.get(which).map_or(64, |(_, n)| *n);
+            let t = bios_with(64 * MIB, disk);
+            let before = snapshot(&t.bios);
+            let mut allowed = vec![
+                (bda::FLOPPY_STATUS, bda::FLOPPY_STATUS + 1),
+                (bda::DISK_STATUS, bda::DISK_STATUS + 1),
+            ];
+            for _ in 0..=rng.below(6) {
+                let mut r = regs(rng);
+                if !rng.one_in(10) {
+                    set_ah(&mut r, *rng.pick(&FUNCTIONS));
+                }
+                if !rng.one_in(4) {
+                    // The disk's own drive number half of the time.
+                    let own = if which == 1 { 0x00 } else { 0x80 };
+                    set_lo(&mut r.rdx, *rng.pick(&[own, own, 0x00, 0x80, 0x81]));
+                }
+                if ah(&r) == 0x41 && rng.one_in(2) {
+                    set16(&mut r.rbx, 0x55AA);
+                }
+                if matches!(ah(&r), 0x02..=0x04) && rng.one_in(2) {
+                    // A transfer that may well succeed: a few sectors of the first
+                    // cylinders into a buffer that does not cross 64 KiB.
+                    set_al(&mut r, 1 + rng.below(8) as u8);
+                    set16(&mut r.rcx, (rng.below(3) << 8 | (1 + rng.below(9))) as u16);
+                    set_hi(&mut r.rdx, rng.below(2) as u8);
+                    set16(&mut r.rbx, (rng.below(16) * 0x200) as u16);
+                }
+                let mut segs = segments(rng);
+                if rng.one_in(2) {
+                    segs.ds = 0x1_0000;
+                    segs.es = 0x2_0000;
+                }
+                let p = linear(segs.ds, r.rsi & 0xFFFF);
+                if rng.one_in(2) && t.bios.ram_buffer(p, 24) {
+                    let bytes = packet(rng, sectors);
+                    t.bios.mem.write_slice(&bytes, GuestAddress(p)).unwrap();
+                    allowed.push((p, p + 24));
+                }
+                if ah(&r) == 0x48 && rng.one_in(2) {
+                    let any = rng.next() as u16;
+                    t.bios
+                        .write_u16(p, *rng.pick(&[0x1A, 0x1E, 0x42, 0x80, any]));
+                }
+                let before_regs = r;
+                // Before the call: a read may land on its own packet.
+                let buffer = read_buffer(&t.bios, &before_regs, &segs);
+                let o = t.bios.call(Service::Disk, &mut r, &segs);
+                let outputs: &[&str] = &["rax", "rbx", "rcx", "rdx", "rdi"];
+                check_registers(&before_regs, &r, outputs, false, &o);
+                if ah(&before_regs) != 0x08 {
+                    assert_eq!(before_regs.rdi, r.rdi, "DI changed");
+                }
+                assert!(o.es.is_none() || ah(&before_regs) == 0x08);
+                if o.set & CF != 0 {
+                    assert_ne!(ah(&r), 0, "a failure with status 0");
+                }
+                allowed.push(flags_word(&before_regs, &segs));
+                allowed.push((p + 2, p + 4));
+                if ah(&before_regs) == 0x48 {
+                    allowed.push((p, p + 0x42));
+                }
+                if let Some((s, e)) = buffer {
+                    allowed.push((s, e));
+                    if o.set & CF == 0 && e > s {
+                        assert!(t.bios.ram_buffer(s, e - s), "read into {s:#x}-{e:#x}");
+                    }
+                }
+            }
+            only_wrote(&changes(&before, &snapshot(&t.bios)), &allowed, "INT 13h");
+        });
+        for (p, _) in images {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }

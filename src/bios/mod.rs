@@ -267,6 +267,11 @@ fn set_ah(r: &mut kvm_regs, v: u8) {
 fn set_al(r: &mut kvm_regs, v: u8) {
     set_lo(&mut r.rax, v)
 }
+/// The linear address of `offset` in the segment at `base`, as the CPU forms it outside
+/// long mode: 32 bits, wrapping at 4 GiB.
+fn linear(base: u64, offset: u64) -> u64 {
+    base.wrapping_add(offset) & 0xFFFF_FFFF
+}
 fn bcd(v: u8) -> u8 {
     (v / 10) << 4 | (v % 10)
 }
@@ -372,7 +377,7 @@ impl Bios {
     fn apply(&self, regs: &mut kvm_regs, segs: &Segments, o: &Outcome) {
         if o.set | o.clear != 0 {
             let sp = regs.rsp & 0xFFFF;
-            let flags_at = GuestAddress(segs.ss + ((sp + 4) & 0xFFFF));
+            let flags_at = GuestAddress(linear(segs.ss, (sp + 4) & 0xFFFF));
             if let Ok(flags) = self.mem.read_obj::<u16>(flags_at) {
                 let _ = self.mem.write_obj((flags | o.set) & !o.clear, flags_at);
             }
@@ -630,6 +635,40 @@ mod tests {
         assert_eq!(r.rax, 0, "registers untouched while waiting");
     }
 
+    /// Found by fuzzing (`bios_services`): a segment base near the top of the 64 bits
+    /// KVM reports overflowed forming an address (a panic in debug builds). The services
+    /// form linear addresses as the CPU does outside long mode: 32 bits, wrapping.
+    #[test]
+    fn segment_bases_wrap_at_4_gib_like_the_cpu() {
+        let t = bios(64 * MIB);
+        t.bios.write_u8(0x10, b'A');
+        for es in [0xFFFF_FFFF_FFFF_FFF0, 0xFFFF_FFF0] {
+            // INT 10h AH=13h: one character at ES:BP = base + 0x20.
+            let mut r = regs(0x1301);
+            r.rcx = 1;
+            r.rbp = 0x20;
+            let segs = Segments { es, ..SEGS };
+            t.bios.call(Service::Video, &mut r, &segs);
+        }
+        assert_eq!(t.console.output(), "AA");
+        assert_eq!(linear(u64::MAX, 0xFFFF), 0xFFFE);
+        assert_eq!(linear(0x1_0000, 0x20), 0x1_0020);
+    }
+
+    #[test]
+    fn the_fuzz_harness_sees_every_write() {
+        let t = bios(64 * MIB);
+        use super::fuzz::{changes, only_wrote, snapshot};
+        let before = snapshot(&t.bios);
+        t.bios.write_u16(0x9_FFFE, 0xFFFF);
+        t.bios.write_u8(0x10_0000, 1);
+        let c = changes(&before, &snapshot(&t.bios));
+        assert_eq!(c, [(0x9_FFFE, 0xA_0000), (0x10_0000, 0x10_0001)]);
+        only_wrote(&c, &[(0x9_FFFE, 0xA_0000), (0x10_0000, 0x10_0001)], "ok");
+        let caught = std::panic::catch_unwind(|| only_wrote(&c, &[(0x9_FFFE, 0xA_0000)], "x"));
+        assert!(caught.is_err());
+    }
+
     #[test]
     fn a_reset_rewrites_the_bda_and_forgets_keys_and_status() {
         let t = bios(64 * MIB);
@@ -676,4 +715,257 @@ mod tests {
         assert!(!b.ram_buffer(u64::MAX - 10, 512));
         assert!(b.ram_buffer(0xB_8000, 0));
     }
+}
+
+/// The harness the BIOS fuzz targets share: random registers and segment bases, a snapshot
+/// of guest RAM to find every byte a call wrote, and the checks every service passes.
+#[cfg(test)]
+pub(super) mod fuzz {
+    use super::tests::*;
+    use super::*;
+    use crate::fuzz::{run, Rng};
+    use crate::memory::MIB;
+
+    /// A segment base: the usual kind, anywhere in the first MiB, at the edges of RAM and
+    /// of the holes, in the ROM, or (rarely) far above RAM.
+    pub fn segment_base(rng: &mut Rng) -> u64 {
+        match rng.below(8) {
+            0 | 1 => 0x1_0000,
+            2 => rng.below(0x1_0000) << 4,
+            3 => (LOW_RAM_END - rng.below(0x2_0000)) & !0xF,
+            4 => *rng.pick(&[0xA_0000, 0xC_0000, 0xE_0000, 0xF_0000, 0xF_FFF0]),
+            5 => HIGH_MEMORY_START + rng.below(2 * MIB) - MIB / 2,
+            6 => rng.below(1 << 32),
+            _ => rng.interesting(),
+        }
+    }
+
+    /// A register value: an edge value, or random, with random upper bits.
+    pub fn reg(rng: &mut Rng) -> u64 {
+        if rng.one_in(2) {
+            rng.interesting()
+        } else {
+            rng.next()
+        }
+    }
+
+    /// Registers for a call: random, with AX, BX, CX, DX, SI, DI chosen by the caller.
+    pub fn regs(rng: &mut Rng) -> kvm_regs {
+        kvm_regs {
+            rax: reg(rng),
+            rbx: reg(rng),
+            rcx: reg(rng),
+            rdx: reg(rng),
+            rsi: reg(rng),
+            rdi: reg(rng),
+            rsp: reg(rng),
+            rbp: reg(rng),
+            r8: reg(rng),
+            r15: reg(rng),
+            rip: reg(rng),
+            rflags: reg(rng),
+            ..Default::default()
+        }
+    }
+
+    pub fn segments(rng: &mut Rng) -> Segments {
+        Segments {
+            cs: 0xF_0000,
+            ds: segment_base(rng),
+            es: segment_base(rng),
+            ss: segment_base(rng),
+            fs: segment_base(rng),
+            gs: segment_base(rng),
+        }
+    }
+
+    /// Guest RAM as the test BIOS maps it: the first 640 KiB and 1 MiB from 1 MiB.
+    pub fn snapshot(b: &Bios) -> Vec<(u64, Vec<u8>)> {
+        [(0, LOW_RAM_END), (HIGH_MEMORY_START, MIB)]
+            .iter()
+            .map(|&(at, len)| {
+                let host = b.mem.get_host_address(GuestAddress(at)).unwrap();
+                // SAFETY: `host` starts a mapping of at least `len` bytes (one region of the
+                // test BIOS's memory), which lives as long as `b`; this thread is the only
+                // one using that memory while the slice is copied.
+                let bytes = unsafe { std::slice::from_raw_parts(host, len as usize) };
+                (at, bytes.to_vec())
+            })
+            .collect()
+    }
+
+    /// The guest-physical ranges where `after` differs from `before`.
+    pub fn changes(before: &[(u64, Vec<u8>)], after: &[(u64, Vec<u8>)]) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for ((at, a), (_, b)) in before.iter().zip(after) {
+            for (c, (x, y)) in a.chunks(4096).zip(b.chunks(4096)).enumerate() {
+                if x == y {
+                    continue;
+                }
+                for i in (0..x.len()).filter(|i| x[*i] != y[*i]) {
+                    let addr = at + (c * 4096 + i) as u64;
+                    match out.last_mut() {
+                        Some((_, end)) if *end == addr => *end += 1,
+                        _ => out.push((addr, addr + 1)),
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Asserts that every changed byte lies in one of `allowed` (`[start, end)` ranges).
+    pub fn only_wrote(changed: &[(u64, u64)], allowed: &[(u64, u64)], what: &str) {
+        for &(s, e) in changed {
+            assert!(
+                (s..e).all(|a| allowed.iter().any(|&(x, y)| (x..y).contains(&a))),
+                "{what}: wrote {s:#x}-{e:#x}, allowed {allowed:x?}"
+            );
+        }
+    }
+
+    /// The stacked FLAGS word a call may update.
+    pub fn flags_word(r: &kvm_regs, s: &Segments) -> (u64, u64) {
+        let at = linear(s.ss, ((r.rsp & 0xFFFF) + 4) & 0xFFFF);
+        (at, at + 2)
+    }
+
+    /// Checks what every service promises: registers other than `outputs` (and RFLAGS
+    /// other than CF) keep their value, outputs keep their upper 32 bits unless `wide` (the
+    /// call returns 32-bit registers), and the outcome touches only CF and ZF.
+    pub fn check_registers(
+        before: &kvm_regs,
+        after: &kvm_regs,
+        outputs: &[&str],
+        wide: bool,
+        o: &Outcome,
+    ) {
+        let named = |r: &kvm_regs| {
+            [
+                ("rax", r.rax),
+                ("rbx", r.rbx),
+                ("rcx", r.rcx),
+                ("rdx", r.rdx),
+                ("rsi", r.rsi),
+                ("rdi", r.rdi),
+                ("rsp", r.rsp),
+                ("rbp", r.rbp),
+                ("r8", r.r8),
+                ("r15", r.r15),
+                ("rip", r.rip),
+            ]
+        };
+        for ((name, b), (_, a)) in named(before).iter().zip(named(after)) {
+            if outputs.contains(name) {
+                assert!(wide || b >> 32 == a >> 32, "{name}'s upper half changed");
+            } else {
+                assert_eq!(*b, a, "{name} changed ({outputs:?} are the outputs)");
+            }
+        }
+        assert_eq!(
+            before.rflags & !1,
+            after.rflags & !1,
+            "RFLAGS beyond CF changed"
+        );
+        assert_eq!((o.set | o.clear) & !(CF | ZF), 0, "{o:?}");
+    }
+
+    /// A key or byte typed at the console, or nothing.
+    fn type_some(rng: &mut Rng, t: &TestBios) {
+        if rng.one_in(2) {
+            let n = rng.index(4);
+            t.console.type_in(&rng.bytes(n));
+        }
+    }
+
+    /// Every service but the disk's (`disk.rs` has its own target) with random registers,
+    /// segment bases, clock registers and console input.
+    #[test]
+    fn bios_services() {
+        let services = [
+            Service::Video,
+            Service::System,
+            Service::Keyboard,
+            Service::Time,
+            Service::Equipment,
+            Service::MemorySize,
+            Service::NoBoot,
+            Service::Boot,
+        ];
+        run("bios_services", 1_000, |rng| {
+            let t = bios(*rng.pick(&[2 * MIB, 64 * MIB, 4096 * MIB]));
+            type_some(rng, &t);
+            for _ in 0..rng.below(4) {
+                let index = rng.below(0x40) as u8;
+                t.clock.set_register(index, rng.byte());
+            }
+            // Every byte the calls may write, checked once after them all.
+            let before = snapshot(&t.bios);
+            let mut allowed = vec![(bda::BDA, bda::BDA + 0x100)];
+            for _ in 0..=rng.below(8) {
+                let service = *rng.pick(&services);
+                let mut r = regs(rng);
+                // Mostly the functions each service has.
+                let functions: &[u8] = match service {
+                    Service::Video => &[
+                        0, 1, 2, 3, 5, 8, 9, 0xA, 0xE, 0xF, 0x11, 0x12, 0x13, 0x1A, 0x4F,
+                    ],
+                    Service::System => &[0x24, 0x4F, 0x88, 0x90, 0x91, 0xC0, 0xE8, 0xE9, 0x53],
+                    Service::Keyboard => &[0, 1, 2, 3, 5, 0x10, 0x11, 0x12],
+                    Service::Time => &[0, 1, 2, 3, 4, 5],
+                    _ => &[0],
+                };
+                if !rng.one_in(8) {
+                    set_ah(&mut r, *rng.pick(functions));
+                }
+                match ah(&r) {
+                    0xE8 if service == Service::System => {
+                        set_al(&mut r, *rng.pick(&[0x20, 0x01, 0x80]));
+                        if rng.one_in(2) {
+                            r.rdx = SMAP_LE;
+                            r.rcx = rng.below(40);
+                            r.rbx = rng.below(12);
+                        }
+                    }
+                    0x24 if service == Service::System => set_al(&mut r, rng.below(5) as u8),
+                    0x86 if service == Service::System => {
+                        // A wait: keep it short.
+                        set16(&mut r.rcx, 0);
+                        set16(&mut r.rdx, rng.below(50) as u16);
+                    }
+                    _ => {}
+                }
+                if rng.one_in(3) {
+                    type_some(rng, &t);
+                }
+                let segs = segments(rng);
+                let before_regs = r;
+                let o = t.bios.call(service, &mut r, &segs);
+                let outputs: &[&str] = match service {
+                    Service::Video | Service::System => &["rax", "rbx", "rcx", "rdx"],
+                    Service::Keyboard | Service::Equipment | Service::MemorySize => &["rax"],
+                    Service::Time => &["rax", "rcx", "rdx"],
+                    Service::Boot => &["rdx"],
+                    _ => &[],
+                };
+                let e820 = service == Service::System && ax(&before_regs) == 0xE820;
+                check_registers(&before_regs, &r, outputs, e820, &o);
+                let es_di = linear(segs.es, before_regs.rdi & 0xFFFF);
+                allowed.push(flags_word(&before_regs, &segs));
+                if e820 {
+                    allowed.push((es_di, es_di + 20));
+                    if o.set & CF == 0 {
+                        assert!(t.bios.ram_buffer(es_di, 20), "E820 entry at {es_di:#x}");
+                    }
+                }
+                if service == Service::Boot {
+                    allowed.push((0x7C00, 0x7E00));
+                }
+            }
+            let changed = changes(&before, &snapshot(&t.bios));
+            only_wrote(&changed, &allowed, "BIOS services");
+        });
+    }
+
+    const SMAP_LE: u64 = 0x534D_4150;
 }

@@ -89,7 +89,7 @@ impl Bios {
         if r.rdx as u32 as u64 != SMAP || (r.rcx as u32) < 20 {
             return fail(r, UNSUPPORTED);
         }
-        let at = segs.es + (r.rdi & 0xFFFF);
+        let at = linear(segs.es, r.rdi & 0xFFFF);
         if !self.ram_buffer(at, 20)
             || self
                 .mem

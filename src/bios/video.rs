@@ -28,14 +28,16 @@ impl Bios {
         let last_row = bda::TEXT_ROWS - 1;
         match c {
             b'\r' => col = 0,
-            b'\n' => row = (row + 1).min(last_row),
+            b'\n' => row = row.saturating_add(1).min(last_row),
             0x08 => col = col.saturating_sub(1),
             0x07 => {}
             _ => {
-                col += 1;
+                // The cursor may have been set anywhere (AH=02h): past the last column
+                // means the next line.
+                col = col.saturating_add(1);
                 if u16::from(col) >= bda::TEXT_COLUMNS {
                     col = 0;
-                    row = (row + 1).min(last_row);
+                    row = row.saturating_add(1).min(last_row);
                 }
             }
         }
@@ -109,7 +111,7 @@ impl Bios {
         self.set_cursor(page, dh(r), dl(r));
         let bp = r.rbp & 0xFFFF;
         for i in 0..n {
-            let at = segs.es + ((bp + i * step) & 0xFFFF);
+            let at = linear(segs.es, (bp + i * step) & 0xFFFF);
             self.teletype(self.read_u8(at));
         }
         self.write_u8(bda::ACTIVE_PAGE, active);
@@ -124,6 +126,24 @@ mod tests {
     use super::super::tests::*;
     use super::*;
     use crate::memory::MIB;
+
+    /// Found by fuzzing (`bios_services`): teletype output with the cursor set to row or
+    /// column 255 (AH=02h takes any) overflowed moving it (a panic in debug builds).
+    #[test]
+    fn teletype_from_a_cursor_off_the_screen() {
+        let t = bios(64 * MIB);
+        for (c, cursor) in [(b'x', 0x0A_FF), (b'\n', 0xFF_00), (b'y', 0xFF_FF)] {
+            let mut r = regs(0x0200);
+            r.rdx = cursor;
+            call(&t.bios, Service::Video, &mut r);
+            call(&t.bios, Service::Video, &mut regs(0x0E00 | u64::from(c)));
+            let mut r = regs(0x0300);
+            call(&t.bios, Service::Video, &mut r);
+            let want = if cursor == 0x0A_FF { 0x0B00 } else { 0x1800 };
+            assert_eq!(r.rdx as u16, want, "{cursor:#x}");
+        }
+        assert_eq!(t.console.output(), "x\ny");
+    }
 
     #[test]
     fn teletype_goes_to_com1_and_moves_the_cursor() {

@@ -109,14 +109,14 @@ pub fn parse(b: &[u8]) -> Result<ElfImage, String> {
                 memsz: u32_at(b, o + 20).ok_or_else(bad)? as u64,
             }
         };
-        if s.memsz == 0 {
-            continue;
-        }
         if s.filesz > s.memsz {
             return Err(format!(
                 "ELF segment {i} has more file bytes ({:#x}) than memory ({:#x})",
                 s.filesz, s.memsz
             ));
+        }
+        if s.memsz == 0 {
+            continue;
         }
         if s.offset
             .checked_add(s.filesz)
@@ -184,6 +184,59 @@ pub(crate) mod tests {
         b
     }
 
+    /// A minimal ELF64 x86-64 executable with the given (paddr, file bytes, memsz) segments
+    /// and, when `notes` is not empty, a PT_NOTE segment holding the notes
+    /// (type, name with its NUL, descriptor).
+    pub fn elf64(entry: u64, segs: &[(u64, &[u8], u64)], notes: &[(u32, &[u8], &[u8])]) -> Vec<u8> {
+        let mut note_bytes = Vec::new();
+        for (kind, name, desc) in notes {
+            note_bytes.extend_from_slice(&(name.len() as u32).to_le_bytes());
+            note_bytes.extend_from_slice(&(desc.len() as u32).to_le_bytes());
+            note_bytes.extend_from_slice(&kind.to_le_bytes());
+            for part in [name, desc] {
+                note_bytes.extend_from_slice(part);
+                note_bytes.resize(note_bytes.len().next_multiple_of(4), 0);
+            }
+        }
+        let phnum = segs.len() + usize::from(!notes.is_empty());
+        let phoff = 64u64;
+        let mut off = phoff + 56 * phnum as u64;
+        let mut b = vec![0u8; off as usize];
+        b[..4].copy_from_slice(b"\x7fELF");
+        b[4] = 2;
+        b[5] = 1;
+        b[6] = 1;
+        b[16..18].copy_from_slice(&2u16.to_le_bytes());
+        b[18..20].copy_from_slice(&EM_X86_64.to_le_bytes());
+        b[24..32].copy_from_slice(&entry.to_le_bytes());
+        b[32..40].copy_from_slice(&phoff.to_le_bytes());
+        b[52..54].copy_from_slice(&64u16.to_le_bytes());
+        b[54..56].copy_from_slice(&56u16.to_le_bytes());
+        b[56..58].copy_from_slice(&(phnum as u16).to_le_bytes());
+        let mut header = |i: usize, kind: u32, offset: u64, paddr: u64, filesz: u64, memsz: u64| {
+            let o = phoff as usize + 56 * i;
+            b[o..o + 4].copy_from_slice(&kind.to_le_bytes());
+            b[o + 8..o + 16].copy_from_slice(&offset.to_le_bytes());
+            b[o + 16..o + 24].copy_from_slice(&paddr.to_le_bytes());
+            b[o + 24..o + 32].copy_from_slice(&paddr.to_le_bytes());
+            b[o + 32..o + 40].copy_from_slice(&filesz.to_le_bytes());
+            b[o + 40..o + 48].copy_from_slice(&memsz.to_le_bytes());
+        };
+        for (i, (paddr, data, memsz)) in segs.iter().enumerate() {
+            header(i, PT_LOAD, off, *paddr, data.len() as u64, *memsz);
+            off += data.len() as u64;
+        }
+        if !notes.is_empty() {
+            let n = note_bytes.len() as u64;
+            header(segs.len(), 4, off, 0, n, 0);
+        }
+        for (_, data, _) in segs {
+            b.extend_from_slice(data);
+        }
+        b.extend_from_slice(&note_bytes);
+        b
+    }
+
     #[test]
     fn reads_segments_and_entry() {
         let b = elf32(
@@ -221,6 +274,25 @@ pub(crate) mod tests {
         assert!(parse(&b).is_err());
     }
 
+    /// Found by fuzzing (`elf_headers`): a PT_LOAD with file bytes and a memory size of 0
+    /// was skipped unchecked, though a loader that copies `filesz` bytes writes them at its
+    /// address, wherever that is.
+    #[test]
+    fn file_bytes_without_memory_are_refused() {
+        let b = elf32(
+            0x10_0000,
+            &[
+                (0x10_0000, &[0x90; 12], 0x1012),
+                (0x10_2000, &[0x90; 18], 0),
+            ],
+        );
+        assert!(parse(&b)
+            .unwrap_err()
+            .contains("segment 1 has more file bytes"));
+        let empty = elf32(0x10_0000, &[(0x10_0000, &[0x90; 12], 0x1012), (0, &[], 0)]);
+        assert_eq!(parse(&empty).unwrap().segments.len(), 1);
+    }
+
     #[test]
     fn random_bytes_never_panic() {
         let mut x = 0x1234_5678u32;
@@ -236,5 +308,131 @@ pub(crate) mod tests {
             }
             let _ = parse(&b);
         }
+    }
+}
+
+#[cfg(test)]
+pub(super) mod fuzz {
+    use super::tests::{elf32, elf64};
+    use super::*;
+    use crate::fuzz::{get_le, mutate, run, Field, Rng};
+
+    /// The fields of the ELF header and of the first `phnum` program headers.
+    pub fn fields(is_64: bool, phnum: usize) -> Vec<Field> {
+        let mut f = vec![Field(4, 1), Field(5, 1), Field(18, 2)];
+        let (phoff, size, hdr) = if is_64 {
+            f.extend([Field(24, 8), Field(32, 8), Field(54, 2), Field(56, 2)]);
+            (64, 56, [(0, 4), (8, 8), (24, 8), (32, 8), (40, 8)])
+        } else {
+            f.extend([Field(24, 4), Field(28, 4), Field(42, 2), Field(44, 2)]);
+            (52, 32, [(0, 4), (4, 4), (12, 4), (16, 4), (20, 4)])
+        };
+        for i in 0..phnum {
+            for (o, w) in hdr {
+                f.push(Field(phoff + size * i + o, w));
+            }
+        }
+        f
+    }
+
+    /// A valid ELF32 or ELF64 with one to three segments, some with BSS.
+    pub fn seed(rng: &mut Rng) -> (Vec<u8>, Vec<Field>) {
+        let is_64 = rng.one_in(2);
+        let n = 1 + rng.index(3);
+        let data: Vec<Vec<u8>> = (0..n)
+            .map(|i| {
+                let len = 1 + rng.index(32 << i);
+                rng.bytes(len)
+            })
+            .collect();
+        let mut segs = Vec::new();
+        let mut at = 0x10_0000u64;
+        for d in &data {
+            let memsz = d.len() as u64 + rng.below(3) * 0x800;
+            segs.push((at, d.as_slice(), memsz));
+            at += memsz.next_multiple_of(0x1000);
+        }
+        let b = if is_64 {
+            elf64(0x10_0000, &segs, &[])
+        } else {
+            let s32: Vec<(u32, &[u8], u32)> = segs
+                .iter()
+                .map(|(a, d, m)| (*a as u32, *d, *m as u32))
+                .collect();
+            elf32(0x10_0000, &s32)
+        };
+        (b, fields(is_64, n))
+    }
+
+    /// Every loadable byte of an accepted file is accounted for: each PT_LOAD header with
+    /// file or memory bytes is one of the segments, inside the file, not wrapping, and the
+    /// segments do not overlap.
+    fn check(b: &[u8], e: &ElfImage) {
+        let (phoff, size, phnum) = if e.is_64 {
+            (get_le(b, 32, 8), get_le(b, 54, 2), get_le(b, 56, 2))
+        } else {
+            (get_le(b, 28, 4), get_le(b, 42, 2), get_le(b, 44, 2))
+        };
+        let mut loads = 0;
+        for i in 0..phnum {
+            let o = (phoff + i * size) as usize;
+            if get_le(b, o, 4) != u64::from(PT_LOAD) {
+                continue;
+            }
+            let s = if e.is_64 {
+                Segment {
+                    offset: get_le(b, o + 8, 8),
+                    paddr: get_le(b, o + 24, 8),
+                    filesz: get_le(b, o + 32, 8),
+                    memsz: get_le(b, o + 40, 8),
+                }
+            } else {
+                Segment {
+                    offset: get_le(b, o + 4, 4),
+                    paddr: get_le(b, o + 12, 4),
+                    filesz: get_le(b, o + 16, 4),
+                    memsz: get_le(b, o + 20, 4),
+                }
+            };
+            if s.filesz == 0 && s.memsz == 0 {
+                continue;
+            }
+            loads += 1;
+            assert!(
+                e.segments.contains(&s),
+                "PT_LOAD {i} {s:x?} is not in {e:x?}"
+            );
+        }
+        assert_eq!(loads, e.segments.len());
+        for s in &e.segments {
+            assert!(s.filesz <= s.memsz && s.offset + s.filesz <= b.len() as u64);
+            assert!(s.paddr.checked_add(s.memsz).is_some());
+        }
+        for w in e.segments.windows(2) {
+            assert!(w[0].paddr + w[0].memsz <= w[1].paddr, "{e:x?}");
+        }
+    }
+
+    #[test]
+    fn elf_headers() {
+        run("elf_headers", 60_000, |rng| {
+            let b = if rng.one_in(16) {
+                let len = rng.index(256);
+                let mut b = rng.bytes(len);
+                if rng.one_in(2) && b.len() >= 4 {
+                    b[..4].copy_from_slice(b"\x7fELF");
+                }
+                b
+            } else {
+                let (mut b, f) = seed(rng);
+                mutate(rng, &mut b, &f);
+                b
+            };
+            crate::fuzz::dump(&b);
+            match parse(&b) {
+                Ok(e) => check(&b, &e),
+                Err(why) => assert!(!why.is_empty()),
+            }
+        });
     }
 }

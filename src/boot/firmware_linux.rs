@@ -18,9 +18,9 @@ use crate::memory::{MemoryLayout, HIGH_MEMORY_START};
 pub struct FwCfgLinux {
     image: std::sync::Arc<Vec<u8>>,
     /// The real-mode part with its header filled in for the addresses below.
-    setup: Vec<u8>,
+    pub(super) setup: Vec<u8>,
     initrd: Option<(std::sync::Arc<Vec<u8>>, u64)>,
-    cmdline: Vec<u8>,
+    pub(super) cmdline: Vec<u8>,
 }
 
 impl FwCfgLinux {

@@ -1,7 +1,8 @@
-//! Linux: a bzImage (boot protocol 2.02 or later) or an ELF vmlinux, loaded with
-//! `linux-loader`, entered through the 64-bit entry (default when the kernel has one), the
-//! 32-bit entry, the kernel's own real-mode setup code (`--boot-protocol 16`, on the
-//! firmware's BIOS services), or PVH (an ELF with a Xen PVH note).
+//! Linux: a bzImage (boot protocol 2.02 or later), loaded with `linux-loader`, or an ELF
+//! vmlinux, loaded from the segments `elf.rs` checked; entered through the 64-bit entry
+//! (default when the kernel has one), the 32-bit entry, the kernel's own real-mode setup
+//! code (`--boot-protocol 16`, on the firmware's BIOS services), or PVH (an ELF with a Xen
+//! PVH note).
 //!
 //! See the kernel's Documentation/arch/x86/boot.rst for every field used here.
 
@@ -13,7 +14,6 @@ use linux_loader::configurator::pvh::PvhBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use linux_loader::loader::bzimage::BzImage;
-use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::KernelLoader;
 use linux_loader::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
 use vm_memory::{ByteValued, GuestAddress, GuestMemoryMmap};
@@ -312,19 +312,16 @@ impl Linux {
                 self.handoff(mem, entry)
             }
             Format::Elf { entry, pvh_entry } => {
-                let r = Elf::load(
-                    mem,
-                    None,
-                    &mut Cursor::new(&self.image),
-                    Some(GuestAddress(HIGH_MEMORY_START)),
-                )
-                .map_err(load_err)?;
+                // The segments `elf_kernel` checked, read by the same parser: their file
+                // bytes at their physical addresses (the kernel clears its own BSS).
+                let elf = super::elf::parse(&self.image).map_err(|e| file_err(&self.path, e))?;
+                for s in &elf.segments {
+                    let start = s.offset as usize;
+                    put(mem, s.paddr, &self.image[start..start + s.filesz as usize])?;
+                }
                 if self.entry == Entry::Pvh {
-                    let pvh = match (r.pvh_boot_cap, pvh_entry) {
-                        (PvhBootCapability::PvhEntryPresent(a), _) => a.0 as u32,
-                        (_, Some(a)) => *a,
-                        _ => return Err(file_err(&self.path, "the kernel has no PVH entry")),
-                    };
+                    let pvh = pvh_entry
+                        .ok_or_else(|| file_err(&self.path, "the kernel has no PVH entry"))?;
                     return self.load_pvh(mem, env, pvh, ramdisk_image, ramdisk_size);
                 }
                 let hdr = setup_header {
@@ -347,6 +344,69 @@ impl Linux {
                 self.handoff(mem, *entry)
             }
         }
+    }
+
+    /// Where the plan puts the kernel, initrd, command line and setup code.
+    #[cfg(test)]
+    pub(super) fn footprint(&self) -> Vec<super::test_util::Placed> {
+        use super::test_util::{head, Placed};
+        let mut v = vec![Placed {
+            what: "command line",
+            payload: false,
+            addr: area::CMDLINE,
+            len: self.cmdline.len() as u64,
+            head: self.cmdline.clone(),
+        }];
+        match &self.format {
+            Format::BzImage {
+                setup_len,
+                load_addr,
+                ..
+            } => {
+                let pm = (self.image.len() - setup_len) as u64;
+                v.push(Placed {
+                    what: "kernel",
+                    payload: true,
+                    addr: *load_addr,
+                    len: pm,
+                    head: head(&self.image, *setup_len as u64, pm, pm, false),
+                });
+                if self.entry == Entry::Real {
+                    v.push(Placed {
+                        what: "setup",
+                        payload: false,
+                        addr: area::SETUP,
+                        len: *setup_len as u64,
+                        head: self.image[..0x1F1].to_vec(),
+                    });
+                }
+            }
+            Format::Elf { .. } => {
+                for s in super::elf::parse(&self.image)
+                    .map(|e| e.segments)
+                    .unwrap_or_default()
+                {
+                    v.push(Placed {
+                        what: "ELF segment",
+                        payload: true,
+                        addr: s.paddr,
+                        len: s.memsz,
+                        head: head(&self.image, s.offset, s.filesz, s.memsz, false),
+                    });
+                }
+            }
+        }
+        if let Some((_, bytes, addr)) = &self.initrd {
+            let n = bytes.len() as u64;
+            v.push(Placed {
+                what: "initrd",
+                payload: true,
+                addr: *addr,
+                len: n,
+                head: head(bytes, 0, n, n, false),
+            });
+        }
+        v
     }
 
     /// The zero page for the 32- and 64-bit entries.
@@ -521,7 +581,7 @@ pub(super) fn place_initrd(
 ) -> Option<u64> {
     let top = max.min(layout.low_ram_end - 1).checked_add(1)?;
     let addr = top.checked_sub(size)? & !0xFFF;
-    let floor = (kernel_end + 0xFFF) & !0xFFF;
+    let floor = kernel_end.checked_add(0xFFF)? & !0xFFF;
     (addr >= floor && addr >= MIB).then_some(addr)
 }
 
@@ -588,11 +648,11 @@ fn elf_kernel(
 /// The PVH entry point from an ELF64's notes (XEN_ELFNOTE_PHYS32_ENTRY), if any.
 fn pvh_note(b: &[u8]) -> Option<u32> {
     let rd32 = |o: usize| {
-        b.get(o..o + 4)
+        b.get(o..o.checked_add(4)?)
             .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
     };
     let rd64 = |o: usize| {
-        b.get(o..o + 8)
+        b.get(o..o.checked_add(8)?)
             .map(|s| u64::from_le_bytes(s.try_into().unwrap_or([0; 8])))
     };
     let phoff = rd64(32)? as usize;
@@ -603,17 +663,20 @@ fn pvh_note(b: &[u8]) -> Option<u32> {
         if rd32(o)? != 4 {
             continue; // PT_NOTE
         }
-        let off = rd64(o + 8)? as usize;
-        let size = rd64(o + 32)? as usize;
+        let off = rd64(o.checked_add(8)?)? as usize;
+        let size = rd64(o.checked_add(32)?)? as usize;
         let end = off.checked_add(size)?.min(b.len());
         let mut n = off;
-        while n + 12 <= end {
+        while n.checked_add(12).is_some_and(|e| e <= end) {
             let namesz = rd32(n)? as usize;
             let descsz = rd32(n + 4)? as usize;
             let kind = rd32(n + 8)?;
             let name_at = n + 12;
             let desc_at = name_at.checked_add((namesz + 3) & !3)?;
-            if kind == XEN_ELFNOTE_PHYS32_ENTRY && b.get(name_at..name_at + namesz)? == b"Xen\0" {
+            if kind == XEN_ELFNOTE_PHYS32_ENTRY
+                && descsz >= 4
+                && b.get(name_at..name_at + namesz)? == b"Xen\0"
+            {
                 return rd32(desc_at);
             }
             n = desc_at.checked_add((descsz + 3) & !3)?;
@@ -623,7 +686,7 @@ fn pvh_note(b: &[u8]) -> Option<u32> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::memory::MemoryLayout;
 
@@ -708,6 +771,74 @@ mod tests {
         assert!(e.starts_with("--cmdline"), "{e}");
     }
 
+    /// An ELF vmlinux with a PVH note whose descriptor size is `descsz` (the entry is
+    /// there either way).
+    fn vmlinux_with_pvh_descsz(descsz: u32) -> Vec<u8> {
+        let text = [0x90u8; 64];
+        let mut b = crate::boot::elf::tests::elf64(
+            0x10_0000,
+            &[(0x10_0000, &text, 0x2000)],
+            &[(
+                XEN_ELFNOTE_PHYS32_ENTRY,
+                b"Xen\0",
+                &0x10_0040u32.to_le_bytes(),
+            )],
+        );
+        let note = 64 + 2 * 56 + text.len();
+        b[note + 4..note + 8].copy_from_slice(&descsz.to_le_bytes());
+        b
+    }
+
+    /// Found by fuzzing (`pvh_notes`): a program header table offset within a few bytes of
+    /// the top of the address space overflowed reading the first header (a panic in debug
+    /// builds). `elf::parse` refuses such a file first; this parser stands on its own.
+    #[test]
+    fn a_program_header_offset_at_the_top_is_no_note() {
+        let mut b = vmlinux_with_pvh_descsz(4);
+        b[32..40].copy_from_slice(&0xFFFF_FFFF_FFFF_FFFDu64.to_le_bytes());
+        b[54..56].copy_from_slice(&0x35u16.to_le_bytes());
+        assert_eq!(pvh_note(&b), None);
+    }
+
+    /// Found by fuzzing (`pvh_notes`, in a longer run): a PT_NOTE whose offset is within 12
+    /// bytes of the top of the address space overflowed walking its notes.
+    #[test]
+    fn a_note_segment_at_the_top_is_no_note() {
+        let mut b = vmlinux_with_pvh_descsz(4);
+        let note_header = 64 + 56;
+        b[note_header + 8..note_header + 16].copy_from_slice(&(u64::MAX - 2).to_le_bytes());
+        b[note_header + 32..note_header + 40].copy_from_slice(&0u64.to_le_bytes());
+        assert_eq!(pvh_note(&b), None);
+    }
+
+    /// Found by fuzzing (`kernel_files`): a PVH note with a descriptor too short for the
+    /// entry was taken as the entry, and the ELF passed the plan's checks but failed to load
+    /// after the machine was built ("Invalid PVH note header" from a second parser).
+    #[test]
+    fn a_short_pvh_note_is_no_entry_and_the_elf_loads_as_planned() {
+        assert_eq!(pvh_note(&vmlinux_with_pvh_descsz(4)), Some(0x10_0040));
+        let short = vmlinux_with_pvh_descsz(0);
+        assert_eq!(pvh_note(&short), None);
+        let layout = MemoryLayout::new(64 * MIB).unwrap();
+        let e = Linux::new("k", short.clone(), &cfg(BootProtocol::Pvh), &layout)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no PVH note"), "{e}");
+        let l = Linux::new("k", short, &cfg(BootProtocol::Auto), &layout).unwrap();
+        let mem = super::super::test_util::memory(&layout);
+        let e820 = layout.e820(128 * 1024);
+        let env = BootEnv {
+            layout: &layout,
+            e820: &e820,
+            rsdp: None,
+        };
+        let (kind, h) = l.load(&mem, &env).unwrap();
+        assert_eq!((kind, h.entry), (BootKind::Long, 0x10_0000));
+        let mut text = [0u8; 64];
+        vm_memory::Bytes::read_slice(&mem, &mut text, GuestAddress(0x10_0000)).unwrap();
+        assert_eq!(text, [0x90; 64]);
+    }
+
     #[test]
     fn initrd_goes_high_and_page_aligned() {
         let layout = MemoryLayout::new(64 * MIB).unwrap();
@@ -721,6 +852,17 @@ mod tests {
         );
         assert_eq!(place_initrd(60 * MIB, 8 * MIB, 0x7FFF_FFFF, &layout), None);
         assert_eq!(place_initrd(u64::MAX, 0, u64::MAX, &layout), None);
+    }
+
+    /// Found by fuzzing (`initrd_placement`): a kernel end within a page of the top of the
+    /// address space overflowed rounding up (a panic in debug builds).
+    #[test]
+    fn a_kernel_ending_at_the_top_leaves_no_room_for_an_initrd() {
+        let layout = MemoryLayout::new(64 * MIB).unwrap();
+        assert_eq!(
+            place_initrd(0x1000, u64::MAX - 0x800, u64::MAX, &layout),
+            None
+        );
     }
 
     #[test]
@@ -756,5 +898,171 @@ mod tests {
         let mut hdr = [0u8; 4];
         vm_memory::Bytes::read_slice(&mem, &mut hdr, GuestAddress(area::SETUP + 0x228)).unwrap();
         assert_eq!(u32::from_le_bytes(hdr), area::CMDLINE as u32);
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use super::tests::bzimage;
+    use super::*;
+    use crate::boot::elf::tests::elf64;
+    use crate::boot::firmware_linux::FwCfgLinux;
+    use crate::devices::fw_cfg::{key, FwCfg};
+    use crate::fuzz::{get_le, mutate, put_le, run, Field};
+
+    #[test]
+    fn pvh_notes() {
+        run("pvh_notes", 40_000, |rng| {
+            let text = [0x90u8; 32];
+            let mut notes: Vec<(u32, &[u8], &[u8])> = vec![(1, b"GNU\0", b"abcdefgh")];
+            let entry = 0x10_0000u32 + rng.below(0x1000) as u32;
+            let desc = entry.to_le_bytes();
+            let at = rng.index(2);
+            notes.insert(at, (XEN_ELFNOTE_PHYS32_ENTRY, b"Xen\0", &desc));
+            let mut b = elf64(0x10_0000, &[(0x10_0000, &text, 0x1000)], &notes);
+            // The ELF header's table fields, the note header, and each note's words.
+            let noff = get_le(&b, 64 + 56 + 8, 8) as usize;
+            let mut fields = vec![Field(32, 8), Field(54, 2), Field(56, 2)];
+            fields.extend([56, 64, 96, 112].map(|o| Field(64 + o, 8)));
+            fields.extend([
+                Field(64 + 56, 4),
+                Field(64 + 56 + 8, 8),
+                Field(64 + 56 + 32, 8),
+            ]);
+            fields.extend((0..12).map(|i| Field(noff + 4 * i, 4)));
+            mutate(rng, &mut b, &fields);
+            if rng.one_in(10) {
+                put_le(&mut b, 32, 8, rng.interesting());
+            }
+            crate::fuzz::dump(&b);
+            if let Some(e) = pvh_note(&b) {
+                // The entry is a descriptor's bytes, right after a "Xen" name.
+                let found = b
+                    .windows(8)
+                    .any(|w| w[..4] == *b"Xen\0" && w[4..] == e.to_le_bytes());
+                assert!(found, "entry {e:#x} is not after a Xen note name");
+            }
+        });
+    }
+
+    #[test]
+    fn initrd_placement() {
+        let layouts: Vec<MemoryLayout> = [2 * MIB, 4 * MIB, 64 * MIB, 3584 * MIB]
+            .iter()
+            .map(|m| MemoryLayout::new(*m).unwrap())
+            .collect();
+        run("initrd_placement", 200_000, |rng| {
+            let layout = rng.pick(&layouts);
+            let size = match rng.below(3) {
+                0 => rng.below(64 * MIB),
+                1 => rng.below(0x3000),
+                _ => rng.interesting(),
+            };
+            let kernel_end = match rng.below(3) {
+                0 => HIGH_MEMORY_START + rng.below(32 * MIB),
+                1 => layout.low_ram_end.saturating_sub(rng.below(4 * MIB)),
+                _ => rng.interesting(),
+            };
+            let max = match rng.below(4) {
+                0 => 0x37FF_FFFF,
+                1 => u64::from(u32::MAX),
+                2 => 0x7FFF_FFFF,
+                _ => rng.interesting(),
+            };
+            let top = (u128::from(max) + 1).min(u128::from(layout.low_ram_end));
+            let floor = (u128::from(kernel_end) + 0xFFF) & !0xFFF;
+            match place_initrd(size, kernel_end, max, layout) {
+                Some(addr) => {
+                    let (a, end) = (u128::from(addr), u128::from(addr) + u128::from(size));
+                    assert_eq!(addr % 0x1000, 0);
+                    assert!(addr >= MIB && a >= floor && end <= top, "{addr:#x}");
+                    // As high as it goes: the next page up does not fit.
+                    assert!(end + 0x1000 > top);
+                }
+                None => {
+                    // Nothing page aligned between the kernel (and 1 MiB) and the top fits.
+                    let highest = top.checked_sub(u128::from(size)).map(|a| a & !0xFFF);
+                    assert!(
+                        highest.is_none_or(|a| a < floor || a < u128::from(MIB)),
+                        "{size:#x} above {kernel_end:#x} below {max:#x} refused"
+                    );
+                }
+            }
+        });
+    }
+
+    /// The fields of the setup header a bzImage's checks read.
+    fn bzimage_fields() -> Vec<Field> {
+        [
+            (0x1F1, 1),
+            (0x1F4, 4),
+            (0x206, 2),
+            (0x211, 1),
+            (0x22C, 4),
+            (0x230, 4),
+            (0x234, 1),
+            (0x236, 2),
+            (0x238, 4),
+            (0x258, 8),
+            (0x260, 4),
+        ]
+        .iter()
+        .map(|&(o, w)| Field(o, w))
+        .collect()
+    }
+
+    /// An fw_cfg item's first `n` bytes, read through the data port.
+    fn item(fw: &mut FwCfg, k: u16, n: usize) -> Vec<u8> {
+        use crate::bus::BusDevice;
+        fw.write(0, &k.to_le_bytes());
+        let mut v = vec![0u8; n];
+        fw.read(1, &mut v);
+        v
+    }
+
+    #[test]
+    fn firmware_bzimage() {
+        let layouts: Vec<MemoryLayout> = [2 * MIB, 4 * MIB, 64 * MIB]
+            .iter()
+            .map(|m| MemoryLayout::new(*m).unwrap())
+            .collect();
+        let mem = vm_memory::GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+        run("firmware_bzimage", 12_000, |rng| {
+            let sects = *rng.pick(&[0u8, 1, 4, 30, 70]);
+            let pm = 128 + rng.index(0x3000);
+            let mut b = bzimage(sects, pm);
+            if !rng.one_in(8) {
+                mutate(rng, &mut b, &bzimage_fields());
+            }
+            crate::fuzz::dump(&b);
+            let cfg = crate::config::VmConfig {
+                cmdline: match rng.below(4) {
+                    0 => None,
+                    1 => Some("x".repeat(rng.index(3000))),
+                    _ => Some("console=ttyS0".into()),
+                },
+                ..Default::default()
+            };
+            let layout = rng.pick(&layouts);
+            let Ok(l) = FwCfgLinux::new("k", b.clone(), &cfg, layout) else {
+                return;
+            };
+            // The setup code fits below the command line; the kernel in RAM from 1 MiB.
+            let setup_len = l.setup.len();
+            assert!(area::SETUP + setup_len as u64 <= area::CMDLINE);
+            assert!(HIGH_MEMORY_START + (b.len() - setup_len) as u64 <= layout.low_ram_end);
+            let mut fw = FwCfg::new(mem.clone());
+            l.add_items(&mut fw);
+            let u32_item = |fw: &mut FwCfg, k| get_le(&item(fw, k, 4), 0, 4) as usize;
+            assert_eq!(u32_item(&mut fw, key::SETUP_SIZE), setup_len);
+            assert_eq!(u32_item(&mut fw, key::KERNEL_SIZE), b.len() - setup_len);
+            assert_eq!(u32_item(&mut fw, key::CMDLINE_SIZE), l.cmdline.len());
+            let n = 16.min(b.len() - setup_len);
+            assert_eq!(
+                item(&mut fw, key::KERNEL_DATA, n),
+                b[setup_len..setup_len + n]
+            );
+            assert_eq!(item(&mut fw, key::SETUP_DATA, 0x1F1), b[..0x1F1]);
+        });
     }
 }

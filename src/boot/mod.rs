@@ -341,6 +341,43 @@ impl BootPlan {
 pub(crate) mod test_util {
     use super::*;
 
+    /// What a boot plan puts in guest memory: `len` bytes at `addr` (the range the memory
+    /// map must allow), the first of which must read `head` after the load. `payload` is
+    /// false for the boot structures (command line, real-mode setup).
+    #[derive(Debug)]
+    pub struct Placed {
+        pub what: &'static str,
+        pub payload: bool,
+        pub addr: u64,
+        pub len: u64,
+        pub head: Vec<u8>,
+    }
+
+    /// At most the first 4 KiB of `len` bytes at `offset` of `file`, then zeros (BSS) when
+    /// `zero_fill` up to `len`.
+    pub fn head(file: &[u8], offset: u64, filesz: u64, len: u64, zero_fill: bool) -> Vec<u8> {
+        const MAX: u64 = 4096;
+        let start = offset as usize;
+        let n = filesz.min(MAX) as usize;
+        let mut h = file[start..start + n].to_vec();
+        if zero_fill {
+            h.resize(len.min(MAX) as usize, 0);
+        }
+        h
+    }
+
+    impl Payload {
+        /// Everything the payload places in guest memory.
+        pub fn footprint(&self) -> Vec<Placed> {
+            match self {
+                Payload::Linux(l) => l.footprint(),
+                Payload::Multiboot(m) => m.footprint(),
+                Payload::Multiboot2(m) => m.footprint(),
+                _ => Vec::new(),
+            }
+        }
+    }
+
     /// Guest memory shaped like the machine's: low RAM and RAM from 1 MiB.
     pub fn memory(layout: &MemoryLayout) -> GuestMemoryMmap {
         let ranges: Vec<(GuestAddress, usize)> = layout

@@ -80,6 +80,34 @@ impl Image {
     }
 }
 
+/// Where an image's pieces and the modules go, for the fuzz targets' checks.
+#[cfg(test)]
+pub fn footprint(file: &[u8], image: &Image, modules: &[Module]) -> Vec<super::test_util::Placed> {
+    use super::test_util::{head, Placed};
+    let mut v: Vec<Placed> = image
+        .pieces
+        .iter()
+        .map(|p| Placed {
+            what: "image",
+            payload: true,
+            addr: p.addr,
+            len: p.memsz,
+            head: head(file, p.offset, p.filesz, p.memsz, true),
+        })
+        .collect();
+    for m in modules {
+        let n = m.bytes.len() as u64;
+        v.push(Placed {
+            what: "module",
+            payload: true,
+            addr: m.addr,
+            len: n,
+            head: head(&m.bytes, 0, n, n, false),
+        });
+    }
+    v
+}
+
 /// The "a.out kludge" addresses of a multiboot 1 header or a multiboot 2 address tag:
 /// the file from `header_offset - (header_addr - load_addr)` is loaded at `load_addr` up
 /// to `load_end_addr` (0: the end of the file), then zeros up to `bss_end_addr` (0: none).
@@ -165,6 +193,21 @@ pub struct Module {
     pub addr: u64,
 }
 
+/// Where a module of `len` bytes goes when the last one (or the image) ends at `next`:
+/// `[addr, end)` from the first page boundary at or above `next`, or that range as `Err`
+/// when it is not RAM from 1 MiB to the end of low RAM.
+fn place_module(next: u64, len: u64, layout: &MemoryLayout) -> Result<(u64, u64), (u64, u64)> {
+    let addr = next
+        .checked_add(0xFFF)
+        .map(|a| a & !0xFFF)
+        .unwrap_or(u64::MAX);
+    let end = addr.saturating_add(len);
+    if end > layout.low_ram_end || addr < crate::memory::HIGH_MEMORY_START {
+        return Err((addr, end));
+    }
+    Ok((addr, end))
+}
+
 /// Reads the `--module` files and places them page-aligned above `image_end`.
 pub fn modules(
     cfg: &VmConfig,
@@ -181,21 +224,16 @@ pub fn modules(
     for m in &cfg.modules {
         let path = m.path.display().to_string();
         let bytes = super::read_input(&m.path, "module", layout.ram_size)?;
-        let addr = next
-            .checked_add(0xFFF)
-            .map(|a| a & !0xFFF)
-            .unwrap_or(u64::MAX);
-        let end = addr.saturating_add(bytes.len() as u64);
-        if end > layout.low_ram_end || addr < crate::memory::HIGH_MEMORY_START {
-            return Err(file_err(
+        let (addr, end) = place_module(next, bytes.len() as u64, layout).map_err(|(addr, end)| {
+            file_err(
                 &path,
                 format!(
                     "module of {} bytes does not fit in RAM above the kernel ({addr:#x}-{end:#x}, RAM ends at {:#x})",
                     bytes.len(),
                     layout.low_ram_end
                 ),
-            ));
-        }
+            )
+        })?;
         let mut string = m
             .string
             .clone()
@@ -357,6 +395,19 @@ impl Multiboot {
         })
     }
 
+    #[cfg(test)]
+    pub fn footprint(&self) -> Vec<super::test_util::Placed> {
+        let mut v = footprint(&self.file, &self.image, &self.modules);
+        v.push(super::test_util::Placed {
+            what: "command line",
+            payload: false,
+            addr: area::CMDLINE,
+            len: self.cmdline.len() as u64,
+            head: self.cmdline.clone(),
+        });
+        v
+    }
+
     pub fn load(
         &self,
         mem: &GuestMemoryMmap,
@@ -417,13 +468,13 @@ impl Multiboot {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::memory::MIB;
     use vm_memory::{Bytes, GuestAddress};
 
     /// A multiboot 1 a.out-kludge image: the header at `at`, loaded at 1 MiB.
-    fn kludge(at: usize, len: usize, flags: u32) -> Vec<u8> {
+    pub fn kludge(at: usize, len: usize, flags: u32) -> Vec<u8> {
         let mut b = vec![0x90u8; len];
         let load = 0x10_0000u32;
         let hdr = load + at as u32;
@@ -555,5 +606,68 @@ mod tests {
             .contains("does not fit"));
         let _ = std::fs::remove_file(p1);
         let _ = std::fs::remove_file(p2);
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::fuzz::{run, Rng};
+    use crate::memory::{HIGH_MEMORY_START, MIB};
+
+    /// A module size: small, page-sized, or an edge.
+    fn size(rng: &mut Rng) -> u64 {
+        match rng.below(4) {
+            0 => rng.below(0x3000),
+            1 => rng.below(64) * 0x1000,
+            2 => rng.below(8 * MIB),
+            _ => rng.interesting(),
+        }
+    }
+
+    #[test]
+    fn module_placement() {
+        let layouts: Vec<MemoryLayout> = [2 * MIB, 4 * MIB, 64 * MIB, 3584 * MIB]
+            .iter()
+            .map(|m| MemoryLayout::new(*m).unwrap())
+            .collect();
+        run("module_placement", 200_000, |rng| {
+            let layout = rng.pick(&layouts);
+            let image_end = match rng.below(3) {
+                0 => HIGH_MEMORY_START + rng.below(4 * MIB),
+                1 => layout.low_ram_end - rng.below(0x3000),
+                _ => rng.interesting(),
+            };
+            let mut next = image_end;
+            let mut placed: Vec<(u64, u64)> = Vec::new();
+            for _ in 0..=rng.below(5) {
+                let len = size(rng);
+                match place_module(next, len, layout) {
+                    Ok((addr, end)) => {
+                        assert_eq!(addr % 0x1000, 0);
+                        assert!(
+                            addr >= next && addr - next < 0x1000,
+                            "{next:#x} -> {addr:#x}"
+                        );
+                        assert_eq!(end - addr, len);
+                        assert!(addr >= HIGH_MEMORY_START && end <= layout.low_ram_end);
+                        assert!(placed.iter().all(|(_, e)| *e <= addr));
+                        placed.push((addr, end));
+                        next = end;
+                    }
+                    Err(_) => {
+                        // Refused only when the page-aligned range would leave RAM.
+                        let addr = (u128::from(next) + 0xFFF) & !0xFFF;
+                        let end = addr + u128::from(len);
+                        assert!(
+                            end > u128::from(layout.low_ram_end)
+                                || addr < u128::from(HIGH_MEMORY_START),
+                            "{next:#x}+{len:#x} refused"
+                        );
+                        break;
+                    }
+                }
+            }
+        });
     }
 }

@@ -201,6 +201,12 @@ impl Multiboot2 {
         })
     }
 
+    #[cfg(test)]
+    pub fn footprint(&self) -> Vec<super::test_util::Placed> {
+        let _ = &self.cmdline;
+        multiboot::footprint(&self.file, &self.image, &self.modules)
+    }
+
     pub fn load(
         &self,
         mem: &GuestMemoryMmap,
@@ -282,13 +288,13 @@ impl Tags {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::memory::MIB;
     use vm_memory::{Bytes, GuestAddress};
 
     /// A multiboot 2 image at 1 MiB with the header at 0 and the given extra tags.
-    fn image(extra: &[(u16, u16, Vec<u8>)]) -> Vec<u8> {
+    pub fn image(extra: &[(u16, u16, Vec<u8>)]) -> Vec<u8> {
         let mut tags = Vec::new();
         let mut tag = |kind: u16, flags: u16, body: &[u8]| {
             tags.extend_from_slice(&kind.to_le_bytes());

@@ -460,3 +460,196 @@ mod tests {
         assert_eq!(ctl, DMA_CTL_ERROR);
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::fuzz::{run, Rng};
+    use crate::memory::{HIGH_MEMORY_START, LOW_RAM_END};
+
+    /// RAM as the machine maps it below 1 MiB and a little above: nothing at the VGA hole
+    /// or the shadow area 0xC0000-0xFFFFF (no shadow attached).
+    const RAM: [(u64, u64); 2] = [(0, LOW_RAM_END), (HIGH_MEMORY_START, 0x2_0000)];
+    const EDGES: [u64; 7] = [
+        0,
+        LOW_RAM_END,
+        SHADOW_START,
+        0xF_0000,
+        HIGH_MEMORY_START,
+        HIGH_MEMORY_START + 0x2_0000,
+        0x1_0000_0000,
+    ];
+
+    fn in_ram(start: u64, len: u64) -> bool {
+        start
+            .checked_add(len)
+            .is_some_and(|end| RAM.iter().any(|&(s, l)| start >= s && end <= s + l))
+    }
+
+    fn address(rng: &mut Rng) -> u64 {
+        match rng.below(4) {
+            0 => rng.below(LOW_RAM_END),
+            1 => HIGH_MEMORY_START + rng.below(0x2_0000),
+            2 => {
+                let e = *rng.pick(&EDGES);
+                let d = rng.below(64);
+                if rng.one_in(2) {
+                    e.wrapping_add(d)
+                } else {
+                    e.wrapping_sub(d)
+                }
+            }
+            _ => rng.interesting(),
+        }
+    }
+
+    fn item_data(f: &FwCfg, k: u16) -> Vec<u8> {
+        f.items.get(&k).map_or(Vec::new(), |i| i.bytes().to_vec())
+    }
+
+    /// Random selector writes, data reads at every width and offset, DMA descriptors with
+    /// fuzzed control bits, lengths and addresses near the edges of RAM and the holes, and
+    /// descriptors outside RAM. A read DMA into RAM must deliver the item's bytes (zeros
+    /// past its end) and write nothing else; anything that leaves RAM sets the error bit.
+    #[test]
+    fn fw_cfg_accesses() {
+        let mem = GuestMemoryMmap::from_ranges(
+            &RAM.iter()
+                .map(|&(s, l)| (GuestAddress(s), l as usize))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let image = Arc::new((0..=255u8).cycle().take(5000).collect::<Vec<u8>>());
+        run("fw_cfg_accesses", 8_000, |rng| {
+            let mut f = FwCfg::new(mem.clone());
+            f.add_file("etc/e820", vec![7; 100]).unwrap();
+            f.add_file("opt/big", rng.bytes(9000)).unwrap();
+            f.add_shared_item(key::KERNEL_DATA, image.clone(), 100..4100);
+            f.add_shared_item(key::INITRD_DATA, image.clone(), 4000..9000);
+            let keys = [
+                0u16,
+                1,
+                0x19,
+                0x20,
+                0x21,
+                key::KERNEL_DATA,
+                key::INITRD_DATA,
+                0x1234,
+            ];
+            for _ in 0..=rng.below(16) {
+                match rng.below(6) {
+                    0 => {
+                        let k = if rng.one_in(4) {
+                            rng.next() as u16
+                        } else {
+                            *rng.pick(&keys)
+                        };
+                        let width = *rng.pick(&[1usize, 2, 4]);
+                        f.write(SELECTOR_OFFSET, &k.to_le_bytes()[..width.min(2)]);
+                    }
+                    1 => {
+                        let offset = rng.below(16);
+                        let width = *rng.pick(&[1usize, 2, 4, 8]);
+                        let mut data = vec![0u8; width];
+                        f.read(offset, &mut data);
+                    }
+                    2 => {
+                        let offset = rng.below(16);
+                        let width = *rng.pick(&[1usize, 2, 4, 8]);
+                        let data = rng.bytes(width);
+                        f.write(offset, &data);
+                    }
+                    _ => dma(rng, &mut f, &mem, &keys),
+                }
+            }
+        });
+    }
+
+    /// One DMA transfer with a fuzzed descriptor, checked against what it must do.
+    fn dma(rng: &mut Rng, f: &mut FwCfg, mem: &GuestMemoryMmap, keys: &[u16]) {
+        let desc_at = address(rng);
+        let mut control = match rng.below(4) {
+            0 => DMA_CTL_READ,
+            1 => DMA_CTL_SKIP,
+            2 => DMA_CTL_WRITE,
+            _ => rng.next() as u32 & 0x1F,
+        };
+        if rng.one_in(2) {
+            control |= DMA_CTL_SELECT | u32::from(*rng.pick(keys)) << 16;
+        }
+        let length = match rng.below(3) {
+            0 => rng.below(64) as u32,
+            1 => rng.below(0x3000) as u32,
+            _ => rng.interesting() as u32,
+        };
+        let address = address(rng);
+        let mut desc = Vec::new();
+        desc.extend_from_slice(&control.to_be_bytes());
+        desc.extend_from_slice(&length.to_be_bytes());
+        desc.extend_from_slice(&address.to_be_bytes());
+        let desc_ok = in_ram(desc_at, 16);
+        if desc_ok {
+            mem.write_slice(&desc, GuestAddress(desc_at)).unwrap();
+        }
+        // What a read must deliver.
+        if control & DMA_CTL_SELECT != 0 {
+            f.select((control >> 16) as u16);
+        }
+        let data = item_data(f, f.selected);
+        let offset = f.offset;
+        let reading = control & DMA_CTL_READ != 0;
+        let target_ok = in_ram(address, u64::from(length));
+        // Sentinels on either side of the buffer, and the buffer itself, before.
+        let window = |at: u64| {
+            let mut b = [0u8; 8];
+            mem.read_slice(&mut b, GuestAddress(at)).ok().map(|_| b)
+        };
+        let before = address.checked_sub(8).and_then(window);
+        let after = address.checked_add(u64::from(length)).and_then(window);
+        if rng.one_in(2) {
+            f.write(DMA_HIGH_OFFSET, &((desc_at >> 32) as u32).to_be_bytes());
+            f.write(DMA_LOW_OFFSET, &(desc_at as u32).to_be_bytes());
+        } else {
+            f.write(DMA_HIGH_OFFSET, &desc_at.to_be_bytes());
+        }
+        if !desc_ok {
+            return;
+        }
+        let status = mem.read_obj::<[u8; 4]>(GuestAddress(desc_at)).unwrap();
+        let status = u32::from_be_bytes(status);
+        let overlaps_desc = |at: u64| (desc_at..desc_at + 16).contains(&at);
+        if reading {
+            if target_ok || length == 0 {
+                assert_eq!(status, 0, "read {length:#x} into {address:#x}");
+                let n = (length as usize).min(64);
+                let mut got = vec![0u8; n];
+                mem.read_slice(&mut got, GuestAddress(address)).unwrap();
+                let want: Vec<u8> = (0..n)
+                    .map(|i| data.get(offset + i).copied().unwrap_or(0))
+                    .collect();
+                let clash = (address..address + n as u64).any(overlaps_desc);
+                assert!(clash || got == want, "read {length:#x} into {address:#x}");
+            } else {
+                assert_eq!(status, DMA_CTL_ERROR, "read {length:#x} into {address:#x}");
+            }
+            // Nothing outside the buffer (the descriptor's status aside).
+            let end = address.wrapping_add(u64::from(length));
+            for (at, was) in [(address.wrapping_sub(8), before), (end, after)] {
+                if let Some(was) = was.filter(|_| !(at..at + 8).any(overlaps_desc)) {
+                    assert_eq!(
+                        window(at),
+                        Some(was),
+                        "wrote beside {address:#x}+{length:#x}"
+                    );
+                }
+            }
+        } else if control & DMA_CTL_SKIP != 0 {
+            assert_eq!(status, 0);
+            assert_eq!(f.offset, (offset + length as usize).min(data.len()));
+        } else if control & DMA_CTL_WRITE != 0 {
+            assert_eq!(status, DMA_CTL_ERROR);
+        } else {
+            assert_eq!(status, 0);
+        }
+    }
+}

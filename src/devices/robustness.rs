@@ -9,17 +9,7 @@ use crate::bus::{Bus, BusDevice};
 use crate::devices::{acpi_pm, debug_exit, fw_cfg, i440fx, i8042, pci, piix, port92, rtc, serial};
 use crate::memory::{MemoryLayout, MIB};
 
-/// A small deterministic generator (xorshift64*), so a failure can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-}
+use crate::fuzz::Rng;
 
 fn machine_bus() -> Bus {
     let layout = MemoryLayout::new(64 * MIB).unwrap();
@@ -104,7 +94,7 @@ fn random_guest_accesses_never_panic() {
     let bus = machine_bus();
     // The ports of every device, and a little around them.
     let ports: [u64; 9] = [0x3F8, 0x70, 0x60, 0x600, 0x510, 0xCF8, 0xF4, 0x80, 0x92];
-    let mut rng = Rng(0x5EED_1234_ABCD_0001);
+    let mut rng = Rng::new(0x5EED_1234_ABCD_0001);
     let mut claimed = 0;
     for _ in 0..200_000 {
         let r = rng.next();
@@ -125,4 +115,171 @@ fn random_guest_accesses_never_panic() {
     }
     // Many reads reached a device (the rest fell between them).
     assert!(claimed > 10_000, "only {claimed} reads reached a device");
+}
+
+/// The PCI configuration mechanism with the machine's functions and a function with BARs:
+/// random configuration cycles at every width and offset, in any order. Read-only fields
+/// keep their values, absent functions read all-ones, CONFIG_ADDRESS reads back what it
+/// latched, and every PAM change reported matches the host bridge's registers.
+mod fuzz {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::devices::i440fx::{PamChange, PamMode};
+    use crate::devices::pci::{Bar, BarKind, ConfigSpace, Header, PciBus, PciFunction};
+    use crate::fuzz::run;
+
+    struct Machine {
+        bus: PciBus,
+        host: Arc<Mutex<i440fx::I440fx>>,
+        isa: Arc<Mutex<piix::Piix3Isa>>,
+        pm: Arc<Mutex<piix::Piix4Acpi>>,
+        dev: Arc<Mutex<ConfigSpace>>,
+        pam: Arc<Mutex<Vec<PamChange>>>,
+    }
+
+    fn machine() -> Machine {
+        let pam = Arc::new(Mutex::new(Vec::new()));
+        let seen = pam.clone();
+        let host = Arc::new(Mutex::new(i440fx::I440fx::new(Box::new(move |c| {
+            seen.lock().unwrap().push(c)
+        }))));
+        let isa = Arc::new(Mutex::new(piix::Piix3Isa::new()));
+        let pm = Arc::new(Mutex::new(piix::Piix4Acpi::new()));
+        let mut c = ConfigSpace::new(&Header {
+            vendor_id: 0x1AF4,
+            device_id: 0x1000,
+            class: 0x02,
+            interrupt_pin: 1,
+            ..Header::default()
+        });
+        c.add_bar(Bar {
+            kind: BarKind::Io,
+            size: 32,
+        })
+        .unwrap();
+        c.add_bar(Bar {
+            kind: BarKind::Memory32 { prefetchable: true },
+            size: 0x1000,
+        })
+        .unwrap();
+        c.add_capability(0x09, &[1, 2, 3, 4]).unwrap();
+        let dev = Arc::new(Mutex::new(c));
+        let mut bus = PciBus::new();
+        bus.add(0, 0, host.clone()).unwrap();
+        bus.add(1, 0, isa.clone()).unwrap();
+        bus.add(1, 3, pm.clone()).unwrap();
+        bus.add(2, 0, dev.clone()).unwrap();
+        Machine {
+            bus,
+            host,
+            isa,
+            pm,
+            dev,
+            pam,
+        }
+    }
+
+    /// The read-only words of each function: (dword register, value) pairs.
+    fn fixed(m: &Machine) -> Vec<u32> {
+        let mut v = Vec::new();
+        for f in [
+            &(m.host.clone() as Arc<Mutex<dyn PciFunction>>),
+            &(m.isa.clone() as Arc<Mutex<dyn PciFunction>>),
+            &(m.pm.clone() as Arc<Mutex<dyn PciFunction>>),
+            &(m.dev.clone() as Arc<Mutex<dyn PciFunction>>),
+        ] {
+            let mut f = f.lock().unwrap();
+            // Vendor and device, class and revision, subsystem, capability pointer.
+            for reg in [0, 2, 11, 13] {
+                v.push(f.config_read(reg));
+            }
+            v.push(f.config_read(3) & 0x00FF_0000); // header type
+        }
+        v
+    }
+
+    #[test]
+    fn pci_config_cycles() {
+        run("pci_config_cycles", 20_000, |rng| {
+            let mut m = machine();
+            let fixed_before = fixed(&m);
+            let mut latched = 0u32;
+            for _ in 0..=rng.below(64) {
+                let r = rng.next();
+                match r % 8 {
+                    0 | 1 => {
+                        // CONFIG_ADDRESS: mostly enabled, bus 0, a present device.
+                        let mut a = rng.next() as u32;
+                        if !rng.one_in(4) {
+                            // Registers with meaning: command, BARs, capabilities, interrupt
+                            // line, PMBA, PAM, PIRQ, SMRAM, PMREGMISC.
+                            let regs = [
+                                0x04, 0x10, 0x14, 0x34, 0x3C, 0x40, 0x58, 0x5C, 0x60, 0x70, 0x80,
+                            ];
+                            let reg = if rng.one_in(4) {
+                                a & 0xFC
+                            } else {
+                                *rng.pick(&regs)
+                            };
+                            a = 1 << 31 | (*rng.pick(&[0u32, 8, 11, 16]) << 8) | reg;
+                        }
+                        m.bus.write(0, &a.to_le_bytes());
+                        latched = a & 0x80FF_FFFC;
+                        let mut back = [0u8; 4];
+                        m.bus.read(0, &mut back);
+                        assert_eq!(u32::from_le_bytes(back), latched);
+                    }
+                    2..=4 => {
+                        let offset = 4 + rng.below(5);
+                        let width = *rng.pick(&[1usize, 2, 4, 3, 8]);
+                        let data = rng.bytes(width);
+                        let _ = m.bus.write(offset, &data);
+                    }
+                    5 | 6 => {
+                        let offset = rng.below(8);
+                        let width = *rng.pick(&[1usize, 2, 4, 3, 8]);
+                        let mut data = vec![0u8; width];
+                        m.bus.read(offset, &mut data);
+                        let device = (latched >> 11) & 0x1F;
+                        let function = (latched >> 8) & 7;
+                        let present =
+                            matches!((device, function), (0, 0) | (1, 0) | (1, 3) | (2, 0));
+                        let decoded = latched & 1 << 31 != 0 && (latched >> 16) & 0xFF == 0;
+                        if offset >= 4 && (!present || !decoded) {
+                            assert!(data.iter().all(|b| *b == 0xFF), "{latched:#x}: {data:x?}");
+                        }
+                    }
+                    _ => {
+                        // The reset control byte, without asking for a reset.
+                        let _ = m.bus.write(1, &[rng.byte() & !4]);
+                    }
+                }
+            }
+            assert_eq!(fixed(&m), fixed_before, "a read-only field changed");
+            // PAM: the last change reported for each segment is its mode now; SMRAM
+            // stays closed; the PM block stays where it is and enabled.
+            let mut modes: HashMap<u64, PamMode> = HashMap::new();
+            for c in m.pam.lock().unwrap().iter() {
+                modes.insert(c.start, c.mode);
+            }
+            let host = m.host.lock().unwrap();
+            for s in host.pam_segments() {
+                assert_eq!(
+                    *modes.get(&s.start).unwrap_or(&PamMode::Rom),
+                    s.mode,
+                    "{s:x?}"
+                );
+            }
+            assert_eq!(host.config().read_u8(0x72), 0x02);
+            let pm = m.pm.lock().unwrap();
+            assert_eq!(pm.config().read_u32(0x40) & 1, 1);
+            assert_eq!(pm.config().read_u8(0x80), 1);
+            assert_eq!(pm.pm_base(), acpi_pm::PM_BASE);
+            // BAR type bits are read-only.
+            let dev = m.dev.lock().unwrap();
+            assert_eq!(dev.read_u32(0x10) & 3, 1);
+            assert_eq!(dev.read_u32(0x14) & 0xF, 8);
+        });
+    }
 }
