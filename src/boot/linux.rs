@@ -101,14 +101,16 @@ impl Linux {
         }
     }
 
-    /// A bzImage: every header field the load relies on is checked here.
+    /// A bzImage of `len` bytes, `b` its first bytes (the setup code at least): every header
+    /// field the load relies on is checked here.
     pub(super) fn bzimage(
         path: &str,
         b: &[u8],
+        len: usize,
         protocol: BootProtocol,
         layout: &MemoryLayout,
     ) -> Result<(Format, Entry, usize), BootError> {
-        if b.len() < 0x268 {
+        if b.len() < 0x268 || len < b.len() {
             return Err(file_err(
                 path,
                 "bzImage is truncated (no complete setup header)",
@@ -128,16 +130,16 @@ impl Linux {
             header.setup_sects as usize
         };
         let setup_len = (setup_sects + 1) * 512;
-        if setup_len >= b.len() {
+        if setup_len >= len {
             return Err(file_err(
                 path,
                 format!(
                     "bzImage is truncated: {} bytes, its setup code alone is {setup_len}",
-                    b.len()
+                    len
                 ),
             ));
         }
-        let pm_len = (b.len() - setup_len) as u64;
+        let pm_len = (len - setup_len) as u64;
         // syssize counts 16-byte paragraphs, rounded up.
         let syssize = header.syssize as u64 * 16;
         if version >= 0x0204 && syssize >= pm_len + 16 {
@@ -211,7 +213,7 @@ impl Linux {
         layout: &MemoryLayout,
     ) -> Result<Linux, BootError> {
         let (format, entry, cmdline_size) = if is_bzimage(&image) {
-            Self::bzimage(path, &image, cfg.boot_protocol, layout)?
+            Self::bzimage(path, &image, image.len(), cfg.boot_protocol, layout)?
         } else {
             let (f, e) = elf_kernel(path, &image, cfg.boot_protocol, layout)?;
             (f, e, area::CMDLINE_MAX as usize)

@@ -256,13 +256,9 @@ impl BootPlan {
     /// Reads and checks everything the configuration names for the boot.
     pub fn new(cfg: &VmConfig, layout: &MemoryLayout) -> Result<BootPlan, BootError> {
         let payload = match &cfg.kernel {
-            Some(path) if cfg.firmware.is_some() => {
-                let p = path.display().to_string();
-                let image = read_input(path, "kernel", layout.ram_size)?;
-                Payload::FirmwareLinux(Box::new(firmware_linux::FwCfgLinux::new(
-                    &p, image, cfg, layout,
-                )?))
-            }
+            Some(path) if cfg.firmware.is_some() => Payload::FirmwareLinux(Box::new(
+                firmware_linux::FwCfgLinux::from_path(path, cfg, layout)?,
+            )),
             Some(path) => detect::plan(path, cfg, layout)?,
             None if cfg.firmware.is_some() => Payload::Firmware,
             None if cfg.disk.is_some() => Payload::Disk,

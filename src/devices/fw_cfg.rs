@@ -78,19 +78,49 @@ pub enum FwCfgError {
     Full(String),
 }
 
-/// An item's bytes: its own, or a range of bytes shared with their owner (a kernel image
-/// the boot plan holds), never copied.
+/// An item's bytes: its own, a range of bytes shared with their owner, or a range of a file
+/// read only when the guest reads it (a kernel or initrd for a user's firmware: nothing is
+/// read or copied for a guest that never asks).
 enum Item {
     Owned(Vec<u8>),
     Shared(Arc<Vec<u8>>, Range<usize>),
+    File {
+        file: Arc<std::fs::File>,
+        offset: u64,
+        len: usize,
+    },
 }
 
 impl Item {
-    fn bytes(&self) -> &[u8] {
+    fn len(&self) -> usize {
         match self {
-            Item::Owned(v) => v,
-            Item::Shared(v, r) => v.get(r.clone()).unwrap_or(&[]),
+            Item::Owned(v) => v.len(),
+            Item::Shared(v, r) => v.get(r.clone()).map_or(0, |s| s.len()),
+            Item::File { len, .. } => *len,
         }
+    }
+
+    /// Copies the item's bytes from `at` into `buf`; returns how many there were (0 past the
+    /// end). Bytes a file no longer has (it shrank) read as zeros.
+    fn read_at(&self, at: usize, buf: &mut [u8]) -> usize {
+        let n = self.len().saturating_sub(at).min(buf.len());
+        let buf = &mut buf[..n];
+        match self {
+            Item::Owned(v) => buf.copy_from_slice(&v[at..at + n]),
+            Item::Shared(v, r) => buf.copy_from_slice(&v[r.start + at..r.start + at + n]),
+            Item::File { file, offset, .. } => {
+                use std::os::unix::fs::FileExt;
+                let mut done = 0;
+                while done < n {
+                    match file.read_at(&mut buf[done..], offset + (at + done) as u64) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => done += k,
+                    }
+                }
+                buf[done..].fill(0);
+            }
+        }
+        n
     }
 }
 
@@ -157,6 +187,12 @@ impl FwCfg {
         self.items.insert(key, Item::Owned(data));
     }
 
+    /// An item whose bytes are `len` bytes of `file` from `offset`, read when the guest reads
+    /// them.
+    pub fn add_file_item(&mut self, key: u16, file: Arc<std::fs::File>, offset: u64, len: usize) {
+        self.items.insert(key, Item::File { file, offset, len });
+    }
+
     /// An item whose bytes are `range` of `data`, shared, not copied.
     pub fn add_shared_item(&mut self, key: u16, data: Arc<Vec<u8>>, range: Range<usize>) {
         self.items.insert(key, Item::Shared(data, range));
@@ -184,7 +220,7 @@ impl FwCfg {
     fn rebuild_directory(&mut self) {
         let mut dir = (self.files.len() as u32).to_be_bytes().to_vec();
         for (name, k) in &self.files {
-            let size = self.items.get(k).map_or(0, |d| d.bytes().len()) as u32;
+            let size = self.items.get(k).map_or(0, |d| d.len()) as u32;
             dir.extend_from_slice(&size.to_be_bytes());
             dir.extend_from_slice(&k.to_be_bytes());
             dir.extend_from_slice(&[0, 0]);
@@ -200,18 +236,23 @@ impl FwCfg {
         self.offset = 0;
     }
 
-    fn current(&self) -> &[u8] {
+    fn current_len(&self) -> usize {
+        self.items.get(&self.selected).map_or(0, |v| v.len())
+    }
+
+    /// Reads the selected item from the current offset into `buf`; returns how many bytes
+    /// the item had (the rest of `buf` is left as it is).
+    fn read_current(&self, buf: &mut [u8]) -> usize {
         self.items
             .get(&self.selected)
-            .map_or(&[][..], |v| v.bytes())
+            .map_or(0, |v| v.read_at(self.offset, buf))
     }
 
     fn read_data(&mut self) -> u8 {
-        let b = self.current().get(self.offset).copied().unwrap_or(0);
-        if self.offset < self.current().len() {
-            self.offset += 1;
-        }
-        b
+        let mut b = [0u8];
+        let n = self.read_current(&mut b);
+        self.offset += n;
+        b[0]
     }
 
     /// Runs the DMA descriptor at `addr` and writes its completion status back.
@@ -246,13 +287,24 @@ impl FwCfg {
         }
         let length = length as usize;
         if control & DMA_CTL_READ != 0 {
-            let data = self.current();
-            let avail = data.len().saturating_sub(self.offset).min(length);
-            let src = &data[self.offset..self.offset + avail];
-            self.guest_write(address, src)
-                .map_err(|e| format!("read into {e}"))?;
+            // The item's bytes through a bounce buffer (a file item is read here, on demand).
+            let mut chunk = vec![0u8; length.min(64 * 1024)];
+            let mut done = 0;
+            while done < length {
+                let want = (length - done).min(chunk.len());
+                let got = self.read_current(&mut chunk[..want]);
+                if got == 0 {
+                    break;
+                }
+                let at = address
+                    .checked_add(done as u64)
+                    .ok_or("buffer wraps around")?;
+                self.guest_write(at, &chunk[..got])
+                    .map_err(|e| format!("read into {e}"))?;
+                self.offset += got;
+                done += got;
+            }
             // Past the end of the item the guest reads zeros.
-            let mut done = avail;
             let zeros = [0u8; 4096];
             while done < length {
                 let n = (length - done).min(zeros.len());
@@ -263,9 +315,8 @@ impl FwCfg {
                     .map_err(|e| format!("read into {e}"))?;
                 done += n;
             }
-            self.offset += avail;
         } else if control & DMA_CTL_SKIP != 0 {
-            self.offset = (self.offset + length).min(self.current().len());
+            self.offset = (self.offset + length).min(self.current_len());
         } else if control & DMA_CTL_WRITE != 0 {
             return Err("writes are not supported".into());
         }
@@ -335,6 +386,44 @@ mod tests {
                 b[0]
             })
             .collect()
+    }
+
+    #[test]
+    fn file_items_are_read_when_the_guest_reads_them() {
+        let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let mut f = FwCfg::new(m.clone());
+        let path = std::env::temp_dir().join(format!("minipc-fwcfg-{}", std::process::id()));
+        std::fs::write(&path, b"headerKERNEL-BYTES").unwrap();
+        let file = Arc::new(std::fs::File::open(&path).unwrap());
+        f.add_file_item(key::KERNEL_DATA, file, 6, 12);
+        // Changed after the item was made: the guest reads what the file holds then.
+        std::fs::write(&path, b"headerkernel-bytes").unwrap();
+        f.write(SELECTOR_OFFSET, &key::KERNEL_DATA.to_le_bytes());
+        let mut b = [0u8];
+        f.read(DATA_OFFSET, &mut b);
+        assert_eq!(b, *b"k");
+        // A DMA read of the rest, then past the end: zeros.
+        let desc = |len: u32| {
+            let mut d = [0u8; 16];
+            d[..4].copy_from_slice(&DMA_CTL_READ.to_be_bytes());
+            d[4..8].copy_from_slice(&len.to_be_bytes());
+            d[8..].copy_from_slice(&0x2000u64.to_be_bytes());
+            d
+        };
+        m.write_slice(&desc(14), GuestAddress(0x1000)).unwrap();
+        f.write(DMA_HIGH_OFFSET, &[0; 4]);
+        f.write(DMA_LOW_OFFSET, &0x1000u32.to_be_bytes());
+        let mut got = [0xAAu8; 14];
+        m.read_slice(&mut got, GuestAddress(0x2000)).unwrap();
+        assert_eq!(&got, b"ernel-bytes\0\0\0");
+        // The file shrank: what it no longer has reads as zeros, never an error.
+        std::fs::write(&path, b"header").unwrap();
+        f.write(SELECTOR_OFFSET, &key::KERNEL_DATA.to_le_bytes());
+        m.write_slice(&desc(12), GuestAddress(0x1000)).unwrap();
+        f.write(DMA_LOW_OFFSET, &0x1000u32.to_be_bytes());
+        m.read_slice(&mut got[..12], GuestAddress(0x2000)).unwrap();
+        assert_eq!(&got[..12], &[0u8; 12]);
+        let _ = std::fs::remove_file(path);
     }
 
     #[test]
@@ -504,7 +593,11 @@ mod fuzz {
     }
 
     fn item_data(f: &FwCfg, k: u16) -> Vec<u8> {
-        f.items.get(&k).map_or(Vec::new(), |i| i.bytes().to_vec())
+        f.items.get(&k).map_or(Vec::new(), |i| {
+            let mut v = vec![0u8; i.len()];
+            i.read_at(0, &mut v);
+            v
+        })
     }
 
     /// Random selector writes, data reads at every width and offset, DMA descriptors with
