@@ -157,25 +157,31 @@ fn run(cfg: &VmConfig, start: Instant, filters: Option<Filters>) -> i32 {
     // What the guest printed goes out, unless the reader stalls for a second.
     let lost = devices::serial::Serial::finish_output(&machine.serial, OUTPUT_STALL);
     terminal::restore();
-    if lost > 0 {
-        eprintln!("minipc: serial output: {lost} bytes lost (the reader did not keep up)");
-    }
 
+    // The last lines on stderr, written so that a reader who stopped reading stderr cannot
+    // hold the exit: what does not go out within OUTPUT_STALL is dropped.
+    let mut last = String::new();
+    if lost > 0 {
+        last += &format!("minipc: serial output: {lost} bytes lost (the reader did not keep up)\n");
+    }
     let reason = outcome.reason;
     let exit_code = reason.exit_code();
     match &reason {
         ExitReason::Halted | ExitReason::PowerOff | ExitReason::DebugExit(_) => {
-            log::info(format_args!("{reason}"))
+            if log::enabled(log::Level::Info) {
+                last += &format!("minipc: {reason}\n");
+            }
         }
-        ExitReason::Reset => eprintln!("minipc: {reason}"),
-        _ => eprintln!("minipc: {reason} (exit code {exit_code})"),
+        ExitReason::Reset => last += &format!("minipc: {reason}\n"),
+        _ => last += &format!("minipc: {reason} (exit code {exit_code})\n"),
     }
     if let Some(d) = &outcome.dump {
-        eprintln!("{d}");
+        last += &format!("{d}\n");
     }
     if cfg.stats {
-        eprintln!("{}", phases.json(&reason, exit_code));
+        last += &format!("{}\n", phases.json(&reason, exit_code));
     }
+    log::write_stderr_bounded(last.as_bytes(), OUTPUT_STALL);
     // The machine is deliberately not dropped: vCPU threads may still be inside KVM_RUN. The
     // process exits without destructors (see supervisor.rs).
     std::mem::forget(machine);

@@ -6,7 +6,7 @@
 mod common;
 use common::*;
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
@@ -227,4 +227,49 @@ fn a_slow_reader_gets_every_byte_in_order() {
     assert!(!err.contains("lost"), "{err}");
     assert_eq!(lines.next(), Some(""));
     assert_eq!(lines.next(), None);
+}
+
+#[test]
+fn a_stalled_reader_of_stderr_does_not_hold_the_exit() {
+    if !kvm_available() {
+        return;
+    }
+    // stderr goes to a pipe that is full and whose reader never reads: the last lines (the
+    // reason, --stats) cannot go out; the VMM must give up on them and exit anyway.
+    let g = guest("flood", &[]);
+    let (_reader, err) = stalled_fifo("stderr");
+    // SAFETY: fcntl on a descriptor we hold, integer arguments.
+    let flags = unsafe { libc::fcntl(err.as_raw_fd(), libc::F_GETFL) };
+    // SAFETY: as above.
+    unsafe { libc::fcntl(err.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) };
+    while (&err).write(&[b'x'; 4096]).is_ok() {}
+    // SAFETY: as above: blocking again, as a shell leaves it.
+    unsafe { libc::fcntl(err.as_raw_fd(), libc::F_SETFL, flags) };
+    let start = Instant::now();
+    let mut child = Command::new(MINIPC)
+        .args(["--firmware", path_str(&g), "--timeout", "1", "--stats"])
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(err))
+        .spawn()
+        .expect("start minipc");
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(15) {
+            // SAFETY: killing the process group this test started.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.wait();
+            panic!("minipc still runs 15 s after --timeout 1 with stderr stalled");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(124));
+    assert!(
+        start.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        start.elapsed()
+    );
 }
