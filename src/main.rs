@@ -7,6 +7,7 @@ mod block;
 mod boot;
 mod bus;
 mod config;
+mod cpuid_cache;
 mod devices;
 mod exit;
 mod files;

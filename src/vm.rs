@@ -5,8 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY,
-    KVM_PIT_SPEAKER_DUMMY,
+    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use libc::{MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE, PROT_READ, PROT_WRITE};
@@ -368,9 +367,8 @@ fn open_kvm() -> Result<(VmFd, CpuId), VmError> {
         .map_err(kvm_err("set TSS address"))?;
     vm.set_identity_map_address(memory::KVM_IDENTITY_MAP_START)
         .map_err(kvm_err("set identity map address"))?;
-    let cpuid = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(kvm_err("get supported CPUID"))?;
+    let cpuid =
+        crate::cpuid_cache::supported_cpuid(&kvm).map_err(kvm_err("get supported CPUID"))?;
     Ok((vm, cpuid))
 }
 

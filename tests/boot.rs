@@ -279,3 +279,35 @@ fn an_undeliverable_exception_is_a_crash_with_a_diagnostic() {
     );
     assert!(r.stderr.contains("rip="), "no register dump: {}", r.stderr);
 }
+
+#[test]
+fn supported_cpuid_is_queried_once_per_host_boot() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("runtime-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let g = guest("hello", &[]);
+    let run = || {
+        let out = std::process::Command::new(MINIPC)
+            .args(["--firmware", path_str(&g), "--log-level", "debug"])
+            .env("XDG_RUNTIME_DIR", &dir)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(run().contains("cpuid: queried KVM"));
+    assert!(run().contains("cpuid: from the cache"));
+    // A cache that does not hold together (or was written for another boot) is not used.
+    let cache = dir.join("minipc/cpuid");
+    let mut b = std::fs::read(&cache).unwrap();
+    b.truncate(b.len() - 3);
+    std::fs::write(&cache, b).unwrap();
+    assert!(run().contains("cpuid: queried KVM"));
+    assert!(run().contains("cpuid: from the cache"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
