@@ -22,7 +22,9 @@ use crate::devices::acpi_pm::{AcpiPm, PM_BASE, PM_LEN, SCI_IRQ};
 use crate::devices::debug_exit::{DebugExit, DEBUG_EXIT_LEN, DEBUG_EXIT_PORT};
 use crate::devices::fw_cfg::{key, FwCfg, FW_CFG_LEN, FW_CFG_PORT};
 use crate::devices::i440fx::{I440fx, PamChange, I440FX_DEVICE, I440FX_FUNCTION};
-use crate::devices::i8042::{I8042, I8042_LEN, I8042_PORT, KEYBOARD_IRQ};
+use crate::devices::i8042::{
+    I8042, I8042_COMMAND_OFFSET, I8042_COMMAND_PORT, I8042_LEN, I8042_PORT, KEYBOARD_IRQ,
+};
 use crate::devices::pci::{PciBus, PCI_CONFIG_LEN, PCI_CONFIG_PORT};
 use crate::devices::piix::{
     Piix3Isa, Piix4Acpi, PIIX3_ISA_FUNCTION, PIIX4_ACPI_FUNCTION, PIIX_DEVICE,
@@ -534,7 +536,10 @@ fn platform_devices(
     timers.push(rtc.clone());
 
     let i8042 = I8042::new(Some(irqfd(KEYBOARD_IRQ, "register keyboard irqfd")?));
-    pio.insert(I8042_PORT, I8042_LEN, Arc::new(Mutex::new(i8042)))
+    let i8042 = Arc::new(Mutex::new(i8042));
+    pio.insert(I8042_PORT, I8042_LEN, i8042.clone())
+        .map_err(dev_err)?;
+    pio.insert_at_offset(I8042_COMMAND_PORT, I8042_LEN, I8042_COMMAND_OFFSET, i8042)
         .map_err(dev_err)?;
 
     let pm = AcpiPm::new(Some(irqfd(SCI_IRQ, "register SCI irqfd")?));
