@@ -5,8 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY,
-    KVM_PIT_SPEAKER_DUMMY,
+    kvm_irq_routing_entry, kvm_pit_config, kvm_userspace_memory_region, CpuId, KvmIrqRouting,
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP,
+    KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use libc::{MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE, PROT_READ, PROT_WRITE};
@@ -455,14 +456,53 @@ fn register_memory(
     })
 }
 
-/// The in-kernel PICs, IOAPIC and PIT (irqfds need the irqchip).
+/// The in-kernel PICs, IOAPIC and PIT (irqfds need the irqchip), with the ISA interrupts
+/// routed as the MADT and the MP table describe them.
 fn create_interrupt_controllers(vm: &VmFd) -> Result<(), VmError> {
     vm.create_irq_chip().map_err(kvm_err("create irqchip"))?;
+    let routing = KvmIrqRouting::from_entries(&isa_routing())
+        .map_err(|e| VmError::Device(format!("GSI routing: {e:?}")))?;
+    vm.set_gsi_routing(&routing)
+        .map_err(kvm_err("set GSI routing"))?;
     let pit = kvm_pit_config {
         flags: KVM_PIT_SPEAKER_DUMMY,
         ..Default::default()
     };
     vm.create_pit2(pit).map_err(kvm_err("create PIT"))
+}
+
+/// GSI routes for the irqfds: ISA IRQ n (GSI n) to pin n%8 of its 8259 and to I/O APIC pin n,
+/// except IRQ 0, which goes to I/O APIC pin 2 (the MADT's override, the MP table's entry):
+/// KVM's default table sends GSI 0 to pin 0, where an OS that follows the tables never looks.
+/// IRQ 2 (the cascade) has no route; GSIs 16-23 reach the I/O APIC only.
+fn isa_routing() -> Vec<kvm_irq_routing_entry> {
+    let route = |gsi: u32, irqchip: u32, pin: u32| {
+        let mut e = kvm_irq_routing_entry {
+            gsi,
+            type_: KVM_IRQ_ROUTING_IRQCHIP,
+            ..Default::default()
+        };
+        e.u.irqchip = kvm_bindings::kvm_irq_routing_irqchip { irqchip, pin };
+        e
+    };
+    let mut routes = Vec::new();
+    for gsi in (0..16).filter(|&g| g != 2) {
+        let pic = if gsi < 8 {
+            KVM_IRQCHIP_PIC_MASTER
+        } else {
+            KVM_IRQCHIP_PIC_SLAVE
+        };
+        routes.push(route(gsi, pic, gsi % 8));
+        routes.push(route(
+            gsi,
+            KVM_IRQCHIP_IOAPIC,
+            if gsi == 0 { 2 } else { gsi },
+        ));
+    }
+    for gsi in 16..24 {
+        routes.push(route(gsi, KVM_IRQCHIP_IOAPIC, gsi));
+    }
+    routes
 }
 
 /// The platform devices on their buses (fw_cfg comes later, once the boot is loaded).

@@ -319,6 +319,19 @@ fn reboot_restarts_the_guest_at_the_reset_vector_with_ram_kept() {
     }
 }
 
+/// An OS that follows the MADT's IRQ0->GSI2 override takes the PIT's interrupt on I/O APIC
+/// pin 2 (KVM's default routing would put it on pin 0).
+#[test]
+fn irq_0_reaches_the_io_apic_on_pin_2() {
+    if !kvm_available() {
+        return;
+    }
+    let g = guest("irq0_ioapic", &[]);
+    let r = minipc(&["--firmware", path_str(&g), "--timeout", "30"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.starts_with("pin2 "), "{}", r.stdout);
+}
+
 /// A guest that resets as soon as it starts, 100 times in a row: every reboot must complete,
 /// whatever the vCPU count (a request to an AP must never be lost to the next one).
 #[test]
