@@ -1,13 +1,15 @@
 //! Builds the machine, in the order that keeps KVM fast: VM -> memory slots -> irqchip ->
-//! PIT -> devices -> vCPUs (registering memory after the irqchip exists costs milliseconds).
+//! devices -> vCPUs (registering memory after the irqchip exists costs milliseconds). The PIT
+//! is a device like the others (`devices/pit.rs`): KVM's in-kernel PIT starts a kernel thread
+//! that costs milliseconds to create and to tear down.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use kvm_bindings::{
-    kvm_irq_routing_entry, kvm_pit_config, kvm_userspace_memory_region, CpuId, KvmIrqRouting,
-    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP,
-    KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY,
+    kvm_irq_routing_entry, kvm_userspace_memory_region, CpuId, KvmIrqRouting, KVM_IRQCHIP_IOAPIC,
+    KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_MAX_CPUID_ENTRIES,
+    KVM_MEM_READONLY,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use libc::{MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE, PROT_READ, PROT_WRITE};
@@ -30,6 +32,7 @@ use crate::devices::pci::{PciBus, PCI_CONFIG_LEN, PCI_CONFIG_PORT};
 use crate::devices::piix::{
     Piix3Isa, Piix4Acpi, PIIX3_ISA_FUNCTION, PIIX4_ACPI_FUNCTION, PIIX_DEVICE,
 };
+use crate::devices::pit::{Pit, PIT_IRQ, PIT_LEN, PIT_PORT, PORT_B, PORT_B_LEN, PORT_B_OFFSET};
 use crate::devices::post_code::{PostCode, POST_CODE_LEN, POST_CODE_PORT};
 use crate::devices::rtc::{Rtc, RTC_IRQ, RTC_LEN, RTC_PORT};
 use crate::devices::serial::{Serial, SerialOut, Sink, COM1_IRQ, COM1_LEN, COM1_PORT};
@@ -80,7 +83,7 @@ pub struct Machine {
     pub vcpus: Vec<VcpuFd>,
     /// The BIOS services for the firmware's handlers.
     pub bios: Arc<crate::bios::Bios>,
-    /// The interrupt controllers and PIT as created, restored on a reboot.
+    /// The interrupt controllers as created, restored on a reboot.
     pub chips_at_reset: Option<ChipState>,
     /// The boot, loaded again on a reboot (the guest may have overwritten it); kept only
     /// with `--reboot`.
@@ -97,16 +100,15 @@ pub struct BootAtReset {
     rsdp: Option<Vec<u8>>,
 }
 
-/// The in-kernel PICs, IOAPIC and PIT.
+/// The in-kernel PICs and IOAPIC.
 pub struct ChipState {
     irqchips: Vec<kvm_bindings::kvm_irqchip>,
-    pit: kvm_bindings::kvm_pit_state2,
 }
 
 impl Machine {
     /// The platform back at its reset state for a reboot (the vCPUs reset themselves):
-    /// interrupt controllers, PIT, and the PAM registers (and with them the shadow areas).
-    /// RAM keeps its contents, as on a PC.
+    /// interrupt controllers, the PAM registers (and with them the shadow areas) and every
+    /// port device (the PIT among them). RAM keeps its contents, as on a PC.
     pub fn reset_platform(&self) -> Result<(), VmError> {
         if let Some(c) = &self.chips_at_reset {
             for chip in &c.irqchips {
@@ -114,7 +116,6 @@ impl Machine {
                     .set_irqchip(chip)
                     .map_err(kvm_err("restore irqchip"))?;
             }
-            self.vm.set_pit2(&c.pit).map_err(kvm_err("restore PIT"))?;
         }
         // PAM0-PAM6 (0x59-0x5F) of 00:00.0 to zero, through configuration cycles.
         for (dword, bytes) in [(0x58u32, 1..4usize), (0x5C, 0..4)] {
@@ -158,8 +159,7 @@ fn capture_chips(vm: &VmFd) -> Result<ChipState, VmError> {
         vm.get_irqchip(&mut c).map_err(kvm_err("read irqchip"))?;
         irqchips.push(c);
     }
-    let pit = vm.get_pit2().map_err(kvm_err("read PIT"))?;
-    Ok(ChipState { irqchips, pit })
+    Ok(ChipState { irqchips })
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -456,19 +456,14 @@ fn register_memory(
     })
 }
 
-/// The in-kernel PICs, IOAPIC and PIT (irqfds need the irqchip), with the ISA interrupts
-/// routed as the MADT and the MP table describe them.
+/// The in-kernel PICs and IOAPIC (irqfds need the irqchip), with the ISA interrupts routed
+/// as the MADT and the MP table describe them.
 fn create_interrupt_controllers(vm: &VmFd) -> Result<(), VmError> {
     vm.create_irq_chip().map_err(kvm_err("create irqchip"))?;
     let routing = KvmIrqRouting::from_entries(&isa_routing())
         .map_err(|e| VmError::Device(format!("GSI routing: {e:?}")))?;
     vm.set_gsi_routing(&routing)
-        .map_err(kvm_err("set GSI routing"))?;
-    let pit = kvm_pit_config {
-        flags: KVM_PIT_SPEAKER_DUMMY,
-        ..Default::default()
-    };
-    vm.create_pit2(pit).map_err(kvm_err("create PIT"))
+        .map_err(kvm_err("set GSI routing"))
 }
 
 /// GSI routes for the irqfds: ISA IRQ n (GSI n) to pin n%8 of its 8259 and to I/O APIC pin n,
@@ -581,6 +576,14 @@ fn platform_devices(
         .map_err(dev_err)?;
     pio.insert_at_offset(I8042_COMMAND_PORT, I8042_LEN, I8042_COMMAND_OFFSET, i8042)
         .map_err(dev_err)?;
+
+    let pit = Pit::new(Some(irqfd(PIT_IRQ, "register PIT irqfd")?));
+    let pit = Arc::new(Mutex::new(Timed::new(pit).map_err(timer_err)?));
+    pio.insert(PIT_PORT, PIT_LEN, pit.clone())
+        .map_err(dev_err)?;
+    pio.insert_at_offset(PORT_B, PORT_B_LEN, PORT_B_OFFSET, pit.clone())
+        .map_err(dev_err)?;
+    timers.push(pit);
 
     let pm = AcpiPm::new(Some(irqfd(SCI_IRQ, "register SCI irqfd")?));
     let pm = Arc::new(Mutex::new(Timed::new(pm).map_err(timer_err)?));

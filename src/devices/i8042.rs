@@ -1,8 +1,8 @@
 //! The i8042 keyboard controller (data port 0x60, status/command port 0x64) with a keyboard
 //! that answers commands but never types, and no auxiliary (mouse) device.
 //!
-//! The device is on the bus twice, one byte each (port 0x61 between them is system control
-//! port B, which KVM's in-kernel PIT answers):
+//! The device is on the bus twice, one byte each (port 0x61 between them is the PIT's
+//! system control port B, `pit.rs`):
 //! - 0x60 (offset 0): data. Reads pop the output buffer (the last byte again when it is
 //!   empty); writes go to the keyboard, or are the parameter of the last controller command.
 //! - 0x64 (offset 4): reads the status register, writes are controller commands.

@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use crate::bus::{Bus, BusDevice};
-use crate::devices::{acpi_pm, debug_exit, fw_cfg, i440fx, i8042, pci, piix, port92, rtc, serial};
+use crate::devices::{
+    acpi_pm, debug_exit, fw_cfg, i440fx, i8042, pci, piix, pit, port92, rtc, serial,
+};
 use crate::memory::{MemoryLayout, MIB};
 
 /// A small deterministic generator (xorshift64*), so a failure can be replayed.
@@ -52,6 +54,11 @@ fn machine_bus() -> Bus {
         kbc,
     )
     .unwrap();
+    let timer = dev(Box::new(pit::Pit::new(evt())));
+    bus.insert(pit::PIT_PORT, pit::PIT_LEN, timer.clone())
+        .unwrap();
+    bus.insert_at_offset(pit::PORT_B, pit::PORT_B_LEN, pit::PORT_B_OFFSET, timer)
+        .unwrap();
     bus.insert(
         acpi_pm::PM_BASE as u64,
         acpi_pm::PM_LEN,

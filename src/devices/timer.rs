@@ -1,9 +1,9 @@
-//! Drives a device's timed events (the RTC's interrupts, the ACPI PM timer's overflow) from a
-//! timerfd: after every guest access, which may enable or acknowledge an event, the timer is
-//! re-armed for the device's next event; the monitor polls the timerfd and calls `expire`. A
-//! device whose events repeat at a fixed period gives the period, and the timer fires on that
-//! period without being re-armed; a device that knows when its schedule changes says so, and
-//! accesses that did not change it cost no `timerfd_settime`.
+//! Drives a device's timed events (the RTC's interrupts, the ACPI PM timer's overflow, the
+//! PIT's IRQ 0) from a timerfd: after every guest access, which may enable or acknowledge an
+//! event, the timer is re-armed for the device's next event; the monitor polls the timerfd and
+//! calls `expire`. A device whose events repeat at a fixed period gives the period, and the
+//! timer fires on that period without being re-armed; a device that knows when its schedule
+//! changes says so, and accesses that did not change it cost no `timerfd_settime`.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
@@ -12,6 +12,7 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use crate::bus::BusDevice;
 use crate::devices::acpi_pm::AcpiPm;
+use crate::devices::pit::Pit;
 use crate::devices::rtc::Rtc;
 use crate::exit::ExitReason;
 use crate::log;
@@ -39,6 +40,21 @@ impl TimedDevice for Rtc {
     }
     fn on_timer(&mut self) {
         self.tick()
+    }
+}
+
+impl TimedDevice for Pit {
+    fn next_event(&self) -> Option<Duration> {
+        self.time_to_next_irq()
+    }
+    fn period(&self) -> Option<Duration> {
+        self.irq_period()
+    }
+    fn on_timer(&mut self) {
+        self.tick()
+    }
+    fn take_schedule_change(&mut self) -> bool {
+        self.take_irq_schedule_change()
     }
 }
 
