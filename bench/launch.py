@@ -2,15 +2,22 @@
 """Launch-to-exit time and peak memory of minipc, side by side with QEMU when installed.
 
 Each case is run N times (default 30) after 3 warm-up runs; the figures are the median and
-90th percentile of wall time from spawn to exit status, and the median peak RSS of the
-process that runs the VM: minipc reports its own (`--stats`, getrusage), QEMU's is taken with
-/usr/bin/time in 5 extra runs. Ratios are against minipc running the same guest, measured in
-the same run, because these machines are shared and noisy. A pause between runs lets the
-previous VM's teardown (which happens after the exit status is reported) finish first.
+90th percentile of wall time from spawn to exit status, the median time until every process
+the launch started is gone (minipc's VM process outlives the exit status while KVM tears the
+VM down: the script is a child subreaper, so that process is reparented to it and reaped
+here), the median CPU time of all those processes (user + system, from wait4), and the median
+peak RSS of the process that runs the VM: minipc reports its own (`--stats`, getrusage),
+QEMU's is taken with /usr/bin/time in 5 extra runs. Ratios are against minipc running the same
+guest, measured in the same run, because these machines are shared and noisy. A pause between
+runs lets the previous VM's teardown finish first.
 
-Usage: python3 bench/launch.py [-n N]
+Then the CPU an idle guest costs over 5 s: one halted with interrupts on and nothing to wake
+it, and one woken by the BIOS tick (PIT channel 0 at 18.2 Hz, IRQ 0 acknowledged).
+
+Usage: python3 bench/launch.py [-n N] [--minipc PATH]
 """
 import argparse
+import ctypes
 import os
 import re
 import shutil
@@ -44,14 +51,37 @@ def build_guest(tmp, name, rom_size):
 PAUSE = 0.03
 
 
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper():
+    """Orphans of the processes this script starts are reparented to it (prctl)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        sys.exit(f"bench: prctl(PR_SET_CHILD_SUBREAPER): errno {ctypes.get_errno()}")
+
+
 def run_once(cmd):
+    """Runs cmd; returns (wall to exit status, exit code, stderr, wall until every process
+    it started is gone, their CPU time in seconds)."""
     start = time.perf_counter()
     p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE)
     err = p.stderr.read()
-    _, status, _ = os.wait4(p.pid, 0)
+    _, status, ru = os.wait4(p.pid, 0)
     wall = time.perf_counter() - start
-    return wall, os.waitstatus_to_exitcode(status), err.decode(errors="replace")
+    p.returncode = os.waitstatus_to_exitcode(status)
+    cpu = ru.ru_utime + ru.ru_stime
+    # The VM process (minipc's forked child), reparented to this subreaper once the parent
+    # exited, and anything else left.
+    while True:
+        try:
+            _, _, ru = os.wait4(-1, 0)
+        except ChildProcessError:
+            break
+        cpu += ru.ru_utime + ru.ru_stime
+    gone = time.perf_counter() - start
+    return wall, p.returncode, err.decode(errors="replace"), gone, cpu
 
 
 def peak_rss_mib(cmd, own_stats):
@@ -59,7 +89,7 @@ def peak_rss_mib(cmd, own_stats):
     vals = []
     for _ in range(5):
         if own_stats:
-            _, _, err = run_once(cmd + ["--stats"])
+            _, _, err, _, _ = run_once(cmd + ["--stats"])
             m = re.search(r'"peak_rss_kib":(\d+)', err)
             vals.append(int(m.group(1)) / 1024)
         else:
@@ -72,39 +102,71 @@ def peak_rss_mib(cmd, own_stats):
     return statistics.median(vals)
 
 
-def measure(cmd, n, expect, own_stats):
-    for _ in range(3):
-        run_once(cmd)
-        time.sleep(PAUSE)
-    walls = []
-    for _ in range(n):
-        w, code, err = run_once(cmd)
-        if code != expect:
-            sys.exit(f"bench: {' '.join(cmd)} exited {code}, expected {expect}: {err}")
-        walls.append(w * 1000)
-        time.sleep(PAUSE)
-    walls.sort()
+def summary(walls, gones, cpus):
+    walls = sorted(walls)
     return {
         "median_ms": statistics.median(walls),
         "p90_ms": walls[int(0.9 * (len(walls) - 1))],
-        "rss_mib": peak_rss_mib(cmd, own_stats),
+        "gone_ms": statistics.median(gones),
+        "cpu_ms": statistics.median(cpus),
     }
+
+
+def measure(cases, n):
+    """Runs every case n times, round-robin (run i of every case before run i + 1 of any),
+    so that a noisy neighbour affects all cases alike."""
+    samples = [([], [], []) for _ in cases]
+    for _ in range(3):
+        for _, cmd, _, _ in cases:
+            run_once(cmd)
+            time.sleep(PAUSE)
+    for _ in range(n):
+        for (_, cmd, expect, _), (walls, gones, cpus) in zip(cases, samples):
+            w, code, err, gone, cpu = run_once(cmd)
+            if code != expect:
+                sys.exit(f"bench: {' '.join(cmd)} exited {code}, expected {expect}: {err}")
+            walls.append(w * 1000)
+            gones.append(gone * 1000)
+            cpus.append(cpu * 1000)
+            time.sleep(PAUSE)
+    results = []
+    for (name, cmd, _, kind), smp in zip(cases, samples):
+        r = summary(*smp)
+        r["rss_mib"] = peak_rss_mib(cmd, own_stats=not os.path.basename(cmd[0]).startswith("qemu"))
+        results.append((name, kind, r))
+    return results
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", type=int, default=30)
+    ap.add_argument("--minipc", help="the minipc binary to measure (default: build the release one)")
+    ap.add_argument("--baseline", help="another minipc binary, measured on the same cases in the "
+                    "same rounds (before/after comparisons on a noisy machine)")
     args = ap.parse_args()
-    sh("cargo", "build", "--release", "--quiet", "--manifest-path", os.path.join(ROOT, "Cargo.toml"))
-    minipc = os.path.join(ROOT, "target", "x86_64-unknown-linux-gnu", "release", "minipc")
+    become_subreaper()
+    if args.minipc:
+        minipc = os.path.abspath(args.minipc)
+    else:
+        sh("cargo", "build", "--release", "--quiet", "--manifest-path",
+           os.path.join(ROOT, "Cargo.toml"))
+        target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+        minipc = os.path.join(target, "x86_64-unknown-linux-gnu", "release", "minipc")
     tmp = tempfile.mkdtemp(prefix="minipc-bench-")
     rom = build_guest(tmp, "bench", 64 * 1024)
 
-    cases = [
-        ("minipc demo (embedded firmware, halts)", [minipc], 0, "demo"),
-        ("minipc bare-metal ROM (debug-exit)", [minipc, "--firmware", rom], 1, "rom"),
-        ("minipc bare-metal ROM, --cpus 4 --mem 4G", [minipc, "--firmware", rom, "--cpus", "4", "--mem", "4G"], 1, "rom"),
-    ]
+    def minipc_cases(binary, tag):
+        return [
+            ("minipc demo (embedded firmware, halts)" + tag, [binary], 0, "demo"),
+            ("minipc bare-metal ROM (debug-exit)" + tag, [binary, "--firmware", rom], 1,
+             "rom" if not tag else "baseline"),
+            ("minipc bare-metal ROM, --cpus 4 --mem 4G" + tag,
+             [binary, "--firmware", rom, "--cpus", "4", "--mem", "4G"], 1, "rom4"),
+        ]
+
+    cases = minipc_cases(minipc, "")
+    if args.baseline:
+        cases += minipc_cases(os.path.abspath(args.baseline), " [baseline]")
     qemu = shutil.which("qemu-system-x86_64")
     if qemu:
         common = ["-bios", rom, "-nographic", "-nodefaults", "-serial", "null", "-m", "256",
@@ -114,36 +176,45 @@ def main():
     else:
         print("QEMU is not installed: no comparison (apt-get install qemu-system-x86)")
 
-    results = []
-    for name, cmd, expect, kind in cases:
-        r = measure(cmd, args.n, expect, own_stats=(cmd[0] == minipc))
-        results.append((name, kind, r))
+    results = measure(cases, args.n)
     base = next(r for name, kind, r in results if kind == "rom")
-    print(f"{'case':46} {'median ms':>10} {'p90 ms':>8} {'peak RSS MiB':>13} {'time x':>7} {'RSS x':>6}")
+    print(f"{'case':57} {'median ms':>10} {'p90 ms':>8} {'gone ms':>8} {'CPU ms':>7} "
+          f"{'peak RSS MiB':>13} {'time x':>7} {'RSS x':>6}")
     for name, kind, r in results:
-        print(f"{name:46} {r['median_ms']:10.2f} {r['p90_ms']:8.2f} {r['rss_mib']:13.1f} "
+        print(f"{name:57} {r['median_ms']:10.2f} {r['p90_ms']:8.2f} {r['gone_ms']:8.2f} "
+              f"{r['cpu_ms']:7.2f} {r['rss_mib']:13.1f} "
               f"{r['median_ms'] / base['median_ms']:7.2f} {r['rss_mib'] / base['rss_mib']:6.2f}")
     print(f"(n={args.n} runs each; ratios against minipc running the same bare-metal ROM; "
           f"{os.cpu_count()} CPUs, {os.uname().release})")
 
-    # An idle guest: halted with interrupts enabled, nothing to wake it. What does the
-    # monitor cost while it waits?
-    idle_rom = build_guest(tmp, "halt_if_on", 64 * 1024)
+    # Idle guests: halted with interrupts enabled, nothing to wake them; and the same woken
+    # by the BIOS tick (18.2 Hz). What does the VMM cost while they wait?
     secs = 5
-    _, _, err = run_once([minipc, "--firmware", idle_rom, "--timeout", str(secs), "--stats"])
-    cpu_ms = int(re.search(r'"cpu_us":(\d+)', err).group(1)) / 1000
-    print(f"\nidle guest for {secs} s: minipc used {cpu_ms:.1f} ms of CPU "
-          f"({cpu_ms / secs / 10:.3f}% of a core)")
-    if qemu:
-        with tempfile.NamedTemporaryFile("r") as f:
-            subprocess.run(["/usr/bin/time", "-f", "%U %S", "-o", f.name, "timeout", str(secs),
-                            qemu, "-M", "microvm", "-bios", idle_rom] + common[2:],
-                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
-            u, s_ = (float(x) for x in f.read().split()[-2:])
-        qcpu = (u + s_) * 1000
-        print(f"idle guest for {secs} s: QEMU -M microvm used {qcpu:.1f} ms of CPU "
-              f"({qcpu / secs / 10:.3f}% of a core), {qcpu / max(cpu_ms, 0.001):.1f}x minipc")
+    binaries = [("minipc", minipc)]
+    if args.baseline:
+        binaries.append(("minipc [baseline]", os.path.abspath(args.baseline)))
+    for label, guest in [("idle guest", "halt_if_on"), ("idle guest, 18.2 Hz tick", "idle_tick")]:
+        idle_rom = build_guest(tmp, guest, 64 * 1024)
+        print()
+        own = None
+        for bname, binary in binaries:
+            _, _, err, _, tree_cpu = run_once(
+                [binary, "--firmware", idle_rom, "--timeout", str(secs), "--stats"])
+            cpu_ms = int(re.search(r'"cpu_us":(\d+)', err).group(1)) / 1000
+            own = cpu_ms if own is None else own
+            print(f"{label} for {secs} s: {bname} used {cpu_ms:.1f} ms of CPU "
+                  f"({cpu_ms / secs / 10:.3f}% of a core; {tree_cpu * 1000:.1f} ms with the "
+                  f"supervisor and the teardown)")
+        if qemu:
+            with tempfile.NamedTemporaryFile("r") as f:
+                subprocess.run(["/usr/bin/time", "-f", "%U %S", "-o", f.name, "timeout",
+                                str(secs), qemu, "-M", "microvm", "-bios", idle_rom] + common[2:],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+                u, s_ = (float(x) for x in f.read().split()[-2:])
+            qcpu = (u + s_) * 1000
+            print(f"{label} for {secs} s: QEMU -M microvm used {qcpu:.1f} ms of CPU "
+                  f"({qcpu / secs / 10:.3f}% of a core), {qcpu / max(own, 0.001):.1f}x minipc")
     shutil.rmtree(tmp)
 
 

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use crate::exit::ExitReason;
 use crate::log;
 
-/// A device on a bus. `offset` is relative to the base the device was inserted at.
+/// A device on a bus. `offset` is relative to the base the device was inserted at (plus the
+/// offset it was inserted with, see `Bus::insert_at_offset`).
 pub trait BusDevice: Send {
     fn read(&mut self, offset: u64, data: &mut [u8]);
     /// A write may end the VM (debug-exit, power-off, reset).
@@ -29,6 +30,8 @@ pub enum BusError {
 
 struct Entry {
     len: u64,
+    /// The offset the device sees at the range's first address.
+    offset: u64,
     device: Arc<Mutex<dyn BusDevice>>,
 }
 
@@ -52,6 +55,19 @@ impl Bus {
         len: u64,
         device: Arc<Mutex<dyn BusDevice>>,
     ) -> Result<(), BusError> {
+        self.insert_at_offset(base, len, 0, device)
+    }
+
+    /// Inserts `device` at `base`, where it sees offsets from `offset` on: one device can
+    /// answer at ranges that are not contiguous (the PIT at 0x40-0x43 and 0x61) and tell
+    /// them apart.
+    pub fn insert_at_offset(
+        &mut self,
+        base: u64,
+        len: u64,
+        offset: u64,
+        device: Arc<Mutex<dyn BusDevice>>,
+    ) -> Result<(), BusError> {
         let end = base
             .checked_add(len)
             .filter(|_| len > 0)
@@ -61,7 +77,14 @@ impl Bus {
                 return Err(BusError::Overlap { base, len });
             }
         }
-        self.devices.insert(base, Entry { len, device });
+        self.devices.insert(
+            base,
+            Entry {
+                len,
+                offset,
+                device,
+            },
+        );
         Ok(())
     }
 
@@ -77,16 +100,17 @@ impl Bus {
         }
     }
 
+    /// The entry at `addr` and the offset `addr` is at for its device.
     fn find(&self, addr: u64) -> Option<(u64, &Entry)> {
         let (base, e) = self.devices.range(..=addr).next_back()?;
-        (addr - base < e.len).then_some((*base, e))
+        (addr - base < e.len).then_some((addr - base + e.offset, e))
     }
 
     /// Reads `data.len()` bytes at `addr`; returns false (and all-ones) when nothing is there.
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.find(addr) {
-            Some((base, e)) => {
-                lock(&e.device).read(addr - base, data);
+            Some((offset, e)) => {
+                lock(&e.device).read(offset, data);
                 true
             }
             None => {
@@ -104,7 +128,7 @@ impl Bus {
 
     pub fn write(&self, addr: u64, data: &[u8]) -> Option<ExitReason> {
         match self.find(addr) {
-            Some((base, e)) => lock(&e.device).write(addr - base, data),
+            Some((offset, e)) => lock(&e.device).write(offset, data),
             None => {
                 log::debug(format_args!(
                     "{}: write of {:02x?} at unassigned {:#x} ignored",
@@ -166,6 +190,36 @@ mod tests {
             assert!(d.iter().all(|b| *b == 0xFF));
             assert_eq!(bus.write(0x1234, &d), None);
         }
+    }
+
+    #[test]
+    fn one_device_at_two_ranges_sees_its_own_offsets_and_resets_once() {
+        struct Counting {
+            resets: u32,
+        }
+        impl BusDevice for Counting {
+            fn read(&mut self, offset: u64, data: &mut [u8]) {
+                data[0] = offset as u8;
+            }
+            fn write(&mut self, _: u64, _: &[u8]) -> Option<ExitReason> {
+                None
+            }
+            fn reset(&mut self) {
+                self.resets += 1;
+            }
+        }
+        let dev = Arc::new(Mutex::new(Counting { resets: 0 }));
+        let mut bus = Bus::new("test");
+        bus.insert(0x40, 4, dev.clone()).unwrap();
+        bus.insert_at_offset(0x61, 1, 0x21, dev.clone()).unwrap();
+        let mut d = [0u8];
+        assert!(bus.read(0x43, &mut d));
+        assert_eq!(d, [3]);
+        assert!(bus.read(0x61, &mut d));
+        assert_eq!(d, [0x21]);
+        assert!(!bus.read(0x62, &mut d));
+        bus.reset();
+        assert_eq!(dev.lock().unwrap().resets, 1);
     }
 
     #[test]

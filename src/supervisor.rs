@@ -1,6 +1,6 @@
 //! Hands the exit status back before the VM is torn down, and never leaves the VM behind.
 //!
-//! Closing a VM with an in-kernel irqchip and PIT costs 10-20 ms here, paid by the process
+//! Closing a VM with an in-kernel irqchip costs about 10 ms here, paid by the process
 //! whose memory the VM maps, when it exits. A caller waiting for our exit status should not
 //! wait for that. So the process forks before it touches KVM: the child builds and runs the
 //! machine, writes the exit code into a pipe, closes its stdio and exits (paying for the

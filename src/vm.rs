@@ -1,11 +1,14 @@
 //! Builds the machine, in the order that keeps KVM fast: VM -> memory slots -> irqchip ->
-//! PIT -> devices -> vCPUs (registering memory after the irqchip exists costs milliseconds).
+//! devices -> vCPUs (registering memory after the irqchip exists costs milliseconds). The PIT
+//! is a device like the others (`devices/pit.rs`): KVM's in-kernel PIT starts a kernel thread
+//! that costs milliseconds to create and to tear down.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY,
+    kvm_irq_routing_entry, kvm_userspace_memory_region, CpuId, KvmIrqRouting, KVM_IRQCHIP_IOAPIC,
+    KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_MEM_READONLY,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use libc::{MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE, PROT_READ, PROT_WRITE};
@@ -21,11 +24,14 @@ use crate::devices::acpi_pm::{AcpiPm, PM_BASE, PM_LEN, SCI_IRQ};
 use crate::devices::debug_exit::{DebugExit, DEBUG_EXIT_LEN, DEBUG_EXIT_PORT};
 use crate::devices::fw_cfg::{key, FwCfg, FW_CFG_LEN, FW_CFG_PORT};
 use crate::devices::i440fx::{I440fx, PamChange, I440FX_DEVICE, I440FX_FUNCTION};
-use crate::devices::i8042::{I8042, I8042_LEN, I8042_PORT, KEYBOARD_IRQ};
+use crate::devices::i8042::{
+    I8042, I8042_COMMAND_OFFSET, I8042_COMMAND_PORT, I8042_LEN, I8042_PORT, KEYBOARD_IRQ,
+};
 use crate::devices::pci::{PciBus, PCI_CONFIG_LEN, PCI_CONFIG_PORT};
 use crate::devices::piix::{
     Piix3Isa, Piix4Acpi, PIIX3_ISA_FUNCTION, PIIX4_ACPI_FUNCTION, PIIX_DEVICE,
 };
+use crate::devices::pit::{Pit, PIT_IRQ, PIT_LEN, PIT_PORT, PORT_B, PORT_B_LEN, PORT_B_OFFSET};
 use crate::devices::post_code::{PostCode, POST_CODE_LEN, POST_CODE_PORT};
 use crate::devices::rtc::{Rtc, RTC_IRQ, RTC_LEN, RTC_PORT};
 use crate::devices::serial::{Serial, SerialOut, Sink, COM1_IRQ, COM1_LEN, COM1_PORT};
@@ -76,7 +82,7 @@ pub struct Machine {
     pub vcpus: Vec<VcpuFd>,
     /// The BIOS services for the firmware's handlers.
     pub bios: Arc<crate::bios::Bios>,
-    /// The interrupt controllers and PIT as created, restored on a reboot.
+    /// The interrupt controllers as created, restored on a reboot.
     pub chips_at_reset: Option<ChipState>,
     /// The boot, loaded again on a reboot (the guest may have overwritten it); kept only
     /// with `--reboot`.
@@ -93,16 +99,15 @@ pub struct BootAtReset {
     rsdp: Option<Vec<u8>>,
 }
 
-/// The in-kernel PICs, IOAPIC and PIT.
+/// The in-kernel PICs and IOAPIC.
 pub struct ChipState {
     irqchips: Vec<kvm_bindings::kvm_irqchip>,
-    pit: kvm_bindings::kvm_pit_state2,
 }
 
 impl Machine {
     /// The platform back at its reset state for a reboot (the vCPUs reset themselves):
-    /// interrupt controllers, PIT, and the PAM registers (and with them the shadow areas).
-    /// RAM keeps its contents, as on a PC.
+    /// interrupt controllers, the PAM registers (and with them the shadow areas) and every
+    /// port device (the PIT among them). RAM keeps its contents, as on a PC.
     pub fn reset_platform(&self) -> Result<(), VmError> {
         if let Some(c) = &self.chips_at_reset {
             for chip in &c.irqchips {
@@ -110,7 +115,6 @@ impl Machine {
                     .set_irqchip(chip)
                     .map_err(kvm_err("restore irqchip"))?;
             }
-            self.vm.set_pit2(&c.pit).map_err(kvm_err("restore PIT"))?;
         }
         // PAM0-PAM6 (0x59-0x5F) of 00:00.0 to zero, through configuration cycles.
         for (dword, bytes) in [(0x58u32, 1..4usize), (0x5C, 0..4)] {
@@ -154,8 +158,7 @@ fn capture_chips(vm: &VmFd) -> Result<ChipState, VmError> {
         vm.get_irqchip(&mut c).map_err(kvm_err("read irqchip"))?;
         irqchips.push(c);
     }
-    let pit = vm.get_pit2().map_err(kvm_err("read PIT"))?;
-    Ok(ChipState { irqchips, pit })
+    Ok(ChipState { irqchips })
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -451,14 +454,48 @@ fn register_memory(
     })
 }
 
-/// The in-kernel PICs, IOAPIC and PIT (irqfds need the irqchip).
+/// The in-kernel PICs and IOAPIC (irqfds need the irqchip), with the ISA interrupts routed
+/// as the MADT and the MP table describe them.
 fn create_interrupt_controllers(vm: &VmFd) -> Result<(), VmError> {
     vm.create_irq_chip().map_err(kvm_err("create irqchip"))?;
-    let pit = kvm_pit_config {
-        flags: KVM_PIT_SPEAKER_DUMMY,
-        ..Default::default()
+    let routing = KvmIrqRouting::from_entries(&isa_routing())
+        .map_err(|e| VmError::Device(format!("GSI routing: {e:?}")))?;
+    vm.set_gsi_routing(&routing)
+        .map_err(kvm_err("set GSI routing"))
+}
+
+/// GSI routes for the irqfds: ISA IRQ n (GSI n) to pin n%8 of its 8259 and to I/O APIC pin n,
+/// except IRQ 0, which goes to I/O APIC pin 2 (the MADT's override, the MP table's entry):
+/// KVM's default table sends GSI 0 to pin 0, where an OS that follows the tables never looks.
+/// IRQ 2 (the cascade) has no route; GSIs 16-23 reach the I/O APIC only.
+fn isa_routing() -> Vec<kvm_irq_routing_entry> {
+    let route = |gsi: u32, irqchip: u32, pin: u32| {
+        let mut e = kvm_irq_routing_entry {
+            gsi,
+            type_: KVM_IRQ_ROUTING_IRQCHIP,
+            ..Default::default()
+        };
+        e.u.irqchip = kvm_bindings::kvm_irq_routing_irqchip { irqchip, pin };
+        e
     };
-    vm.create_pit2(pit).map_err(kvm_err("create PIT"))
+    let mut routes = Vec::new();
+    for gsi in (0..16).filter(|&g| g != 2) {
+        let pic = if gsi < 8 {
+            KVM_IRQCHIP_PIC_MASTER
+        } else {
+            KVM_IRQCHIP_PIC_SLAVE
+        };
+        routes.push(route(gsi, pic, gsi % 8));
+        routes.push(route(
+            gsi,
+            KVM_IRQCHIP_IOAPIC,
+            if gsi == 0 { 2 } else { gsi },
+        ));
+    }
+    for gsi in 16..24 {
+        routes.push(route(gsi, KVM_IRQCHIP_IOAPIC, gsi));
+    }
+    routes
 }
 
 /// The platform devices on their buses (fw_cfg comes later, once the boot is loaded).
@@ -532,8 +569,19 @@ fn platform_devices(
     timers.push(rtc.clone());
 
     let i8042 = I8042::new(Some(irqfd(KEYBOARD_IRQ, "register keyboard irqfd")?));
-    pio.insert(I8042_PORT, I8042_LEN, Arc::new(Mutex::new(i8042)))
+    let i8042 = Arc::new(Mutex::new(i8042));
+    pio.insert(I8042_PORT, I8042_LEN, i8042.clone())
         .map_err(dev_err)?;
+    pio.insert_at_offset(I8042_COMMAND_PORT, I8042_LEN, I8042_COMMAND_OFFSET, i8042)
+        .map_err(dev_err)?;
+
+    let pit = Pit::new(Some(irqfd(PIT_IRQ, "register PIT irqfd")?));
+    let pit = Arc::new(Mutex::new(Timed::new(pit).map_err(timer_err)?));
+    pio.insert(PIT_PORT, PIT_LEN, pit.clone())
+        .map_err(dev_err)?;
+    pio.insert_at_offset(PORT_B, PORT_B_LEN, PORT_B_OFFSET, pit.clone())
+        .map_err(dev_err)?;
+    timers.push(pit);
 
     let pm = AcpiPm::new(Some(irqfd(SCI_IRQ, "register SCI irqfd")?));
     let pm = Arc::new(Mutex::new(Timed::new(pm).map_err(timer_err)?));

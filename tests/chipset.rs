@@ -1,4 +1,5 @@
-//! The PC chipset as a guest sees it: the CMOS clock and NVRAM.
+//! The PC chipset as a guest sees it: the CMOS clock and NVRAM, the PIT, interrupts, PCI,
+//! resets.
 
 mod common;
 use common::*;
@@ -317,6 +318,37 @@ fn reboot_restarts_the_guest_at_the_reset_vector_with_ram_kept() {
         assert_eq!(r.stdout, "first boot\r\nsecond boot\r\n", "{}", r.stderr);
         assert_eq!(r.code, (2 << 1) | 1, "--cpus {cpus}: {}", r.stderr);
     }
+}
+
+/// The PIT as Linux calibrates the TSC with it and as a BIOS ticks with it
+/// (`tests/guests/pit.s`, timed against the ACPI PM timer and the CMOS clock): channel 2 in
+/// mode 0 polled through port 0x61 (pit_calibrate_tsc), its MSB read in a loop
+/// (quick_pit_calibrate), latch and read-back, BCD, IRQ 0 in modes 2 and 3.
+#[test]
+fn pit_counts_as_linux_and_the_bios_read_it() {
+    if !kvm_available() {
+        return;
+    }
+    let g = guest("pit", &[]);
+    let r = minipc(&["--firmware", path_str(&g), "--timeout", "30"]);
+    // How fast the guest polled, for the record: Linux wants 1000 polls in 10 ms, and more
+    // than 5 reads of each MSB value, and each poll is a VM exit to the VMM here.
+    eprintln!("{}", r.stdout);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.ends_with("pit ok\r\n"), "{}", r.stdout);
+}
+
+/// An OS that follows the MADT's IRQ0->GSI2 override takes the PIT's interrupt on I/O APIC
+/// pin 2 (KVM's default routing would put it on pin 0).
+#[test]
+fn irq_0_reaches_the_io_apic_on_pin_2() {
+    if !kvm_available() {
+        return;
+    }
+    let g = guest("irq0_ioapic", &[]);
+    let r = minipc(&["--firmware", path_str(&g), "--timeout", "30"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.starts_with("pin2 "), "{}", r.stdout);
 }
 
 /// A guest that resets as soon as it starts, 100 times in a row: every reboot must complete,

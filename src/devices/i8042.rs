@@ -1,14 +1,11 @@
 //! The i8042 keyboard controller (data port 0x60, status/command port 0x64) with a keyboard
-//! that answers commands but never types, and no auxiliary (mouse) device; plus port 0x61.
+//! that answers commands but never types, and no auxiliary (mouse) device.
 //!
-//! The device covers 0x60-0x64 as one bus entry:
-//! - 0x60: data. Reads pop the output buffer (the last byte again when it is empty); writes
-//!   go to the keyboard, or are the parameter of the last controller command.
-//! - 0x61: system control port B. Bit 4 (refresh) toggles on every read, bit 5 (PIT channel 2
-//!   output) reads 0, writes are dropped. With the in-kernel PIT's speaker port
-//!   (KVM_PIT_SPEAKER_DUMMY) KVM answers 0x61 itself and this is never reached.
-//! - 0x62-0x63: read 0xFF, writes dropped.
-//! - 0x64: reads the status register, writes are controller commands.
+//! The device is on the bus twice, one byte each (port 0x61 between them is the PIT's
+//! system control port B, `pit.rs`):
+//! - 0x60 (offset 0): data. Reads pop the output buffer (the last byte again when it is
+//!   empty); writes go to the keyboard, or are the parameter of the last controller command.
+//! - 0x64 (offset 4): reads the status register, writes are controller commands.
 //!
 //! IRQ 1 is an edge on the eventfd each time a keyboard byte reaches the head of the output
 //! buffer while the command byte enables the keyboard interrupt (or when the interrupt is
@@ -28,14 +25,16 @@ use crate::bus::BusDevice;
 use crate::exit::ExitReason;
 use crate::log;
 
-/// Where the device goes on the port-I/O bus, and its length (0x60-0x64).
+/// Where the device goes on the port-I/O bus: the data port at offset 0, and the command
+/// port, inserted at `I8042_COMMAND_OFFSET` (`Bus::insert_at_offset`); one byte each.
 pub const I8042_PORT: u64 = 0x60;
-pub const I8042_LEN: u64 = 5;
+pub const I8042_COMMAND_PORT: u64 = 0x64;
+pub const I8042_COMMAND_OFFSET: u64 = COMMAND_OFFSET;
+pub const I8042_LEN: u64 = 1;
 /// The keyboard's ISA IRQ.
 pub const KEYBOARD_IRQ: u32 = 1;
 
 const DATA_OFFSET: u64 = 0;
-const PORT_B_OFFSET: u64 = 1;
 const COMMAND_OFFSET: u64 = 4;
 
 /// Status register bits.
@@ -131,7 +130,6 @@ pub struct I8042 {
     /// A keyboard command waiting for its parameter.
     pending_kbd: Option<u8>,
     scan_set: u8,
-    refresh: bool,
     irq: Option<EventFd>,
 }
 
@@ -151,7 +149,6 @@ impl I8042 {
             pending_command: None,
             pending_kbd: None,
             scan_set: 2,
-            refresh: false,
             irq,
         }
     }
@@ -353,14 +350,6 @@ impl BusDevice for I8042 {
         data.fill(0xFF);
         let v = match offset {
             DATA_OFFSET => self.pop(),
-            PORT_B_OFFSET => {
-                self.refresh = !self.refresh;
-                if self.refresh {
-                    1 << 4
-                } else {
-                    0
-                }
-            }
             COMMAND_OFFSET => self.status(),
             _ => 0xFF,
         };
@@ -571,18 +560,9 @@ mod tests {
     }
 
     #[test]
-    fn port_61_toggles_refresh() {
+    fn offsets_between_the_ports_are_inert() {
         let (mut k, _) = kbc();
-        let mut seen = Vec::new();
-        for _ in 0..4 {
-            let mut b = [0u8];
-            k.read(PORT_B_OFFSET, &mut b);
-            assert_eq!(b[0] & !0x10, 0, "PIT channel 2 output reads 0");
-            seen.push(b[0] & 0x10);
-        }
-        assert_eq!(seen, vec![0x10, 0, 0x10, 0]);
-        assert_eq!(k.write(PORT_B_OFFSET, &[0x03]), None);
-        for offset in [2u64, 3] {
+        for offset in [1u64, 2, 3] {
             let mut b = [0u8; 2];
             k.read(offset, &mut b);
             assert_eq!(b, [0xFF, 0xFF]);

@@ -7,6 +7,7 @@ pub mod i440fx;
 pub mod i8042;
 pub mod pci;
 pub mod piix;
+pub mod pit;
 pub mod port92;
 pub mod post_code;
 pub mod rtc;

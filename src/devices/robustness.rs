@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use crate::bus::{Bus, BusDevice};
-use crate::devices::{acpi_pm, debug_exit, fw_cfg, i440fx, i8042, pci, piix, port92, rtc, serial};
+use crate::devices::{
+    acpi_pm, debug_exit, fw_cfg, i440fx, i8042, pci, piix, pit, port92, rtc, serial,
+};
 use crate::memory::{MemoryLayout, MIB};
 
 use crate::fuzz::Rng;
@@ -32,12 +34,21 @@ fn machine_bus() -> Bus {
         dev(Box::new(rtc::Rtc::new(&layout, 2, false, evt()))),
     )
     .unwrap();
-    bus.insert(
-        i8042::I8042_PORT,
+    let kbc = dev(Box::new(i8042::I8042::new(evt())));
+    bus.insert(i8042::I8042_PORT, i8042::I8042_LEN, kbc.clone())
+        .unwrap();
+    bus.insert_at_offset(
+        i8042::I8042_COMMAND_PORT,
         i8042::I8042_LEN,
-        dev(Box::new(i8042::I8042::new(evt()))),
+        i8042::I8042_COMMAND_OFFSET,
+        kbc,
     )
     .unwrap();
+    let timer = dev(Box::new(pit::Pit::new(evt())));
+    bus.insert(pit::PIT_PORT, pit::PIT_LEN, timer.clone())
+        .unwrap();
+    bus.insert_at_offset(pit::PORT_B, pit::PORT_B_LEN, pit::PORT_B_OFFSET, timer)
+        .unwrap();
     bus.insert(
         acpi_pm::PM_BASE as u64,
         acpi_pm::PM_LEN,
@@ -93,7 +104,9 @@ impl BusDevice for Box<dyn BusDevice> {
 fn random_guest_accesses_never_panic() {
     let bus = machine_bus();
     // The ports of every device, and a little around them.
-    let ports: [u64; 9] = [0x3F8, 0x70, 0x60, 0x600, 0x510, 0xCF8, 0xF4, 0x80, 0x92];
+    let ports: [u64; 10] = [
+        0x3F8, 0x70, 0x40, 0x60, 0x600, 0x510, 0xCF8, 0xF4, 0x80, 0x92,
+    ];
     let mut rng = Rng::new(0x5EED_1234_ABCD_0001);
     let mut claimed = 0;
     for _ in 0..200_000 {

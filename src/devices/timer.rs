@@ -1,6 +1,9 @@
-//! Drives a device's timed events (the RTC's interrupts, the ACPI PM timer's overflow) from a
-//! timerfd: after every guest access, which may enable or acknowledge an event, the timer is
-//! re-armed for the device's next event; the monitor polls the timerfd and calls `expire`.
+//! Drives a device's timed events (the RTC's interrupts, the ACPI PM timer's overflow, the
+//! PIT's IRQ 0) from a timerfd: after every guest access, which may enable or acknowledge an
+//! event, the timer is re-armed for the device's next event; the monitor polls the timerfd and
+//! calls `expire`. A device whose events repeat at a fixed period gives the period, and the
+//! timer fires on that period without being re-armed; a device that knows when its schedule
+//! changes says so, and accesses that did not change it cost no `timerfd_settime`.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
@@ -9,6 +12,7 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use crate::bus::BusDevice;
 use crate::devices::acpi_pm::AcpiPm;
+use crate::devices::pit::Pit;
 use crate::devices::rtc::Rtc;
 use crate::exit::ExitReason;
 use crate::log;
@@ -17,8 +21,17 @@ use crate::log;
 pub trait TimedDevice: BusDevice {
     /// How long until the next enabled event (zero if overdue), or None.
     fn next_event(&self) -> Option<Duration>;
+    /// The time between events from the next one on, when they repeat at a fixed period.
+    fn period(&self) -> Option<Duration> {
+        None
+    }
     /// Accounts the events that fell due.
     fn on_timer(&mut self);
+    /// Whether `next_event` or `period` may have changed since the last call (which clears
+    /// it). The default says yes after every access and expiry.
+    fn take_schedule_change(&mut self) -> bool {
+        true
+    }
 }
 
 impl TimedDevice for Rtc {
@@ -27,6 +40,21 @@ impl TimedDevice for Rtc {
     }
     fn on_timer(&mut self) {
         self.tick()
+    }
+}
+
+impl TimedDevice for Pit {
+    fn next_event(&self) -> Option<Duration> {
+        self.time_to_next_irq()
+    }
+    fn period(&self) -> Option<Duration> {
+        self.irq_period()
+    }
+    fn on_timer(&mut self) {
+        self.tick()
+    }
+    fn take_schedule_change(&mut self) -> bool {
+        self.take_irq_schedule_change()
     }
 }
 
@@ -52,6 +80,8 @@ pub struct Timed<D> {
     dev: D,
     timer: TimerFd,
     armed: bool,
+    /// The timer was armed with a period (it stays armed after it fires).
+    periodic: bool,
 }
 
 impl<D: TimedDevice> Timed<D> {
@@ -69,25 +99,35 @@ impl<D: TimedDevice> Timed<D> {
             dev,
             timer,
             armed: false,
+            periodic: false,
         };
-        t.rearm();
+        t.arm();
         Ok(t)
     }
 
+    /// Re-arms the timer if the device's schedule may have changed.
     fn rearm(&mut self) {
+        if self.dev.take_schedule_change() {
+            self.arm();
+        }
+    }
+
+    fn arm(&mut self) {
         let next = self.dev.next_event();
         if next.is_none() && !self.armed {
             return;
         }
+        let period = next.and(self.dev.period()).filter(|p| !p.is_zero());
         let r = match next {
             // A zero duration would disarm the timer: fire as soon as possible instead.
-            Some(d) => self.timer.reset(d.max(Duration::from_nanos(1)), None),
+            Some(d) => self.timer.reset(d.max(Duration::from_nanos(1)), period),
             None => self.timer.clear(),
         };
         if let Err(e) = r {
             log::debug(format_args!("timer: cannot arm: {e}"));
         }
         self.armed = next.is_some();
+        self.periodic = period.is_some();
     }
 }
 
@@ -106,8 +146,11 @@ impl<D: TimedDevice> Expire for Timed<D> {
     }
 
     fn expire(&mut self) {
-        // Drain the expiry count (non-blocking; nothing to read if re-armed meanwhile).
-        let _ = self.timer.wait();
+        // Drain the expiry count (non-blocking; nothing to read if re-armed meanwhile). A
+        // one-shot timer that fired is disarmed.
+        if self.timer.wait().is_ok() && !self.periodic {
+            self.armed = false;
+        }
         self.dev.on_timer();
         self.rearm();
     }
@@ -127,7 +170,7 @@ impl<D: TimedDevice> BusDevice for Timed<D> {
 
     fn reset(&mut self) {
         self.dev.reset();
-        self.rearm();
+        self.arm();
     }
 }
 
@@ -186,5 +229,57 @@ mod tests {
         // A spurious expire (nothing to read) does not block.
         t.expire();
         assert_eq!(t.dev.fired, 2);
+    }
+
+    /// Events every 5 ms once written; says when its schedule changes.
+    struct Periodic {
+        on: bool,
+        changed: bool,
+        fired: u32,
+    }
+    impl BusDevice for Periodic {
+        fn read(&mut self, _: u64, _: &mut [u8]) {}
+        fn write(&mut self, _: u64, _: &[u8]) -> Option<ExitReason> {
+            self.on = true;
+            self.changed = true;
+            None
+        }
+    }
+    impl TimedDevice for Periodic {
+        fn next_event(&self) -> Option<Duration> {
+            self.on.then_some(Duration::from_millis(5))
+        }
+        fn period(&self) -> Option<Duration> {
+            Some(Duration::from_millis(5))
+        }
+        fn on_timer(&mut self) {
+            self.fired += 1;
+        }
+        fn take_schedule_change(&mut self) -> bool {
+            std::mem::take(&mut self.changed)
+        }
+    }
+
+    #[test]
+    fn a_periodic_timer_fires_again_without_being_rearmed() {
+        let mut t = Timed::new(Periodic {
+            on: false,
+            changed: false,
+            fired: 0,
+        })
+        .unwrap();
+        assert!(!readable(t.timer_fd(), 20));
+        t.write(0, &[1]);
+        let start = Instant::now();
+        for n in 1..=3 {
+            assert!(readable(t.timer_fd(), 1000));
+            t.expire();
+            assert_eq!(t.dev.fired, n);
+            // Accesses that change nothing leave the timer as it is.
+            let mut b = [0u8];
+            t.read(0, &mut b);
+        }
+        assert!(start.elapsed() >= Duration::from_millis(15));
+        assert!(t.periodic && t.armed);
     }
 }

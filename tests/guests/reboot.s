@@ -1,6 +1,8 @@
 # First boot: leaves a mark in RAM and resets through port 0xCF9. After a reboot (RAM kept,
 # as on a PC) it sees the mark, counts the boot, and leaves through debug-exit with the
-# number of boots (2) once the PAM registers are back at their reset value.
+# number of boots (2) once the PAM registers are back at their reset value. Each device the
+# first boot changed must be back at its power-on state (an exit code from 0x77 up says which
+# was not).
         .include "common.inc"
         .set    MARK, 0x600
 start:
@@ -32,6 +34,18 @@ start:
         out     0x64, al
         mov     al, 0x05
         out     0x60, al
+        mov     al, 0x34                        # PIT channel 0: mode 2, 1000 Hz
+        out     0x43, al
+        mov     al, 0xA9
+        out     0x40, al
+        mov     al, 0x04
+        out     0x40, al
+        mov     al, 0x03                        # port B: gate 2 high, speaker data on
+        out     0x61, al
+        mov     al, 0xB6                        # channel 2: mode 3, running
+        out     0x43, al
+        out     0x42, al
+        out     0x42, al
         # 0xF0000 write-only RAM (reads still from the ROM this runs from); a reset must
         # bring the PAM registers back to zero.
         mov     dx, 0xCF8
@@ -80,7 +94,19 @@ again:
         test    eax, eax
         jz      7f
         exit    0x78
-7:
+7:      mov     al, 0xEA                        # PIT read-back: status of channels 0, 2
+        out     0x43, al
+        in      al, 0x40
+        cmp     al, 0x30                        # OUT low, mode 0, LSB-MSB, no count
+        jne     8f
+        in      al, 0x42
+        cmp     al, 0x30
+        jne     8f
+        in      al, 0x61                        # port B: gate 2 low, speaker off, OUT 2 low
+        test    al, 0x2F
+        jz      9f
+8:      exit    0x77
+9:
         mov     si, offset second
         call    print
         mov     dx, 0xCF8

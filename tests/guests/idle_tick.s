@@ -1,0 +1,48 @@
+# Idle with the BIOS tick running: IRQ 0 from PIT channel 0 in mode 2 with divisor 65536
+# (18.2 Hz, as the firmware programs it), acknowledged by its handler, and the CPU halted with
+# interrupts enabled in between. Never exits by itself (the benchmark stops it with --timeout).
+        .include "common.inc"
+start:
+        cli
+        xor     ax, ax
+        mov     ds, ax
+        mov     ss, ax
+        mov     sp, 0x7000
+        mov     word ptr [0x08 * 4], offset tick
+        mov     word ptr [0x08 * 4 + 2], 0xF000
+        # The master 8259 at vector 08h, only IRQ 0 unmasked; the slave masked.
+        mov     al, 0x11
+        out     0x20, al
+        out     0xA0, al
+        mov     al, 0x08
+        out     0x21, al
+        mov     al, 0x70
+        out     0xA1, al
+        mov     al, 0x04
+        out     0x21, al
+        mov     al, 0x02
+        out     0xA1, al
+        mov     al, 0x01
+        out     0x21, al
+        out     0xA1, al
+        mov     al, 0xFE
+        out     0x21, al
+        mov     al, 0xFF
+        out     0xA1, al
+        # Channel 0, LSB then MSB, mode 2, binary, divisor 65536.
+        mov     al, 0x34
+        out     0x43, al
+        xor     al, al
+        out     0x40, al
+        out     0x40, al
+        sti
+1:      hlt
+        jmp     1b
+
+tick:
+        push    ax
+        inc     word ptr [0x46C]
+        mov     al, 0x20
+        out     0x20, al
+        pop     ax
+        iret
