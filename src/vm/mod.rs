@@ -1,0 +1,395 @@
+//! Builds the machine, in the order that keeps KVM fast: VM -> memory slots -> irqchip ->
+//! devices -> vCPUs (registering memory after the irqchip exists costs milliseconds). The PIT
+//! is a device like the others (`devices/pit.rs`): KVM's in-kernel PIT starts a kernel thread
+//! that costs milliseconds to create and to tear down.
+
+mod devices;
+mod slots;
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use kvm_bindings::CpuId;
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use vm_memory::{GuestMemoryMmap, MmapRegion};
+
+use crate::bus::Bus;
+use crate::config::VmConfig;
+use crate::devices::fw_cfg::{FW_CFG_LEN, FW_CFG_PORT};
+use crate::devices::pci::PCI_CONFIG_PORT;
+use crate::devices::serial::{Serial, SerialOut};
+use crate::devices::timer::Expire;
+use crate::firmware::Rom;
+use crate::memory::{self, MemoryLayout};
+use crate::shadow::Shadow;
+use crate::stats::Phases;
+
+pub use devices::open_serial_out;
+use devices::*;
+use slots::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("cannot open /dev/kvm: {0} (is KVM enabled and are you in the kvm group?)")]
+    OpenKvm(kvm_ioctls::Error),
+    #[error("KVM API: {0}")]
+    Kvm(&'static str, #[source] kvm_ioctls::Error),
+    #[error("/dev/kvm does not answer as KVM (API version {0}, expected 12)")]
+    NotKvm(i32),
+    #[error("KVM lacks {0}, which minipc needs")]
+    MissingCap(&'static str),
+    #[error("cannot map {what}: {err}")]
+    Mmap {
+        what: &'static str,
+        err: vm_memory::mmap::MmapRegionError,
+    },
+    #[error("guest memory: {0}")]
+    GuestMemory(String),
+    #[error("device setup: {0}")]
+    Device(String),
+    #[error("{0}")]
+    Boot(String),
+    #[error("{path}: cannot open serial output: {err}")]
+    SerialFile { path: String, err: std::io::Error },
+}
+
+/// Everything the running machine is made of. The VM, its memory and the ROM are held here
+/// for as long as the vCPUs may run.
+pub struct Machine {
+    pub vm: Arc<VmFd>,
+    #[allow(dead_code)]
+    pub guest_mem: GuestMemoryMmap,
+    #[allow(dead_code)]
+    pub rom: [Arc<MmapRegion>; 2],
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    pub serial: Arc<Mutex<Serial>>,
+    /// Devices driven by timers, polled by the monitor.
+    pub timers: Vec<Arc<Mutex<dyn Expire>>>,
+    pub vcpus: Vec<VcpuFd>,
+    /// The BIOS services for the firmware's handlers.
+    pub bios: Arc<crate::bios::Bios>,
+    /// The interrupt controllers as created, restored on a reboot.
+    pub chips_at_reset: Option<ChipState>,
+    /// The boot, loaded again on a reboot (the guest may have overwritten it); kept only
+    /// with `--reboot`.
+    pub boot_at_reset: Option<BootAtReset>,
+    /// Stops the vCPUs around memory slot changes (PAM).
+    pub pause: Arc<crate::pause::Pause>,
+}
+
+/// What a reboot needs to load the boot payload again.
+pub struct BootAtReset {
+    plan: Arc<crate::boot::BootPlan>,
+    e820: Vec<memory::E820Entry>,
+    layout: MemoryLayout,
+    rsdp: Option<Vec<u8>>,
+}
+
+/// The in-kernel PICs and IOAPIC.
+pub struct ChipState {
+    irqchips: Vec<kvm_bindings::kvm_irqchip>,
+}
+
+impl Machine {
+    /// The platform back at its reset state for a reboot (the vCPUs reset themselves):
+    /// interrupt controllers, the PAM registers (and with them the shadow areas) and every
+    /// port device (the PIT among them). RAM keeps its contents, as on a PC.
+    pub fn reset_platform(&self) -> Result<(), VmError> {
+        if let Some(c) = &self.chips_at_reset {
+            for chip in &c.irqchips {
+                self.vm
+                    .set_irqchip(chip)
+                    .map_err(kvm_err("restore irqchip"))?;
+            }
+        }
+        // PAM0-PAM6 (0x59-0x5F) of 00:00.0 to zero, through configuration cycles.
+        for (dword, bytes) in [(0x58u32, 1..4usize), (0x5C, 0..4)] {
+            self.pio
+                .write(PCI_CONFIG_PORT, &(0x8000_0000u32 | dword).to_le_bytes());
+            for b in bytes {
+                self.pio.write(PCI_CONFIG_PORT + 4 + b as u64, &[0]);
+            }
+        }
+        // Every device on the port bus back to its power-on state (the PCI address latch
+        // the PAM writes above used included).
+        self.pio.reset();
+        // The bridge reported every PAM change to the shadow areas, which are back at `Rom`.
+        if let Some(b) = &self.boot_at_reset {
+            let env = crate::boot::BootEnv {
+                layout: &b.layout,
+                e820: &b.e820,
+                rsdp: b.rsdp.as_deref(),
+            };
+            b.plan
+                .load(&self.guest_mem, &env)
+                .map_err(|e| VmError::Boot(e.to_string()))?;
+        }
+        // The BIOS's own state (stuffed keys, disk status, the BDA's clock) as POST leaves it.
+        self.bios.reset();
+        Ok(())
+    }
+}
+
+fn capture_chips(vm: &VmFd) -> Result<ChipState, VmError> {
+    let mut irqchips = Vec::new();
+    for id in [
+        kvm_bindings::KVM_IRQCHIP_PIC_MASTER,
+        kvm_bindings::KVM_IRQCHIP_PIC_SLAVE,
+        kvm_bindings::KVM_IRQCHIP_IOAPIC,
+    ] {
+        let mut c = kvm_bindings::kvm_irqchip {
+            chip_id: id,
+            ..Default::default()
+        };
+        vm.get_irqchip(&mut c).map_err(kvm_err("read irqchip"))?;
+        irqchips.push(c);
+    }
+    Ok(ChipState { irqchips })
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |e| VmError::Kvm(what, e)
+}
+
+/// Builds the machine, stage by stage; each stage returns what the next needs.
+pub fn build(
+    cfg: &VmConfig,
+    rom: &Rom,
+    boot: Arc<crate::boot::BootPlan>,
+    serial_out: SerialOut,
+    phases: &mut Phases,
+) -> Result<Machine, VmError> {
+    let layout =
+        MemoryLayout::new(cfg.mem_size).map_err(|e| VmError::GuestMemory(e.to_string()))?;
+
+    let t = Instant::now();
+    let (vm, cpuid) = open_kvm()?;
+    phases.kvm = t.elapsed();
+
+    let t = Instant::now();
+    let guest_mem = map_ram(&layout)?;
+    let RegisteredMemory {
+        rom: rom_maps,
+        first_shadow_slot,
+        rsdp,
+    } = register_memory(&vm, &guest_mem, rom, cfg, &layout)?;
+    let vm = Arc::new(vm);
+    let pause = Arc::new(crate::pause::Pause::new(cfg.cpus as usize));
+    let shadow = Shadow::new(
+        vm.clone(),
+        rom_maps[1].clone(),
+        first_shadow_slot,
+        pause.clone(),
+    )
+    .map_err(|e| VmError::GuestMemory(e.to_string()))?;
+    let shadow = Arc::new(Mutex::new(shadow));
+    phases.memory = t.elapsed();
+
+    let t = Instant::now();
+    create_interrupt_controllers(&vm)?;
+    let mut devices = platform_devices(&vm, cfg, &layout, shadow.clone(), serial_out)?;
+    let e820 = layout.e820(rom.size());
+    let env = crate::boot::BootEnv {
+        layout: &layout,
+        e820: &e820,
+        rsdp: rsdp.as_deref(),
+    };
+    let descriptor = boot
+        .load(&guest_mem, &env)
+        .map_err(|e| VmError::Boot(e.to_string()))?;
+    let mut fw_cfg = firmware_config(cfg, &layout, &guest_mem, &e820, descriptor, &boot)?;
+    fw_cfg.set_shadow(shadow);
+    devices
+        .pio
+        .insert(FW_CFG_PORT, FW_CFG_LEN, Arc::new(Mutex::new(fw_cfg)))
+        .map_err(|e| VmError::Device(e.to_string()))?;
+    let pio = Arc::new(devices.pio);
+    let bios = Arc::new(crate::bios::Bios::new(crate::bios::BiosSetup {
+        mem: guest_mem.clone(),
+        e820: e820.clone(),
+        layout,
+        console: devices.serial.clone(),
+        clock: devices.rtc,
+        disk: boot.disk(),
+        embedded: cfg.firmware.is_none(),
+    }));
+    phases.devices = t.elapsed();
+
+    let (chips_at_reset, boot_at_reset) = if cfg.reboot {
+        let boot = BootAtReset {
+            plan: boot,
+            e820,
+            layout,
+            rsdp,
+        };
+        (Some(capture_chips(&vm)?), Some(boot))
+    } else {
+        (None, None)
+    };
+
+    let t = Instant::now();
+    let vcpus = create_vcpus(&vm, &cpuid, cfg.cpus)?;
+    if cfg.count_instructions {
+        // Every instruction of vCPU 0 exits (KVM_EXIT_DEBUG); the vCPU thread counts them.
+        let dbg = kvm_bindings::kvm_guest_debug {
+            control: kvm_bindings::KVM_GUESTDBG_ENABLE | kvm_bindings::KVM_GUESTDBG_SINGLESTEP,
+            ..Default::default()
+        };
+        vcpus[0]
+            .set_guest_debug(&dbg)
+            .map_err(kvm_err("single-step vCPU 0"))?;
+    }
+    phases.vcpus = t.elapsed();
+
+    Ok(Machine {
+        vm,
+        guest_mem,
+        rom: rom_maps,
+        pio,
+        mmio: Arc::new(devices.mmio),
+        serial: devices.serial,
+        timers: devices.timers,
+        vcpus,
+        bios,
+        chips_at_reset,
+        boot_at_reset,
+        pause,
+    })
+}
+
+/// KVM and the VM: the capabilities minipc needs, the TSS and identity map, the CPUID the
+/// host supports.
+fn open_kvm() -> Result<(VmFd, CpuId), VmError> {
+    let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+    let api = kvm.get_api_version();
+    if api != kvm_bindings::KVM_API_VERSION as i32 {
+        return Err(VmError::NotKvm(api));
+    }
+    if !kvm.check_extension(Cap::Irqchip) {
+        return Err(VmError::MissingCap("an in-kernel irqchip"));
+    }
+    if !kvm.check_extension(Cap::ReadonlyMem) {
+        return Err(VmError::MissingCap("read-only memory slots"));
+    }
+    if !kvm.check_extension(Cap::ImmediateExit) {
+        return Err(VmError::MissingCap("immediate_exit"));
+    }
+    let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
+    vm.set_tss_address(memory::KVM_TSS_START as usize)
+        .map_err(kvm_err("set TSS address"))?;
+    vm.set_identity_map_address(memory::KVM_IDENTITY_MAP_START)
+        .map_err(kvm_err("set identity map address"))?;
+    let cpuid =
+        crate::cpuid_cache::supported_cpuid(&kvm).map_err(kvm_err("get supported CPUID"))?;
+    Ok((vm, cpuid))
+}
+
+/// The vCPUs at the architectural reset state; the in-kernel LAPIC holds the APs until
+/// SIPI.
+fn create_vcpus(vm: &VmFd, cpuid: &CpuId, cpus: u32) -> Result<Vec<VcpuFd>, VmError> {
+    let mut vcpus = Vec::with_capacity(cpus as usize);
+    for id in 0..cpus {
+        let vcpu = vm.create_vcpu(id as u64).map_err(kvm_err("create vCPU"))?;
+        let mut c = cpuid.clone();
+        set_topology(&mut c, id, cpus);
+        vcpu.set_cpuid2(&c).map_err(kvm_err("set CPUID"))?;
+        vcpus.push(vcpu);
+    }
+    Ok(vcpus)
+}
+
+/// Fills in the topology the guest sees in CPUID, consistent with the MADT: one package of
+/// `cpus` cores, one thread each, APIC ID = vCPU index.
+fn set_topology(cpuid: &mut CpuId, apic_id: u32, cpus: u32) {
+    // Bits of the APIC ID that number the cores.
+    let core_bits = 32 - (cpus.max(1) - 1).leading_zeros();
+    for e in cpuid.as_mut_slice() {
+        match e.function {
+            1 => {
+                e.ebx = (e.ebx & 0x0000_FFFF) | (apic_id << 24) | (cpus.min(255) << 16);
+                if cpus > 1 {
+                    e.edx |= 1 << 28; // HTT: more than one logical processor
+                }
+            }
+            4 => {
+                // Cores per package - 1, for every cache level.
+                e.eax = (e.eax & 0x03FF_FFFF) | ((cpus - 1).min(63) << 26);
+            }
+            0xB | 0x1F => {
+                e.edx = apic_id;
+                match e.index {
+                    0 => {
+                        // SMT level: one thread per core.
+                        e.eax = 0;
+                        e.ebx = 1;
+                        e.ecx = 1 << 8;
+                    }
+                    1 => {
+                        // Core level: every vCPU.
+                        e.eax = core_bits;
+                        e.ebx = cpus;
+                        e.ecx = 1 | 2 << 8;
+                    }
+                    i => {
+                        e.eax = 0;
+                        e.ebx = 0;
+                        e.ecx = i;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SerialMode;
+    use kvm_bindings::kvm_cpuid_entry2;
+
+    #[test]
+    fn topology_sets_apic_ids() {
+        let mut c = CpuId::from_entries(&[
+            kvm_cpuid_entry2 {
+                function: 1,
+                ebx: 0xFFFF_0801,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 0xB,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 0xB,
+                index: 1,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 4,
+                eax: 0xFC00_4121,
+                ..Default::default()
+            },
+        ])
+        .unwrap();
+        set_topology(&mut c, 3, 6);
+        let s = c.as_slice();
+        assert_eq!(s[0].ebx, 0x0306_0801);
+        assert_ne!(s[0].edx & (1 << 28), 0);
+        assert_eq!((s[1].edx, s[1].ebx, s[1].ecx), (3, 1, 0x100));
+        // Six cores need three bits of the APIC ID.
+        assert_eq!((s[2].eax, s[2].ebx, s[2].ecx), (3, 6, 0x201));
+        assert_eq!(s[3].eax >> 26, 5);
+        assert_eq!(s[3].eax & 0x03FF_FFFF, 0x0000_4121);
+    }
+
+    #[test]
+    fn serial_file_errors_name_the_path() {
+        let e = open_serial_out(&SerialMode::File("/nonexistent/dir/x".into()))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.starts_with("/nonexistent/dir/x:"), "{e}");
+    }
+}

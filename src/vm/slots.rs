@@ -1,0 +1,175 @@
+//! Guest memory and its KVM slots: RAM, the ROM and its window below 1 MiB, the platform
+//! tables written into that window.
+
+use std::sync::Arc;
+
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_READONLY};
+use kvm_ioctls::VmFd;
+use libc::{MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE, PROT_READ, PROT_WRITE};
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{
+    Bytes, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap, MmapRegion,
+};
+
+use crate::config::VmConfig;
+use crate::firmware::Rom;
+use crate::memory::{self, MemoryLayout};
+
+use super::{kvm_err, VmError};
+
+pub(super) fn anon_mapping(size: usize, what: &'static str) -> Result<MmapRegion, VmError> {
+    MmapRegionBuilder::new(size)
+        .with_mmap_prot(PROT_READ | PROT_WRITE)
+        .with_mmap_flags(MAP_ANONYMOUS | MAP_PRIVATE | MAP_NORESERVE)
+        .build()
+        .map_err(|err| VmError::Mmap { what, err })
+}
+
+/// Writes the platform tables into the free bottom 64 KiB of the firmware window (0xE0000):
+/// ACPI, or with `--no-acpi` the MP table. The window is free when the firmware image leaves
+/// it empty: always for the embedded firmware and for images of 64 KiB or less; a larger
+/// image (SeaBIOS) brings its own tables. Returns the MP floating pointer, which goes in the
+/// EBDA, where an OS looks for it.
+pub(super) fn write_tables(
+    cfg: &VmConfig,
+    layout: &MemoryLayout,
+    window: &mut [u8],
+) -> Result<Option<[u8; 16]>, VmError> {
+    let area = crate::acpi::TABLES_SIZE.min(window.len());
+    if window[..area].iter().any(|b| *b != 0) {
+        crate::log::info(format_args!(
+            "the firmware image fills 0xE0000: no ACPI or MP tables from the VMM"
+        ));
+        return Ok(None);
+    }
+    let (bytes, mp_pointer) = if cfg.acpi {
+        let t = crate::acpi::build(&crate::acpi::AcpiConfig {
+            cpus: cfg.cpus,
+            layout: *layout,
+        })
+        .map_err(|e| VmError::Device(format!("ACPI tables: {e}")))?;
+        (t, None)
+    } else {
+        let base = crate::acpi::TABLES_BASE;
+        let t = crate::mptable::build(cfg.cpus, base)
+            .map_err(|e| VmError::Device(format!("MP table: {e}")))?;
+        let fp = crate::mptable::floating_pointer(base + 16)
+            .map_err(|e| VmError::Device(format!("MP table: {e}")))?;
+        (t, Some(fp))
+    };
+    if bytes.len() > area {
+        return Err(VmError::Device(
+            "platform tables do not fit below the firmware".into(),
+        ));
+    }
+    window[..bytes.len()].copy_from_slice(&bytes);
+    Ok(mp_pointer)
+}
+
+/// A read-only mapping holding `bytes`.
+pub(super) fn rom_mapping(bytes: &[u8]) -> Result<Arc<MmapRegion>, VmError> {
+    let map = anon_mapping(bytes.len(), "firmware ROM")?;
+    // SAFETY: the mapping is bytes.len() bytes long, writable from the host, and nothing else
+    // refers to it yet.
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), map.as_ptr(), bytes.len()) };
+    Ok(Arc::new(map))
+}
+
+/// Guest RAM: lazily mapped anonymous memory, one mapping per RAM region.
+pub(super) fn map_ram(layout: &MemoryLayout) -> Result<GuestMemoryMmap, VmError> {
+    let mut regions = Vec::new();
+    for r in layout.ram_regions() {
+        let m = anon_mapping(r.size as usize, "guest RAM")?;
+        regions.push(
+            GuestRegionMmap::new(m, r.start)
+                .ok_or_else(|| VmError::GuestMemory(format!("region at {:#x}", r.start.0)))?,
+        );
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(|e| VmError::GuestMemory(e.to_string()))
+}
+
+/// What `register_memory` set up.
+pub(super) struct RegisteredMemory {
+    /// The ROM mapped below 4 GiB, and the 128 KiB window at 0xE0000.
+    pub(super) rom: [Arc<MmapRegion>; 2],
+    pub(super) first_shadow_slot: u32,
+    /// The ACPI RSDP written at 0xE0000, if any.
+    pub(super) rsdp: Option<Vec<u8>>,
+}
+
+/// Registers RAM and the ROM with KVM, before the irqchip exists (DESIGN: that order is
+/// milliseconds faster). The ROM is the whole image just below 4 GiB, and the 128 KiB window
+/// 0xE0000-0xFFFFF holding its last 128 KiB; an image that is smaller leaves the window's
+/// bottom free for the VMM's tables. Returns the two ROM mappings, the first slot free
+/// for the shadow areas (0xC0000-0xFFFFF, under PAM control), and the ACPI RSDP written at
+/// 0xE0000 if there is one.
+pub(super) fn register_memory(
+    vm: &VmFd,
+    guest_mem: &GuestMemoryMmap,
+    rom: &Rom,
+    cfg: &VmConfig,
+    layout: &MemoryLayout,
+) -> Result<RegisteredMemory, VmError> {
+    let mut slot = 0u32;
+    for region in guest_mem.iter() {
+        let host = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|e| VmError::GuestMemory(e.to_string()))?;
+        set_slot(
+            vm,
+            slot,
+            region.start_addr().0,
+            region.len(),
+            host as u64,
+            0,
+        )?;
+        slot += 1;
+    }
+    let (high, _, low_len) = MemoryLayout::firmware_windows(rom.size());
+    let mut window = vec![0u8; memory::BIOS_WINDOW_SIZE as usize];
+    let tail = &rom.bytes[rom.bytes.len() - low_len as usize..];
+    let at = window.len() - tail.len();
+    window[at..].copy_from_slice(tail);
+    if let Some(fp) = write_tables(cfg, layout, &mut window)? {
+        // 16 bytes into the EBDA: its first byte is the EBDA's size, set by the firmware.
+        guest_mem
+            .write_slice(&fp, vm_memory::GuestAddress(memory::EBDA_START + 16))
+            .map_err(|e| VmError::GuestMemory(e.to_string()))?;
+    }
+    let high_map = rom_mapping(&rom.bytes)?;
+    let low_map = rom_mapping(&window)?;
+    set_slot(
+        vm,
+        slot,
+        high.0,
+        rom.size(),
+        high_map.as_ptr() as u64,
+        KVM_MEM_READONLY,
+    )?;
+    let rsdp = (cfg.acpi && window.starts_with(b"RSD PTR ")).then(|| window[..36].to_vec());
+    Ok(RegisteredMemory {
+        rom: [high_map, low_map],
+        first_shadow_slot: slot + 1,
+        rsdp,
+    })
+}
+
+pub(super) fn set_slot(
+    vm: &VmFd,
+    slot: u32,
+    guest: u64,
+    size: u64,
+    host: u64,
+    flags: u32,
+) -> Result<(), VmError> {
+    let region = kvm_userspace_memory_region {
+        slot,
+        flags,
+        guest_phys_addr: guest,
+        memory_size: size,
+        userspace_addr: host,
+    };
+    // SAFETY: `host` points to a mapping of at least `size` bytes that lives as long as the VM
+    // (the Machine owns it), and slots never overlap (memory.rs keeps the map disjoint).
+    unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("set memory region"))
+}
