@@ -150,27 +150,7 @@ impl Linux {
                 ),
             ));
         }
-        let entry = match protocol {
-            BootProtocol::Pvh => {
-                return Err(file_err(
-                    path,
-                    "PVH needs an ELF kernel with a PVH note, not a bzImage",
-                ))
-            }
-            BootProtocol::Linux16 => Entry::Real,
-            BootProtocol::Linux32 => Entry::Protected,
-            BootProtocol::Linux64 | BootProtocol::Auto => {
-                let has_64 = version >= 0x020C && header.xloadflags & XLF_KERNEL_64 != 0;
-                match (has_64, protocol) {
-                    (true, _) => Entry::Long,
-                    (false, BootProtocol::Auto) => Entry::Protected,
-                    (false, _) => return Err(file_err(
-                        path,
-                        "the kernel has no 64-bit entry (XLF_KERNEL_64); try --boot-protocol 32",
-                    )),
-                }
-            }
-        };
+        let entry = bzimage_entry(path, &header, protocol)?;
         if entry == Entry::Real && setup_len > MAX_SETUP_LEN {
             return Err(file_err(
                 path,
@@ -545,6 +525,38 @@ pub(super) fn kernel_cmdline(
             .map_err(|e| BootError::Cmdline(e.to_string()))?
             .into_bytes_with_nul(),
     )
+}
+
+/// How a bzImage of this header is entered under `protocol`: the 64-bit entry by default
+/// when it has one (protocol 2.12 and XLF_KERNEL_64), else the 32-bit one.
+fn bzimage_entry(
+    path: &str,
+    header: &setup_header,
+    protocol: BootProtocol,
+) -> Result<Entry, BootError> {
+    Ok(match protocol {
+        BootProtocol::Pvh => {
+            return Err(file_err(
+                path,
+                "PVH needs an ELF kernel with a PVH note, not a bzImage",
+            ))
+        }
+        BootProtocol::Linux16 => Entry::Real,
+        BootProtocol::Linux32 => Entry::Protected,
+        BootProtocol::Linux64 | BootProtocol::Auto => {
+            let has_64 = header.version >= 0x020C && header.xloadflags & XLF_KERNEL_64 != 0;
+            match (has_64, protocol) {
+                (true, _) => Entry::Long,
+                (false, BootProtocol::Auto) => Entry::Protected,
+                (false, _) => {
+                    return Err(file_err(
+                        path,
+                        "the kernel has no 64-bit entry (XLF_KERNEL_64); try --boot-protocol 32",
+                    ))
+                }
+            }
+        }
+    })
 }
 
 /// Where the protected-mode kernel of a bzImage goes: a relocatable kernel at its

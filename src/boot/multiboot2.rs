@@ -71,6 +71,101 @@ pub fn find_header(file: &[u8]) -> Option<usize> {
     })
 }
 
+/// What the header's tags say of the image: the address tag's four fields and the entry
+/// address, if given. A tag minipc cannot honour and the kernel requires is refused by name.
+struct HeaderTags {
+    address: Option<[u32; 4]>,
+    entry: Option<u32>,
+}
+
+fn header_tags(
+    path: &str,
+    file: &[u8],
+    at: usize,
+    cfg: &VmConfig,
+) -> Result<HeaderTags, BootError> {
+    let u32_at = |o: usize| -> Result<u32, BootError> {
+        file.get(o..o + 4)
+            .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+            .ok_or_else(|| file_err(path, "multiboot2 header runs past the end of the file"))
+    };
+    let header_len = u32_at(at + 8)? as usize;
+    let end = at
+        .checked_add(header_len)
+        .filter(|e| *e <= file.len() && header_len >= 16)
+        .ok_or_else(|| {
+            file_err(
+                path,
+                format!("multiboot2 header length {header_len} is out of the file"),
+            )
+        })?;
+    let mut address: Option<[u32; 4]> = None;
+    let mut entry: Option<u32> = None;
+    let mut o = at + 16;
+    loop {
+        if o + 8 > end {
+            return Err(file_err(path, "multiboot2 header has no end tag"));
+        }
+        let kind = u16::from_le_bytes([file[o], file[o + 1]]);
+        let flags = u16::from_le_bytes([file[o + 2], file[o + 3]]);
+        let size = u32_at(o + 4)? as usize;
+        if size < 8 || o + size > end {
+            return Err(file_err(
+                path,
+                format!("multiboot2 header tag {kind} has a bad size {size}"),
+            ));
+        }
+        let required = flags & OPTIONAL == 0;
+        let refuse = |what: &str| {
+            file_err(
+                path,
+                format!("multiboot2 kernel requires {what}, which minipc cannot provide"),
+            )
+        };
+        match kind {
+            0 => break,
+            1 => {
+                for i in 0..(size - 8) / 4 {
+                    let t = u32_at(o + 8 + i * 4)?;
+                    let given = matches!(
+                        t,
+                        info::END
+                            | info::CMDLINE
+                            | info::LOADER_NAME
+                            | info::MODULE
+                            | info::BASIC_MEMINFO
+                            | info::BOOTDEV
+                            | info::MMAP
+                    ) || (matches!(t, info::ACPI_OLD | info::ACPI_NEW) && cfg.acpi);
+                    if required && !given {
+                        return Err(refuse(&format!(
+                            "boot information tag {t} ({})",
+                            info_name(t)
+                        )));
+                    }
+                }
+            }
+            2 if size >= 24 => {
+                address = Some([
+                    u32_at(o + 8)?,
+                    u32_at(o + 12)?,
+                    u32_at(o + 16)?,
+                    u32_at(o + 20)?,
+                ])
+            }
+            3 if size >= 12 => entry = Some(u32_at(o + 8)?),
+            4 | 6 | 10 => {} // console flags, module alignment (modules are page aligned), relocatable
+            5 if required => return Err(refuse("a framebuffer")),
+            7..=9 if required => return Err(refuse("EFI")),
+            5 | 7..=9 => {}
+            k if required => return Err(refuse(&format!("header tag {k}"))),
+            _ => {}
+        }
+        o += (size + 7) & !7;
+    }
+    Ok(HeaderTags { address, entry })
+}
+
 #[derive(Debug)]
 pub struct Multiboot2 {
     file: Vec<u8>,
@@ -87,85 +182,7 @@ impl Multiboot2 {
         cfg: &VmConfig,
         layout: &MemoryLayout,
     ) -> Result<Multiboot2, BootError> {
-        let u32_at = |o: usize| -> Result<u32, BootError> {
-            file.get(o..o + 4)
-                .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-                .ok_or_else(|| file_err(path, "multiboot2 header runs past the end of the file"))
-        };
-        let header_len = u32_at(at + 8)? as usize;
-        let end = at
-            .checked_add(header_len)
-            .filter(|e| *e <= file.len() && header_len >= 16)
-            .ok_or_else(|| {
-                file_err(
-                    path,
-                    format!("multiboot2 header length {header_len} is out of the file"),
-                )
-            })?;
-        let mut address: Option<[u32; 4]> = None;
-        let mut entry: Option<u32> = None;
-        let mut o = at + 16;
-        loop {
-            if o + 8 > end {
-                return Err(file_err(path, "multiboot2 header has no end tag"));
-            }
-            let kind = u16::from_le_bytes([file[o], file[o + 1]]);
-            let flags = u16::from_le_bytes([file[o + 2], file[o + 3]]);
-            let size = u32_at(o + 4)? as usize;
-            if size < 8 || o + size > end {
-                return Err(file_err(
-                    path,
-                    format!("multiboot2 header tag {kind} has a bad size {size}"),
-                ));
-            }
-            let required = flags & OPTIONAL == 0;
-            let refuse = |what: &str| {
-                file_err(
-                    path,
-                    format!("multiboot2 kernel requires {what}, which minipc cannot provide"),
-                )
-            };
-            match kind {
-                0 => break,
-                1 => {
-                    for i in 0..(size - 8) / 4 {
-                        let t = u32_at(o + 8 + i * 4)?;
-                        let given = matches!(
-                            t,
-                            info::END
-                                | info::CMDLINE
-                                | info::LOADER_NAME
-                                | info::MODULE
-                                | info::BASIC_MEMINFO
-                                | info::BOOTDEV
-                                | info::MMAP
-                        ) || (matches!(t, info::ACPI_OLD | info::ACPI_NEW) && cfg.acpi);
-                        if required && !given {
-                            return Err(refuse(&format!(
-                                "boot information tag {t} ({})",
-                                info_name(t)
-                            )));
-                        }
-                    }
-                }
-                2 if size >= 24 => {
-                    address = Some([
-                        u32_at(o + 8)?,
-                        u32_at(o + 12)?,
-                        u32_at(o + 16)?,
-                        u32_at(o + 20)?,
-                    ])
-                }
-                3 if size >= 12 => entry = Some(u32_at(o + 8)?),
-                4 | 6 | 10 => {} // console flags, module alignment (modules are page aligned), relocatable
-                5 if required => return Err(refuse("a framebuffer")),
-                7..=9 if required => return Err(refuse("EFI")),
-                5 | 7..=9 => {}
-                k if required => return Err(refuse(&format!("header tag {k}"))),
-                _ => {}
-            }
-            o += (size + 7) & !7;
-        }
+        let HeaderTags { address, entry } = header_tags(path, &file, at, cfg)?;
         let image = match address {
             Some(a) => kludge_image(
                 path,
