@@ -10,14 +10,13 @@ use std::io::Cursor;
 
 use linux_loader::cmdline::Cmdline;
 use linux_loader::configurator::linux::LinuxBootConfigurator;
-use linux_loader::configurator::pvh::PvhBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use linux_loader::loader::bzimage::BzImage;
 use linux_loader::loader::KernelLoader;
-use linux_loader::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
 use vm_memory::{ByteValued, GuestAddress, GuestMemoryMmap};
 
+use super::pvh;
 use super::{area, check_image_range, file_err, put, BootEnv, BootError};
 use crate::config::BootProtocol;
 use crate::firmware::{BootKind, Handoff, Regs, Segs};
@@ -33,8 +32,6 @@ pub(super) const LOADER_UNDEFINED: u8 = 0xFF;
 const HEAP_END: u16 = 0xFE00;
 const SETUP_STACK: u32 = 0xFFF0;
 const MAX_SETUP_LEN: usize = 0x8000;
-const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
-const PVH_MAGIC: u32 = 0x336E_C578;
 
 /// How the kernel is entered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -304,7 +301,7 @@ impl Linux {
                 if self.entry == Entry::Pvh {
                     let pvh = pvh_entry
                         .ok_or_else(|| file_err(&self.path, "the kernel has no PVH entry"))?;
-                    return self.load_pvh(mem, env, pvh, ramdisk_image, ramdisk_size);
+                    return pvh::load(mem, env, self.acpi, pvh, ramdisk_image, ramdisk_size);
                 }
                 let hdr = setup_header {
                     boot_flag: 0xAA55,
@@ -452,64 +449,6 @@ impl Linux {
             },
         ))
     }
-
-    /// PVH: hvm_start_info with the memory map, command line, RSDP and the initrd as module
-    /// 0; 32-bit protected mode, paging off, EBX = start info.
-    fn load_pvh(
-        &self,
-        mem: &GuestMemoryMmap,
-        env: &BootEnv,
-        entry: u32,
-        ramdisk: u32,
-        ramdisk_size: u32,
-    ) -> Result<(BootKind, Handoff), BootError> {
-        let memmap: Vec<hvm_memmap_table_entry> = env
-            .e820
-            .iter()
-            .map(|e| hvm_memmap_table_entry {
-                addr: e.addr,
-                size: e.size,
-                type_: e.kind as u32,
-                reserved: 0,
-            })
-            .collect();
-        let memmap_addr = area::INFO;
-        let modlist_addr = area::INFO + 0x1000;
-        let start = hvm_start_info {
-            magic: PVH_MAGIC,
-            version: 1,
-            cmdline_paddr: area::CMDLINE,
-            rsdp_paddr: if self.acpi && env.rsdp.is_some() {
-                BIOS_WINDOW_START
-            } else {
-                0
-            },
-            memmap_paddr: memmap_addr,
-            memmap_entries: memmap.len() as u32,
-            nr_modules: (ramdisk_size > 0) as u32,
-            modlist_paddr: if ramdisk_size > 0 { modlist_addr } else { 0 },
-            ..Default::default()
-        };
-        let mut params = BootParams::new(&start, GuestAddress(area::ZERO_PAGE));
-        params.set_sections(&memmap, GuestAddress(memmap_addr));
-        if ramdisk_size > 0 {
-            params.set_modules(
-                &[hvm_modlist_entry {
-                    paddr: ramdisk as u64,
-                    size: ramdisk_size as u64,
-                    ..Default::default()
-                }],
-                GuestAddress(modlist_addr),
-            );
-        }
-        PvhBootConfigurator::write_bootparams(&params, mem)
-            .map_err(|e| BootError::Memory(e.to_string()))?;
-        let regs = Regs {
-            ebx: area::ZERO_PAGE as u32,
-            ..Default::default()
-        };
-        super::flat_handoff(mem, entry.into(), false, regs)
-    }
 }
 
 /// `--cmdline` as a kernel that takes `size` bytes (NUL included) accepts it, NUL-terminated.
@@ -629,7 +568,7 @@ fn elf_kernel(
     for s in &elf.segments {
         check_image_range(path, "an ELF segment", s.paddr, s.paddr + s.memsz, layout)?;
     }
-    let pvh_entry = pvh_note(b);
+    let pvh_entry = pvh::note(b);
     let entry = match protocol {
         BootProtocol::Pvh if pvh_entry.is_some() => Entry::Pvh,
         BootProtocol::Pvh => {
@@ -659,49 +598,10 @@ fn elf_kernel(
     ))
 }
 
-/// The PVH entry point from an ELF64's notes (XEN_ELFNOTE_PHYS32_ENTRY), if any.
-fn pvh_note(b: &[u8]) -> Option<u32> {
-    let rd32 = |o: usize| {
-        b.get(o..o.checked_add(4)?)
-            .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-    };
-    let rd64 = |o: usize| {
-        b.get(o..o.checked_add(8)?)
-            .map(|s| u64::from_le_bytes(s.try_into().unwrap_or([0; 8])))
-    };
-    let phoff = rd64(32)? as usize;
-    let phentsize = b.get(54..56).map(|s| u16::from_le_bytes([s[0], s[1]]))? as usize;
-    let phnum = b.get(56..58).map(|s| u16::from_le_bytes([s[0], s[1]]))? as usize;
-    for i in 0..phnum.min(1024) {
-        let o = phoff.checked_add(i.checked_mul(phentsize)?)?;
-        if rd32(o)? != 4 {
-            continue; // PT_NOTE
-        }
-        let off = rd64(o.checked_add(8)?)? as usize;
-        let size = rd64(o.checked_add(32)?)? as usize;
-        let end = off.checked_add(size)?.min(b.len());
-        let mut n = off;
-        while n.checked_add(12).is_some_and(|e| e <= end) {
-            let namesz = rd32(n)? as usize;
-            let descsz = rd32(n + 4)? as usize;
-            let kind = rd32(n + 8)?;
-            let name_at = n + 12;
-            let desc_at = name_at.checked_add((namesz + 3) & !3)?;
-            if kind == XEN_ELFNOTE_PHYS32_ENTRY
-                && descsz >= 4
-                && b.get(name_at..name_at + namesz)? == b"Xen\0"
-            {
-                return rd32(desc_at);
-            }
-            n = desc_at.checked_add((descsz + 3) & !3)?;
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+    use crate::boot::pvh::XEN_ELFNOTE_PHYS32_ENTRY;
     use crate::memory::MemoryLayout;
 
     /// A bzImage of protocol 2.15 with `setup_sects` sectors of setup and `pm` bytes of
@@ -811,7 +711,7 @@ pub(super) mod tests {
         let mut b = vmlinux_with_pvh_descsz(4);
         b[32..40].copy_from_slice(&0xFFFF_FFFF_FFFF_FFFDu64.to_le_bytes());
         b[54..56].copy_from_slice(&0x35u16.to_le_bytes());
-        assert_eq!(pvh_note(&b), None);
+        assert_eq!(pvh::note(&b), None);
     }
 
     /// Found by fuzzing (`pvh_notes`, in a longer run): a PT_NOTE whose offset is within 12
@@ -822,7 +722,7 @@ pub(super) mod tests {
         let note_header = 64 + 56;
         b[note_header + 8..note_header + 16].copy_from_slice(&(u64::MAX - 2).to_le_bytes());
         b[note_header + 32..note_header + 40].copy_from_slice(&0u64.to_le_bytes());
-        assert_eq!(pvh_note(&b), None);
+        assert_eq!(pvh::note(&b), None);
     }
 
     /// Found by fuzzing (`kernel_files`): a PVH note with a descriptor too short for the
@@ -830,9 +730,9 @@ pub(super) mod tests {
     /// after the machine was built ("Invalid PVH note header" from a second parser).
     #[test]
     fn a_short_pvh_note_is_no_entry_and_the_elf_loads_as_planned() {
-        assert_eq!(pvh_note(&vmlinux_with_pvh_descsz(4)), Some(0x10_0040));
+        assert_eq!(pvh::note(&vmlinux_with_pvh_descsz(4)), Some(0x10_0040));
         let short = vmlinux_with_pvh_descsz(0);
-        assert_eq!(pvh_note(&short), None);
+        assert_eq!(pvh::note(&short), None);
         let layout = MemoryLayout::new(64 * MIB).unwrap();
         let e = Linux::new("k", short.clone(), &cfg(BootProtocol::Pvh), &layout)
             .unwrap_err()
@@ -919,6 +819,7 @@ pub(super) mod tests {
 mod fuzz {
     use super::tests::bzimage;
     use super::*;
+    use crate::boot::pvh::XEN_ELFNOTE_PHYS32_ENTRY;
     use crate::boot::elf::tests::elf64;
     use crate::boot::firmware_linux::FwCfgLinux;
     use crate::devices::fw_cfg::{key, FwCfg};
@@ -949,7 +850,7 @@ mod fuzz {
                 put_le(&mut b, 32, 8, rng.interesting());
             }
             crate::fuzz::dump(&b);
-            if let Some(e) = pvh_note(&b) {
+            if let Some(e) = pvh::note(&b) {
                 // The entry is a descriptor's bytes, right after a "Xen" name.
                 let found = b
                     .windows(8)

@@ -6,7 +6,7 @@
 //!
 //! One file per format: `linux.rs` (bzImage and ELF vmlinux), `firmware_linux.rs` (a bzImage
 //! for a user's firmware, through fw_cfg), `multiboot.rs` (multiboot 1),
-//! `multiboot2.rs`; `detect.rs` decides which one a `--kernel` file is; `elf.rs` reads ELF
+//! `multiboot2.rs`, `pvh.rs` (the PVH entry of an ELF vmlinux); `detect.rs` decides which one a `--kernel` file is; `elf.rs` reads ELF
 //! program headers for the multiboot loaders.
 
 mod detect;
@@ -15,6 +15,7 @@ mod firmware_linux;
 mod linux;
 mod multiboot;
 mod multiboot2;
+mod pvh;
 
 use std::path::Path;
 use std::sync::Arc;
