@@ -819,9 +819,9 @@ pub(super) mod tests {
 mod fuzz {
     use super::tests::bzimage;
     use super::*;
-    use crate::boot::pvh::XEN_ELFNOTE_PHYS32_ENTRY;
     use crate::boot::elf::tests::elf64;
     use crate::boot::firmware_linux::FwCfgLinux;
+    use crate::boot::pvh::XEN_ELFNOTE_PHYS32_ENTRY;
     use crate::devices::fw_cfg::{key, FwCfg};
     use crate::fuzz::{get_le, mutate, put_le, run, Field};
 
