@@ -79,8 +79,12 @@ fn main() {
         None
     };
     let reporter = supervisor::split(filters.as_ref().map(|f| &f.supervisor));
-    let code = run(&cfg, start, filters);
-    reporter.exit(code);
+    let (code, teardown) = run(&cfg, start, filters);
+    reporter.exit(code, || {
+        if let Some(t) = teardown {
+            t.hurry();
+        }
+    });
 }
 
 /// One line on stderr, exit code 2, nothing started.
@@ -110,7 +114,8 @@ impl Filters {
 /// How long the output may make no progress at exit before the VMM gives up on it.
 const OUTPUT_STALL: std::time::Duration = std::time::Duration::from_secs(1);
 
-fn run(cfg: &VmConfig, start: Instant, filters: Option<Filters>) -> i32 {
+/// Runs the VM; returns the exit code and what shortens the teardown afterwards.
+fn run(cfg: &VmConfig, start: Instant, filters: Option<Filters>) -> (i32, Option<vm::Teardown>) {
     let mut phases = Phases::new(start);
     // Everything the user named is checked before KVM is touched.
     let rom = match &cfg.firmware {
@@ -132,14 +137,14 @@ fn run(cfg: &VmConfig, start: Instant, filters: Option<Filters>) -> i32 {
         Err(e @ vm::VmError::Boot(_)) => config_error(&e.to_string()),
         Err(e) => {
             eprintln!("minipc: {e}");
-            return code::HOST_ERROR;
+            return (code::HOST_ERROR, None);
         }
     };
     let stdin_to_serial = cfg.serial == SerialMode::Stdio;
     // From here on a stop signal waits for the monitor, which stops the VM cleanly.
     if let Err(e) = monitor::block_stop_signals() {
         eprintln!("minipc: cannot block the stop signals: {e}");
-        return code::HOST_ERROR;
+        return (code::HOST_ERROR, None);
     }
     if stdin_to_serial {
         terminal::enter_raw();
@@ -185,6 +190,7 @@ fn run(cfg: &VmConfig, start: Instant, filters: Option<Filters>) -> i32 {
     log::write_stderr_bounded(last.as_bytes(), OUTPUT_STALL);
     // The machine is deliberately not dropped: vCPU threads may still be inside KVM_RUN. The
     // process exits without destructors (see supervisor.rs).
+    let teardown = machine.teardown.take();
     std::mem::forget(machine);
-    exit_code
+    (exit_code, teardown)
 }

@@ -54,6 +54,9 @@ const KVM_SET_USER_MEMORY_REGION: u64 = iow(
     0x46,
     std::mem::size_of::<kvm_bindings::kvm_userspace_memory_region>(),
 );
+/// After the exit status is out, one ioeventfd added and removed shortens the VM's
+/// teardown (vm/teardown.rs).
+const KVM_IOEVENTFD: u64 = iow(0x79, std::mem::size_of::<kvm_bindings::kvm_ioeventfd>());
 const TCGETS: u64 = 0x5401;
 const TCSETS: u64 = 0x5402;
 
@@ -159,6 +162,11 @@ const VMM: &[Allowed] = &[
         nr: libc::SYS_ioctl,
         name: "ioctl",
         args: Args::TerminalIoctl(&[TCGETS, TCSETS]),
+    },
+    Allowed {
+        nr: libc::SYS_ioctl,
+        name: "ioctl",
+        args: Args::Ioctl(&[KVM_IOEVENTFD]),
     },
 ];
 
@@ -485,6 +493,7 @@ mod tests {
         assert_eq!(KVM_GET_SREGS, 0x8138_AE83);
         assert_eq!(KVM_GET_MP_STATE, 0x8004_AE98);
         assert_eq!(KVM_SET_USER_MEMORY_REGION, 0x4020_AE46);
+        assert_eq!(KVM_IOEVENTFD, 0x4040_AE79);
     }
 
     #[test]

@@ -42,14 +42,14 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    /// Reports `code` to the parent and exits; the VM is torn down after the parent is gone.
-    pub fn exit(self, code: i32) -> ! {
+    /// Reports `code` to the parent, closes the standard streams, runs `then` (the caller
+    /// has its exit status by now) and exits; the VM is torn down after the parent is gone.
+    pub fn exit(self, code: i32, then: impl FnOnce()) -> ! {
         use std::io::Write;
         let _ = std::io::stdout().flush();
         let _ = std::io::stderr().flush();
         let bytes = code.to_ne_bytes();
-        // SAFETY: writing 4 bytes from a live buffer to our pipe, then closing descriptors
-        // and leaving without destructors (vCPU threads may still run).
+        // SAFETY: writing 4 bytes from a live buffer to our pipe, then closing descriptors.
         unsafe {
             if self.fd >= 0 {
                 libc::write(self.fd, bytes.as_ptr() as *const libc::c_void, 4);
@@ -58,8 +58,10 @@ impl Reporter {
                 libc::close(2);
                 libc::close(self.fd);
             }
-            libc::_exit(code)
         }
+        then();
+        // SAFETY: leaving without destructors (vCPU threads may still run).
+        unsafe { libc::_exit(code) }
     }
 }
 

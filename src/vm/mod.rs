@@ -5,6 +5,9 @@
 
 mod devices;
 mod slots;
+mod teardown;
+
+pub use teardown::Teardown;
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -76,6 +79,9 @@ pub struct Machine {
     pub boot_at_reset: Option<BootAtReset>,
     /// Stops the vCPUs around memory slot changes (PAM).
     pub pause: Arc<crate::pause::Pause>,
+    /// Shortens the VM's teardown once the exit status is out; None if its eventfd could
+    /// not be made.
+    pub teardown: Option<Teardown>,
 }
 
 /// What a reboot needs to load the boot payload again.
@@ -243,6 +249,7 @@ pub fn build(
     phases.vcpus = t.elapsed();
 
     Ok(Machine {
+        teardown: Teardown::new(vm.clone()).ok(),
         vm,
         guest_mem,
         rom: rom_maps,
