@@ -37,8 +37,15 @@ use exit::{code, ExitReason};
 use firmware::Rom;
 use stats::Phases;
 
+/// glibc's malloc arenas the process may have. Without a limit, glibc sizes it from the
+/// online CPUs, read from /sys when a thread needs the ninth arena: under a vCPU thread's
+/// seccomp filter (vcpu/threads.rs). The VMM's threads allocate little after the start.
+const MALLOC_ARENAS: libc::c_int = 4;
+
 fn main() {
     let start = Instant::now();
+    // SAFETY: mallopt only sets a malloc parameter; no other thread exists yet.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS) };
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let Some(l) = std::env::var("MINIPC_LOG")
         .ok()
@@ -67,7 +74,7 @@ fn main() {
             eprintln!("minipc: cannot install the SIGSYS handler: {e}");
             std::process::exit(code::HOST_ERROR);
         }
-        match Filters::compile(cfg.reboot) {
+        match Filters::compile(cfg.reboot, cfg.cpus) {
             Ok(f) => Some(f),
             Err(e) => {
                 eprintln!("minipc: {e}");
@@ -97,16 +104,27 @@ fn config_error(msg: &str) -> ! {
 pub struct Filters {
     pub supervisor: seccompiler::BpfProgram,
     pub vmm: seccompiler::BpfProgram,
-    pub vcpu: std::sync::Arc<seccompiler::BpfProgram>,
+    pub vcpu: std::sync::Arc<vcpu::VcpuFilters>,
 }
 
 impl Filters {
-    fn compile(reboot: bool) -> Result<Filters, seccomp::SeccompError> {
+    fn compile(reboot: bool, cpus: u32) -> Result<Filters, seccomp::SeccompError> {
         use seccomp::ThreadKind;
+        let spawn = if cpus > 1 {
+            Some((
+                seccomp::compile(ThreadKind::VcpuSpawner, reboot)?,
+                seccomp::compile_spawn_guard()?,
+            ))
+        } else {
+            None
+        };
         Ok(Filters {
             supervisor: seccomp::compile(ThreadKind::Supervisor, reboot)?,
             vmm: seccomp::compile(ThreadKind::Vmm, reboot)?,
-            vcpu: std::sync::Arc::new(seccomp::compile(ThreadKind::Vcpu, reboot)?),
+            vcpu: std::sync::Arc::new(vcpu::VcpuFilters {
+                vcpu: seccomp::compile(ThreadKind::Vcpu, reboot)?,
+                spawn,
+            }),
         })
     }
 }

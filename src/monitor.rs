@@ -108,30 +108,30 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
     // The vCPUs install their filters, then wait until this thread has installed its own.
     let fds = std::mem::take(&mut machine.vcpus);
     let start = Arc::new(Barrier::new(fds.len() + 1));
-    let mut handles: Vec<VcpuHandle> = Vec::new();
+    let last = fds.len().saturating_sub(1);
+    let mut vcpus = Vec::new();
     for (id, fd) in fds.into_iter().enumerate() {
         let reset_state = if opts.reboot {
             Some(vcpu::ResetState::capture(&fd).map_err(io::Error::other)?)
         } else {
             None
         };
-        handles.push(vcpu::spawn(
-            fd,
-            vcpu::Setup {
-                id: id as u32,
-                pio: machine.pio.clone(),
-                mmio: machine.mmio.clone(),
-                tx: tx.clone(),
-                wake: wake.clone(),
-                filter: opts.filters.as_ref().map(|f| f.vcpu.clone()),
-                start: start.clone(),
-                test_forbidden_syscall: opts.test_forbidden_syscall && id == 0,
-                reset_state,
-                bios: machine.bios.clone(),
-                pause: machine.pause.clone(),
-            },
-        )?);
+        let setup = vcpu::Setup {
+            id: id as u32,
+            pio: machine.pio.clone(),
+            mmio: machine.mmio.clone(),
+            tx: tx.clone(),
+            wake: wake.clone(),
+            start: start.clone(),
+            test_forbidden_syscall: opts.test_forbidden_syscall && id == last,
+            reset_state,
+            bios: machine.bios.clone(),
+            pause: machine.pause.clone(),
+        };
+        vcpus.push((fd, setup));
     }
+    let handles: Vec<VcpuHandle> =
+        vcpu::spawn_all(vcpus, opts.filters.as_ref().map(|f| f.vcpu.clone()))?;
     drop(tx);
     if let Some(f) = &opts.filters {
         seccomp::install(ThreadKind::Vmm, &f.vmm).map_err(io::Error::other)?;

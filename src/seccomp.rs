@@ -23,8 +23,12 @@ pub enum ThreadKind {
     Supervisor,
     /// The VMM's main thread once the machine is built (monitor.rs).
     Vmm,
-    /// A vCPU thread (vcpu.rs).
+    /// A vCPU thread (vcpu/).
     Vcpu,
+    /// The first vCPU thread while it creates the others (vcpu/threads.rs): the vCPU list
+    /// and what creating a thread takes (`SPAWN`). Every vCPU thread then stacks the
+    /// spawn guard (`compile_spawn_guard`) on it, which leaves exactly the vCPU list.
+    VcpuSpawner,
 }
 
 const KVMIO: u64 = 0xAE;
@@ -73,6 +77,8 @@ pub enum Args {
     NoExec,
     /// `fcntl` with one of these commands.
     Fcntl(&'static [u64]),
+    /// `prctl` with one of these options.
+    Prctl(&'static [u64]),
 }
 
 /// One allowed syscall; `name` is what the reviewed lists (and the README) show.
@@ -204,6 +210,26 @@ const VCPU: &[Allowed] = &[
     any(libc::SYS_timerfd_settime, "timerfd_settime"),
 ];
 
+/// What creating a thread takes beyond the vCPU list: in the creating thread `clone3` (its
+/// stack's `mmap`/`mprotect` are common), in the new thread glibc's and Rust's start
+/// (`rseq`, `set_robust_list`, the thread's name, its malloc arena, its signal stack), and
+/// stacking the guard (`no_new_privs`, `seccomp`: a filter can only add restrictions).
+/// Allowed to the vCPU spawner only, forbidden again by the spawn guard.
+const SPAWN: &[Allowed] = &[
+    any(libc::SYS_clone3, "clone3"),
+    any(libc::SYS_seccomp, "seccomp"),
+    any(libc::SYS_rseq, "rseq"),
+    any(libc::SYS_set_robust_list, "set_robust_list"),
+    Allowed {
+        nr: libc::SYS_prctl,
+        name: "prctl",
+        args: Args::Prctl(&[libc::PR_SET_NAME as u64, libc::PR_SET_NO_NEW_PRIVS as u64]),
+    },
+    any(libc::SYS_sched_getaffinity, "sched_getaffinity"),
+    any(libc::SYS_gettid, "gettid"),
+    any(libc::SYS_sigaltstack, "sigaltstack"),
+];
+
 /// With `--reboot`: a vCPU restores its reset state itself.
 const VCPU_REBOOT: &[Allowed] = &[Allowed {
     nr: libc::SYS_ioctl,
@@ -231,10 +257,21 @@ pub fn allowed(kind: ThreadKind, reboot: bool) -> Vec<Allowed> {
     let (own, extra) = match kind {
         ThreadKind::Supervisor => (SUPERVISOR, &[][..]),
         ThreadKind::Vmm => (VMM, VMM_REBOOT),
-        ThreadKind::Vcpu => (VCPU, VCPU_REBOOT),
+        ThreadKind::Vcpu | ThreadKind::VcpuSpawner => (VCPU, VCPU_REBOOT),
     };
     let extra = if reboot { extra } else { &[] };
-    COMMON.iter().chain(own).chain(extra).copied().collect()
+    let spawn = if kind == ThreadKind::VcpuSpawner {
+        SPAWN
+    } else {
+        &[]
+    };
+    COMMON
+        .iter()
+        .chain(own)
+        .chain(extra)
+        .chain(spawn)
+        .copied()
+        .collect()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -278,6 +315,17 @@ fn rules_for(a: &Allowed) -> Result<Vec<SeccompRule>, String> {
                 ])
             })
             .collect::<Result<_, _>>()?,
+        Args::Prctl(options) => options
+            .iter()
+            .map(|o| {
+                rule(vec![cond(
+                    0,
+                    SeccompCmpArgLen::Dword,
+                    SeccompCmpOp::Eq,
+                    *o,
+                )?])
+            })
+            .collect::<Result<_, _>>()?,
         Args::Fcntl(cmds) => cmds
             .iter()
             .map(|c| {
@@ -319,6 +367,25 @@ pub fn compile(kind: ThreadKind, reboot: bool) -> Result<BpfProgram, SeccompErro
         map,
         SeccompAction::Trap,
         SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .map_err(|e| err(e.to_string()))?;
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| err(e.to_string()))
+}
+
+/// The spawn guard, stacked on the vCPU spawner's filter in every vCPU thread: it traps the
+/// `SPAWN` syscalls and lets the rest through to the filter below, so what remains is the
+/// vCPU list. It is short, hence cheap to install (the kernel's cost grows with a filter's
+/// length), and the spawner's filter is inherited, not installed again, by each new thread.
+pub fn compile_spawn_guard() -> Result<BpfProgram, SeccompError> {
+    let err = |e: String| SeccompError::Build(ThreadKind::Vcpu, e);
+    let map: BTreeMap<i64, Vec<SeccompRule>> = SPAWN.iter().map(|a| (a.nr, vec![])).collect();
+    let filter = SeccompFilter::new(
+        map,
+        SeccompAction::Allow,
+        SeccompAction::Trap,
         TargetArch::x86_64,
     )
     .map_err(|e| err(e.to_string()))?;
@@ -477,7 +544,12 @@ mod tests {
         ) {
             return;
         }
-        for kind in [ThreadKind::Supervisor, ThreadKind::Vmm, ThreadKind::Vcpu] {
+        for kind in [
+            ThreadKind::Supervisor,
+            ThreadKind::Vmm,
+            ThreadKind::Vcpu,
+            ThreadKind::VcpuSpawner,
+        ] {
             for a in allowed(kind, true) {
                 assert_eq!(syscall_name(a.nr), a.name);
             }
@@ -498,7 +570,12 @@ mod tests {
 
     #[test]
     fn filters_compile() {
-        for kind in [ThreadKind::Supervisor, ThreadKind::Vmm, ThreadKind::Vcpu] {
+        for kind in [
+            ThreadKind::Supervisor,
+            ThreadKind::Vmm,
+            ThreadKind::Vcpu,
+            ThreadKind::VcpuSpawner,
+        ] {
             for reboot in [false, true] {
                 assert!(!compile(kind, reboot).unwrap().is_empty());
             }
@@ -539,6 +616,34 @@ mod tests {
         // BIOS services that return a segment (ES:DI, ES:BX).
         assert!(ioctls(ThreadKind::Vcpu, false).contains(&KVM_SET_SREGS));
         assert_eq!(KVM_SET_IRQCHIP, 0x8208_AE63);
+    }
+
+    #[test]
+    fn the_spawn_guard_leaves_exactly_the_vcpu_list() {
+        for reboot in [false, true] {
+            let vcpu = allowed(ThreadKind::Vcpu, reboot);
+            let spawner = allowed(ThreadKind::VcpuSpawner, reboot);
+            // Nothing the guard forbids is something a vCPU thread needs...
+            for s in SPAWN {
+                assert!(
+                    vcpu.iter().all(|a| a.nr != s.nr),
+                    "{} in the vCPU list",
+                    s.name
+                );
+            }
+            // ...and the spawner has nothing else beyond the vCPU list.
+            let extra: Vec<&str> = spawner
+                .iter()
+                .filter(|a| vcpu.iter().all(|v| v.nr != a.nr))
+                .map(|a| a.name)
+                .collect();
+            let spawn: Vec<&str> = SPAWN.iter().map(|a| a.name).collect();
+            assert_eq!(extra, spawn);
+        }
+        // Short, so that each vCPU thread installs it cheaply.
+        let guard = compile_spawn_guard().unwrap();
+        assert!(guard.len() < 64, "{} instructions", guard.len());
+        assert!(guard.len() * 3 < compile(ThreadKind::Vcpu, false).unwrap().len());
     }
 
     #[test]

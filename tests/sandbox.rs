@@ -99,6 +99,31 @@ fn a_forbidden_syscall_stops_the_vm_with_its_name() {
     );
 }
 
+/// With several vCPUs, the threads after the first inherit its wider spawner filter and stack
+/// the spawn guard on it (vcpu/threads.rs): the last vCPU tries gettid, which only the
+/// guard forbids.
+#[test]
+fn inherited_vcpu_filters_are_as_narrow_as_the_vcpu_list() {
+    if !kvm_available() {
+        return;
+    }
+    for cpus in ["2", "3"] {
+        let r = minipc(&[
+            "--x-test-forbidden-syscall",
+            "--cpus",
+            cpus,
+            "--timeout",
+            "20",
+        ]);
+        assert_eq!(r.code, 6, "--cpus {cpus}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("forbidden syscall 186 (gettid)"),
+            "--cpus {cpus}: {}",
+            r.stderr
+        );
+    }
+}
+
 #[test]
 fn seccomp_off_warns() {
     if !kvm_available() {

@@ -14,7 +14,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -29,9 +29,11 @@ use crate::bus::Bus;
 use crate::exit::ExitReason;
 use crate::log;
 use crate::pause::Pause;
-use crate::seccomp::{self, ThreadKind};
 use crate::stats::{FIRST_EXIT, FIRST_RUN};
-use seccompiler::BpfProgram;
+
+mod threads;
+
+pub use threads::{spawn_all, Setup, VcpuFilters};
 
 /// Requests from the monitor: bits in a vCPU's mailbox.
 mod req {
@@ -244,76 +246,6 @@ struct Vcpu {
     reset_state: Option<ResetState>,
     bios: Arc<Bios>,
     pause: Arc<Pause>,
-}
-
-/// What a vCPU thread starts with.
-pub struct Setup {
-    pub id: u32,
-    pub pio: Arc<Bus>,
-    pub mmio: Arc<Bus>,
-    pub tx: Sender<VcpuMsg>,
-    pub wake: Arc<EventFd>,
-    /// Installed first thing in the thread; None with `--seccomp off`.
-    pub filter: Option<Arc<BpfProgram>>,
-    /// Released once every thread's filter is in place.
-    pub start: Arc<Barrier>,
-    /// Test builds: make a forbidden syscall after the filter is on.
-    pub test_forbidden_syscall: bool,
-    /// The state a reboot restores; None without `--reboot`.
-    pub reset_state: Option<ResetState>,
-    /// The BIOS services the firmware calls through its service ports.
-    pub bios: Arc<Bios>,
-    /// Stops this vCPU outside KVM_RUN while another changes a memory slot.
-    pub pause: Arc<Pause>,
-}
-
-pub fn spawn(mut fd: VcpuFd, setup: Setup) -> std::io::Result<VcpuHandle> {
-    let run = fd.get_kvm_run() as *mut kvm_run;
-    let mailbox = Arc::new(Mailbox::default());
-    let id = setup.id;
-    let vcpu = Vcpu {
-        id,
-        fd,
-        run,
-        pio: setup.pio,
-        mmio: setup.mmio,
-        mailbox: mailbox.clone(),
-        tx: setup.tx,
-        wake: setup.wake,
-        reset_state: setup.reset_state,
-        bios: setup.bios,
-        pause: setup.pause,
-    };
-    let (filter, start, test_forbidden) = (setup.filter, setup.start, setup.test_forbidden_syscall);
-    let run_addr = run as usize;
-    let thread = std::thread::Builder::new()
-        .name(format!("vcpu{id}"))
-        .stack_size(256 * 1024)
-        .spawn(move || {
-            if let Some(f) = filter {
-                if let Err(e) = seccomp::install(ThreadKind::Vcpu, &f) {
-                    vcpu.send(VcpuMsg::Exit {
-                        id,
-                        reason: ExitReason::HostError(e.to_string()),
-                        dump: None,
-                    });
-                    start.wait();
-                    vcpu.park_forever();
-                }
-            }
-            vcpu.pause.register(id as usize, vcpu.run);
-            start.wait();
-            if test_forbidden {
-                // SAFETY: getppid has no arguments and no effect; it is simply not allowed.
-                unsafe { libc::syscall(libc::SYS_getppid) };
-            }
-            vcpu.run_loop()
-        })?;
-    Ok(VcpuHandle {
-        thread,
-        run: run_addr as *mut kvm_run,
-        mailbox,
-    })
 }
 
 // SAFETY: the raw kvm_run pointer belongs to the VcpuFd moved along with it.
