@@ -11,10 +11,15 @@ QEMU's is taken with /usr/bin/time in 5 extra runs. Ratios are against minipc ru
 guest, measured in the same run, because these machines are shared and noisy. A pause between
 runs lets the previous VM's teardown finish first.
 
-Then the CPU an idle guest costs over 5 s: one halted with interrupts on and nothing to wake
-it, and one woken by the BIOS tick (PIT channel 0 at 18.2 Hz, IRQ 0 acknowledged).
+Then how the launch scales: the same ROM with `--cpus 1/4/16/64` and with `--mem
+256M/4G/64G` (same round-robin, medians, ratios against `--cpus 1` and `--mem 256M`); the
+launches per second back to back, with 1, 2 and 4 streams in parallel, each starting its
+next launch as soon as the previous exit status is in (QEMU `-M microvm` alongside when
+installed); and the CPU an idle guest costs over 5 s: one halted with interrupts on and
+nothing to wake it, and one woken by the BIOS tick (PIT channel 0 at 18.2 Hz, IRQ 0
+acknowledged).
 
-Usage: python3 bench/launch.py [-n N] [--minipc PATH]
+Usage: python3 bench/launch.py [-n N] [--minipc PATH] [--baseline PATH] [--seconds S]
 """
 import argparse
 import ctypes
@@ -25,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,11 +60,42 @@ PAUSE = 0.03
 PR_SET_CHILD_SUBREAPER = 36
 
 
-def become_subreaper():
+def become_subreaper(on=True):
     """Orphans of the processes this script starts are reparented to it (prctl)."""
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1 if on else 0, 0, 0, 0) != 0:
         sys.exit(f"bench: prctl(PR_SET_CHILD_SUBREAPER): errno {ctypes.get_errno()}")
+
+
+def throughput(cmd, expect, streams, seconds):
+    """Launches per second with `streams` loops in parallel, each starting its next launch
+    as soon as the previous one's exit status is in, for `seconds`. Orphans (minipc's VM
+    processes tearing down) are left to init here, as a caller's would be."""
+    done = [0] * streams
+    errors = []
+    stop = time.perf_counter() + seconds
+
+    def loop(i):
+        while time.perf_counter() < stop:
+            code = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL).returncode
+            if code != expect:
+                errors.append(code)
+            done[i] += 1
+
+    become_subreaper(False)
+    start = time.perf_counter()
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(streams)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    become_subreaper(True)
+    if errors:
+        sys.exit(f"bench: {' '.join(cmd)}: {len(errors)} launches exited {set(errors)}, "
+                 f"expected {expect}")
+    return sum(done) / elapsed
 
 
 def run_once(cmd):
@@ -143,6 +180,8 @@ def main():
     ap.add_argument("--minipc", help="the minipc binary to measure (default: build the release one)")
     ap.add_argument("--baseline", help="another minipc binary, measured on the same cases in the "
                     "same rounds (before/after comparisons on a noisy machine)")
+    ap.add_argument("--seconds", type=float, default=3.0,
+                    help="length of each back-to-back throughput run")
     args = ap.parse_args()
     become_subreaper()
     if args.minipc:
@@ -186,6 +225,34 @@ def main():
               f"{r['median_ms'] / base['median_ms']:7.2f} {r['rss_mib'] / base['rss_mib']:6.2f}")
     print(f"(n={args.n} runs each; ratios against minipc running the same bare-metal ROM; "
           f"{os.cpu_count()} CPUs, {os.uname().release})")
+
+    # How the launch scales with vCPUs and RAM: same round-robin, ratios against the smallest.
+    print()
+    scaling = [(f"minipc ROM, --cpus {c}", [minipc, "--firmware", rom, "--cpus", str(c)], 1,
+                "cpus") for c in (1, 4, 16, 64)]
+    scaling += [(f"minipc ROM, --mem {m}", [minipc, "--firmware", rom, "--mem", m], 1, "mem")
+                for m in ("256M", "4G", "64G")]
+    scaled = measure(scaling, max(args.n // 2, 5))
+    print(f"{'case':57} {'median ms':>10} {'p90 ms':>8} {'gone ms':>8} {'CPU ms':>7} "
+          f"{'peak RSS MiB':>13} {'time x':>7}")
+    for group in ("cpus", "mem"):
+        rows = [(name, r) for name, kind, r in scaled if kind == group]
+        first = rows[0][1]
+        for name, r in rows:
+            print(f"{name:57} {r['median_ms']:10.2f} {r['p90_ms']:8.2f} {r['gone_ms']:8.2f} "
+                  f"{r['cpu_ms']:7.2f} {r['rss_mib']:13.1f} "
+                  f"{r['median_ms'] / first['median_ms']:7.2f}")
+    print("(time x: against --cpus 1 and against --mem 256M)")
+
+    # Launches per second, back to back.
+    print()
+    loops = [("minipc ROM", [minipc, "--firmware", rom], 1)]
+    if qemu:
+        loops.append(("QEMU -M microvm, same ROM", [qemu, "-M", "microvm"] + common, 1))
+    for label, cmd, expect in loops:
+        rates = [throughput(cmd, expect, p, args.seconds) for p in (1, 2, 4)]
+        print(f"{label:57} launches/s back to back: " +
+              ", ".join(f"{r:.1f} with {p} in parallel" for r, p in zip(rates, (1, 2, 4))))
 
     # Idle guests: halted with interrupts enabled, nothing to wake them; and the same woken
     # by the BIOS tick (18.2 Hz). What does the VMM cost while they wait?
