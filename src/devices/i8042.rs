@@ -2,7 +2,7 @@
 //! that answers commands but never types, and no auxiliary (mouse) device.
 //!
 //! The device is on the bus twice, one byte each (port 0x61 between them is the PIT's
-//! system control port B, `pit.rs`):
+//! system control port B, `pit/`):
 //! - 0x60 (offset 0): data. Reads pop the output buffer (the last byte again when it is
 //!   empty); writes go to the keyboard, or are the parameter of the last controller command.
 //! - 0x64 (offset 4): reads the status register, writes are controller commands.

@@ -1,6 +1,6 @@
 //! Builds the machine, in the order that keeps KVM fast: VM -> memory slots -> irqchip ->
 //! devices -> vCPUs (registering memory after the irqchip exists costs milliseconds). The PIT
-//! is a device like the others (`devices/pit.rs`): KVM's in-kernel PIT starts a kernel thread
+//! is a device like the others (`devices/pit/`): KVM's in-kernel PIT starts a kernel thread
 //! that costs milliseconds to create and to tear down.
 
 mod devices;
