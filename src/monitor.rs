@@ -105,7 +105,9 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
             "no KVM vCPU statistics: halts are checked every {FALLBACK_PERIOD:?}"
         ));
     }
-    // The vCPUs install their filters, then wait until this thread has installed its own.
+    // The vCPUs install their filters, then wait until this thread lets them run; it installs
+    // its own right after that, before it reads anything they (or the guest) send: the two
+    // installs overlap instead of adding up before the guest's first instruction.
     let fds = std::mem::take(&mut machine.vcpus);
     let start = Arc::new(Barrier::new(fds.len() + 1));
     let last = fds.len().saturating_sub(1);
@@ -133,10 +135,10 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
     let handles: Vec<VcpuHandle> =
         vcpu::spawn_all(vcpus, opts.filters.as_ref().map(|f| f.vcpu.clone()))?;
     drop(tx);
+    start.wait();
     if let Some(f) = &opts.filters {
         seccomp::install(ThreadKind::Vmm, &f.vmm).map_err(io::Error::other)?;
     }
-    start.wait();
 
     let mut stdin_open = opts.stdin_to_serial;
     let mut pending_input: Vec<u8> = Vec::new();

@@ -2,9 +2,10 @@
 //!
 //! Each thread installs its own filter before it touches guest-controlled input: the
 //! supervisor right after the fork, each vCPU thread before its first `KVM_RUN`, the VMM
-//! (monitor) thread after it started the vCPUs and before it lets them run. A syscall outside
-//! the list raises SIGSYS; the handler prints the syscall's number and name and exits with
-//! the host-error code (6): a seccomp kill is the VMM's failure, not the guest's crash.
+//! (monitor) thread as soon as it let the vCPUs run, before it reads anything from them. A
+//! syscall outside the list raises SIGSYS; the handler prints the syscall's number and name
+//! and exits with the host-error code (6): a seccomp kill is the VMM's failure, not the
+//! guest's crash.
 
 use std::collections::BTreeMap;
 
