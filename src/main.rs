@@ -150,6 +150,21 @@ fn run(cfg: &VmConfig, start: Instant, filters: Option<Filters>) -> (i32, Option
         vm::open_serial_out(&cfg.serial).unwrap_or_else(|e| config_error(&e.to_string()));
     phases.config = start.elapsed();
 
+    // From here on a stop signal waits for the monitor, which stops the VM cleanly; the
+    // threads started below inherit the mask.
+    if let Err(e) = monitor::block_stop_signals() {
+        eprintln!("minipc: cannot block the stop signals: {e}");
+        return (code::HOST_ERROR, None);
+    }
+    // The vCPU threads start, and install their filters, while the machine is built.
+    let vcpu_threads =
+        match vcpu::prestart(cfg.cpus as usize, filters.as_ref().map(|f| f.vcpu.clone())) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("minipc: cannot start the vCPU threads: {e}");
+                return (code::HOST_ERROR, None);
+            }
+        };
     let mut machine = match vm::build(cfg, &rom, boot, serial_out, &mut phases) {
         Ok(m) => m,
         Err(e @ vm::VmError::Boot(_)) => config_error(&e.to_string()),
@@ -159,11 +174,6 @@ fn run(cfg: &VmConfig, start: Instant, filters: Option<Filters>) -> (i32, Option
         }
     };
     let stdin_to_serial = cfg.serial == SerialMode::Stdio;
-    // From here on a stop signal waits for the monitor, which stops the VM cleanly.
-    if let Err(e) = monitor::block_stop_signals() {
-        eprintln!("minipc: cannot block the stop signals: {e}");
-        return (code::HOST_ERROR, None);
-    }
     if stdin_to_serial {
         terminal::enter_raw();
     }
@@ -173,6 +183,7 @@ fn run(cfg: &VmConfig, start: Instant, filters: Option<Filters>) -> (i32, Option
             timeout: cfg.timeout,
             stdin_to_serial,
             filters,
+            vcpu_threads,
             test_forbidden_syscall: cfg.test_forbidden_syscall,
             reboot: cfg.reboot,
         },

@@ -76,6 +76,8 @@ pub struct Options {
     pub stdin_to_serial: bool,
     /// Seccomp filters; None with `--seccomp off`.
     pub filters: Option<crate::Filters>,
+    /// The vCPU threads, started and filtered while the machine was built.
+    pub vcpu_threads: vcpu::Prestarted,
     pub test_forbidden_syscall: bool,
     /// A guest reset restarts the guest instead of ending the VM.
     pub reboot: bool,
@@ -105,9 +107,9 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
             "no KVM vCPU statistics: halts are checked every {FALLBACK_PERIOD:?}"
         ));
     }
-    // The vCPUs install their filters, then wait until this thread lets them run; it installs
-    // its own right after that, before it reads anything they (or the guest) send: the two
-    // installs overlap instead of adding up before the guest's first instruction.
+    // The vCPU threads have their filters (vcpu/threads.rs) and wait until this thread lets
+    // them run; it installs its own right after that, before it reads anything they (or the
+    // guest) send, so its install does not delay the guest's first instruction.
     let fds = std::mem::take(&mut machine.vcpus);
     let start = Arc::new(Barrier::new(fds.len() + 1));
     let last = fds.len().saturating_sub(1);
@@ -132,8 +134,7 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
         };
         vcpus.push((fd, setup));
     }
-    let handles: Vec<VcpuHandle> =
-        vcpu::spawn_all(vcpus, opts.filters.as_ref().map(|f| f.vcpu.clone()))?;
+    let handles: Vec<VcpuHandle> = opts.vcpu_threads.start(vcpus)?;
     drop(tx);
     start.wait();
     if let Some(f) = &opts.filters {

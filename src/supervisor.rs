@@ -17,9 +17,10 @@
 //!   that the parent is still the one that forked it (the parent may have died before the
 //!   request was made). A SIGKILL of the parent thus stops the VM like a SIGTERM: terminal
 //!   restored, no VM left running.
-//! - The child unblocks the signals at once: until the monitor takes them over (it blocks
-//!   them again and reads them from a signalfd before the terminal goes raw), they end it
-//!   with their default action, so a VMM stuck opening a FIFO still stops on Ctrl-C.
+//! - The child unblocks the signals at once: until it has opened the user's files (then it
+//!   blocks them again, before it starts any thread, and the monitor reads them from a
+//!   signalfd), they end it with their default action, so a VMM stuck opening a FIFO still
+//!   stops on Ctrl-C.
 
 use std::sync::atomic::{AtomicI32, Ordering};
 

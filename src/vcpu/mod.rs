@@ -33,7 +33,7 @@ use crate::stats::{FIRST_EXIT, FIRST_RUN};
 
 mod threads;
 
-pub use threads::{spawn_all, Setup, VcpuFilters};
+pub use threads::{prestart, Prestarted, Setup, VcpuFilters};
 
 /// Requests from the monitor: bits in a vCPU's mailbox.
 mod req {
