@@ -98,11 +98,12 @@ pub(super) struct RegisteredMemory {
 }
 
 /// Registers RAM and the ROM with KVM, before the irqchip exists (DESIGN: that order is
-/// milliseconds faster). The ROM is the whole image just below 4 GiB, and the 128 KiB window
-/// 0xE0000-0xFFFFF holding its last 128 KiB; an image that is smaller leaves the window's
-/// bottom free for the VMM's tables. Returns the two ROM mappings, the first slot free
-/// for the shadow areas (0xC0000-0xFFFFF, under PAM control), and the ACPI RSDP written at
-/// 0xE0000 if there is one.
+/// milliseconds faster). RAM has a slot per `MemoryLayout::slot_pieces` piece. The ROM is the
+/// whole image just below 4 GiB, and the 128 KiB window 0xE0000-0xFFFFF holding its last
+/// 128 KiB; an image that is smaller leaves the window's bottom free for the VMM's tables.
+/// Returns the two ROM mappings, the first slot free for the shadow areas (0xC0000-0xFFFFF,
+/// under PAM control, after every RAM slot), and the ACPI RSDP written at 0xE0000 if there
+/// is one.
 pub(super) fn register_memory(
     vm: &VmFd,
     guest_mem: &GuestMemoryMmap,
@@ -111,18 +112,20 @@ pub(super) fn register_memory(
     layout: &MemoryLayout,
 ) -> Result<RegisteredMemory, VmError> {
     let mut slot = 0u32;
-    for region in guest_mem.iter() {
+    for piece in layout.slot_pieces() {
+        let r = piece.region;
+        let region = guest_mem
+            .find_region(r.start)
+            .filter(|g| r.start.0 + r.size <= g.start_addr().0 + g.len())
+            .ok_or_else(|| {
+                VmError::GuestMemory(format!("no mapping for RAM at {:#x}", r.start.0))
+            })?;
         let host = region
-            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .get_host_address(vm_memory::MemoryRegionAddress(
+                r.start.0 - region.start_addr().0,
+            ))
             .map_err(|e| VmError::GuestMemory(e.to_string()))?;
-        set_slot(
-            vm,
-            slot,
-            region.start_addr().0,
-            region.len(),
-            host as u64,
-            0,
-        )?;
+        set_slot(vm, slot, r.start.0, r.size, host as u64, 0)?;
         slot += 1;
     }
     let (high, _, low_len) = MemoryLayout::firmware_windows(rom.size());
