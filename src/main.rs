@@ -20,6 +20,7 @@ mod memory;
 mod monitor;
 mod mptable;
 mod pause;
+mod ram_gate;
 mod seccomp;
 mod shadow;
 mod stats;
@@ -94,6 +95,7 @@ pub struct Filters {
     pub supervisor: seccompiler::BpfProgram,
     pub vmm: seccompiler::BpfProgram,
     pub vcpu: std::sync::Arc<seccompiler::BpfProgram>,
+    pub ram_registrar: std::sync::Arc<seccompiler::BpfProgram>,
 }
 
 impl Filters {
@@ -103,6 +105,7 @@ impl Filters {
             supervisor: seccomp::compile(ThreadKind::Supervisor, reboot)?,
             vmm: seccomp::compile(ThreadKind::Vmm, reboot)?,
             vcpu: std::sync::Arc::new(seccomp::compile(ThreadKind::Vcpu, reboot)?),
+            ram_registrar: std::sync::Arc::new(seccomp::compile(ThreadKind::RamRegistrar, reboot)?),
         })
     }
 }
@@ -180,6 +183,8 @@ fn run(cfg: &VmConfig, start: Instant, filters: Option<Filters>) -> i32 {
         last += &format!("{d}\n");
     }
     if cfg.stats {
+        phases.ram_ready = machine.ram.opened_at();
+        phases.ram_waits = machine.ram.waits();
         last += &format!("{}\n", phases.json(&reason, exit_code));
     }
     log::write_stderr_bounded(last.as_bytes(), OUTPUT_STALL);

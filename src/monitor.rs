@@ -105,9 +105,13 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
             "no KVM vCPU statistics: halts are checked every {FALLBACK_PERIOD:?}"
         ));
     }
-    // The vCPUs install their filters, then wait until this thread has installed its own.
+    // The vCPUs (and the thread registering deferred RAM) install their filters, then wait
+    // until this thread has installed its own.
     let fds = std::mem::take(&mut machine.vcpus);
-    let start = Arc::new(Barrier::new(fds.len() + 1));
+    let deferred = machine.deferred.take();
+    let start = Arc::new(Barrier::new(
+        fds.len() + 1 + usize::from(deferred.is_some()),
+    ));
     let mut handles: Vec<VcpuHandle> = Vec::new();
     for (id, fd) in fds.into_iter().enumerate() {
         let reset_state = if opts.reboot {
@@ -129,10 +133,21 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
                 reset_state,
                 bios: machine.bios.clone(),
                 pause: machine.pause.clone(),
+                ram: machine.ram.clone(),
+                mem: machine.guest_mem.clone(),
             },
         )?);
     }
     drop(tx);
+    // Not joined: at exit it may still be registering, which must not delay the exit
+    // status (the process exits without waiting for it).
+    if let Some(d) = deferred {
+        d.spawn(
+            opts.filters.as_ref().map(|f| f.ram_registrar.clone()),
+            start.clone(),
+            wake.clone(),
+        )?;
+    }
     if let Some(f) = &opts.filters {
         seccomp::install(ThreadKind::Vmm, &f.vmm).map_err(io::Error::other)?;
     }
@@ -268,6 +283,12 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
         }
         if fds[0].revents & libc::POLLIN != 0 {
             let _ = wake.read();
+            if let Some(f) = machine.ram.failure() {
+                return Ok(Outcome {
+                    reason: ExitReason::HostError(f.to_string()),
+                    dump: None,
+                });
+            }
             if let Some(o) = drain(&rx, &mut check) {
                 if o.reason == ExitReason::Reset && opts.reboot {
                     reboots += 1;

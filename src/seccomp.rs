@@ -25,6 +25,9 @@ pub enum ThreadKind {
     Vmm,
     /// A vCPU thread (vcpu.rs).
     Vcpu,
+    /// The thread that registers RAM above 16 MiB while the guest runs (vm/slots.rs,
+    /// `DeferredRam`).
+    RamRegistrar,
 }
 
 const KVMIO: u64 = 0xAE;
@@ -196,6 +199,38 @@ const VCPU: &[Allowed] = &[
     any(libc::SYS_timerfd_settime, "timerfd_settime"),
 ];
 
+/// The RAM registering thread (vm/slots.rs, `DeferredRam`): its own list, without
+/// `COMMON`, since it allocates nothing once sandboxed. Found by running it under this
+/// filter: each entry is a call it was seen to make, or one the SIGSYS handler needs.
+const RAM_REGISTRAR: &[Allowed] = &[
+    // The slots. (TCGETS/TCSETS on fd 0: the SIGSYS handler restores the terminal.)
+    Allowed {
+        nr: libc::SYS_ioctl,
+        name: "ioctl",
+        args: Args::Ioctl(&[KVM_SET_USER_MEMORY_REGION]),
+    },
+    Allowed {
+        nr: libc::SYS_ioctl,
+        name: "ioctl",
+        args: Args::TerminalIoctl(&[TCGETS, TCSETS]),
+    },
+    // The start barrier, the gate, the test delay (`--x-ram-delay-ms`, a timed park).
+    any(libc::SYS_futex, "futex"),
+    // `ram_ready_us` (the vDSO answers unless the host's clocksource has none).
+    any(libc::SYS_clock_gettime, "clock_gettime"),
+    // The eventfd that tells the monitor of a failure; the SIGSYS handler's report.
+    any(libc::SYS_write, "write"),
+    // Leaving the thread: Rust's runtime takes down the thread's signal stack
+    // (sigaltstack, munmap), glibc blocks signals and releases the stack's pages
+    // (rt_sigprocmask, madvise), then exit; exit_group for the SIGSYS handler.
+    any(libc::SYS_sigaltstack, "sigaltstack"),
+    any(libc::SYS_munmap, "munmap"),
+    any(libc::SYS_rt_sigprocmask, "rt_sigprocmask"),
+    any(libc::SYS_madvise, "madvise"),
+    any(libc::SYS_exit, "exit"),
+    any(libc::SYS_exit_group, "exit_group"),
+];
+
 /// With `--reboot`: a vCPU restores its reset state itself.
 const VCPU_REBOOT: &[Allowed] = &[Allowed {
     nr: libc::SYS_ioctl,
@@ -217,16 +252,17 @@ const VMM_REBOOT: &[Allowed] = &[Allowed {
     args: Args::Ioctl(&[KVM_SET_IRQCHIP, KVM_SET_USER_MEMORY_REGION]),
 }];
 
-/// Every syscall a thread kind may make, common ones first; `reboot` adds what restoring the
-/// reset state needs.
+/// Every syscall a thread kind may make, common ones first (the RAM registering thread has
+/// its own short list instead); `reboot` adds what restoring the reset state needs.
 pub fn allowed(kind: ThreadKind, reboot: bool) -> Vec<Allowed> {
-    let (own, extra) = match kind {
-        ThreadKind::Supervisor => (SUPERVISOR, &[][..]),
-        ThreadKind::Vmm => (VMM, VMM_REBOOT),
-        ThreadKind::Vcpu => (VCPU, VCPU_REBOOT),
+    let (common, own, extra) = match kind {
+        ThreadKind::Supervisor => (COMMON, SUPERVISOR, &[][..]),
+        ThreadKind::Vmm => (COMMON, VMM, VMM_REBOOT),
+        ThreadKind::Vcpu => (COMMON, VCPU, VCPU_REBOOT),
+        ThreadKind::RamRegistrar => (&[][..], RAM_REGISTRAR, &[][..]),
     };
     let extra = if reboot { extra } else { &[] };
-    COMMON.iter().chain(own).chain(extra).copied().collect()
+    common.iter().chain(own).chain(extra).copied().collect()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -457,6 +493,26 @@ mod tests {
                 "timerfd_settime"
             ])
         );
+        // Not the common list: no brk, mmap, mprotect, mremap, sched_yield, fcntl.
+        assert_eq!(
+            names(ThreadKind::RamRegistrar),
+            [
+                "clock_gettime",
+                "exit",
+                "exit_group",
+                "futex",
+                "ioctl",
+                "madvise",
+                "munmap",
+                "rt_sigprocmask",
+                "sigaltstack",
+                "write"
+            ]
+        );
+        assert_eq!(
+            ioctls(ThreadKind::RamRegistrar, true),
+            [KVM_SET_USER_MEMORY_REGION]
+        );
     }
 
     #[test]
@@ -469,7 +525,12 @@ mod tests {
         ) {
             return;
         }
-        for kind in [ThreadKind::Supervisor, ThreadKind::Vmm, ThreadKind::Vcpu] {
+        for kind in [
+            ThreadKind::Supervisor,
+            ThreadKind::Vmm,
+            ThreadKind::Vcpu,
+            ThreadKind::RamRegistrar,
+        ] {
             for a in allowed(kind, true) {
                 assert_eq!(syscall_name(a.nr), a.name);
             }
@@ -489,7 +550,12 @@ mod tests {
 
     #[test]
     fn filters_compile() {
-        for kind in [ThreadKind::Supervisor, ThreadKind::Vmm, ThreadKind::Vcpu] {
+        for kind in [
+            ThreadKind::Supervisor,
+            ThreadKind::Vmm,
+            ThreadKind::Vcpu,
+            ThreadKind::RamRegistrar,
+        ] {
             for reboot in [false, true] {
                 assert!(!compile(kind, reboot).unwrap().is_empty());
             }

@@ -172,6 +172,10 @@ impl<D: TimedDevice> BusDevice for Timed<D> {
         self.dev.reset();
         self.arm();
     }
+
+    fn asks_for_memory_map(&self, offset: u64, access: crate::bus::Access<'_>) -> bool {
+        self.dev.asks_for_memory_map(offset, access)
+    }
 }
 
 #[cfg(test)]

@@ -1,19 +1,25 @@
 //! Guest memory and its KVM slots: RAM, the ROM and its window below 1 MiB, the platform
 //! tables written into that window.
 
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_READONLY};
 use kvm_ioctls::VmFd;
 use libc::{MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE, PROT_READ, PROT_WRITE};
+use seccompiler::BpfProgram;
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{
     Bytes, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap, MmapRegion,
 };
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::VmConfig;
 use crate::firmware::Rom;
 use crate::memory::{self, MemoryLayout};
+use crate::ram_gate::{RamFailure, RamGate};
+use crate::seccomp::{self, ThreadKind};
 
 use super::{kvm_err, VmError};
 
@@ -95,23 +101,28 @@ pub(super) struct RegisteredMemory {
     pub(super) first_shadow_slot: u32,
     /// The ACPI RSDP written at 0xE0000, if any.
     pub(super) rsdp: Option<Vec<u8>>,
+    /// The RAM slots left for the background thread (`DeferredRam`); empty unless `defer`.
+    pub(super) late: Vec<LateSlot>,
 }
 
 /// Registers RAM and the ROM with KVM, before the irqchip exists (DESIGN: that order is
-/// milliseconds faster). RAM has a slot per `MemoryLayout::slot_pieces` piece. The ROM is the
-/// whole image just below 4 GiB, and the 128 KiB window 0xE0000-0xFFFFF holding its last
-/// 128 KiB; an image that is smaller leaves the window's bottom free for the VMM's tables.
-/// Returns the two ROM mappings, the first slot free for the shadow areas (0xC0000-0xFFFFF,
-/// under PAM control, after every RAM slot), and the ACPI RSDP written at 0xE0000 if there
-/// is one.
+/// milliseconds faster). RAM has a slot per `MemoryLayout::slot_pieces` piece; with `defer`
+/// the pieces above 16 MiB are left out (their slot numbers reserved) for `DeferredRam` to
+/// register while the guest runs. The ROM is the whole image just below 4 GiB, and the
+/// 128 KiB window 0xE0000-0xFFFFF holding its last 128 KiB; an image that is smaller leaves
+/// the window's bottom free for the VMM's tables. Returns the two ROM mappings, the first
+/// slot free for the shadow areas (0xC0000-0xFFFFF, under PAM control: after every RAM
+/// slot, deferred ones included), and the ACPI RSDP written at 0xE0000 if there is one.
 pub(super) fn register_memory(
     vm: &VmFd,
     guest_mem: &GuestMemoryMmap,
     rom: &Rom,
     cfg: &VmConfig,
     layout: &MemoryLayout,
+    defer: bool,
 ) -> Result<RegisteredMemory, VmError> {
     let mut slot = 0u32;
+    let mut late = Vec::new();
     for piece in layout.slot_pieces() {
         let r = piece.region;
         let region = guest_mem
@@ -125,7 +136,17 @@ pub(super) fn register_memory(
                 r.start.0 - region.start_addr().0,
             ))
             .map_err(|e| VmError::GuestMemory(e.to_string()))?;
-        set_slot(vm, slot, r.start.0, r.size, host as u64, 0)?;
+        let s = LateSlot {
+            slot,
+            guest: r.start.0,
+            size: r.size,
+            host: host as u64,
+        };
+        if defer && piece.deferrable {
+            late.push(s);
+        } else {
+            set_slot(vm, s.slot, s.guest, s.size, s.host, 0)?;
+        }
         slot += 1;
     }
     let (high, _, low_len) = MemoryLayout::firmware_windows(rom.size());
@@ -154,7 +175,126 @@ pub(super) fn register_memory(
         rom: [high_map, low_map],
         first_shadow_slot: slot + 1,
         rsdp,
+        late,
     })
+}
+
+/// A RAM slot registered while the guest runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct LateSlot {
+    slot: u32,
+    guest: u64,
+    size: u64,
+    /// Where the host maps guest address `guest`: inside the `GuestMemoryMmap` that the
+    /// Machine holds for the whole run.
+    host: u64,
+}
+
+impl LateSlot {
+    pub(super) fn guest(&self) -> u64 {
+        self.guest
+    }
+    pub(super) fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+/// The RAM above 16 MiB that KVM learns about after the guest started, and the gate that
+/// makes everything that could reach it wait (`ram_gate.rs`). One thread registers it
+/// (`spawn`), under its own seccomp filter (`ThreadKind::RamRegistrar`).
+pub struct DeferredRam {
+    vm: Arc<VmFd>,
+    slots: Vec<LateSlot>,
+    gate: Arc<RamGate>,
+    /// Debug builds: wait this long before registering (`--x-ram-delay-ms`).
+    delay: Duration,
+    /// Debug builds: the last slot's host address is made invalid, so that KVM refuses it
+    /// (`--x-ram-fail`).
+    fail: bool,
+}
+
+impl DeferredRam {
+    pub(super) fn new(
+        vm: Arc<VmFd>,
+        slots: Vec<LateSlot>,
+        gate: Arc<RamGate>,
+        cfg: &VmConfig,
+    ) -> DeferredRam {
+        DeferredRam {
+            vm,
+            slots,
+            gate,
+            delay: cfg.ram_delay,
+            fail: cfg.ram_fail,
+        }
+    }
+
+    /// Starts the registering thread. It installs `filter` first, then waits at `start`
+    /// with the vCPU threads (the guest starts when every thread is sandboxed), registers
+    /// the slots in address order and opens the gate. A failure is reported on the gate,
+    /// and `wake` tells the monitor, which ends the VM (host error). The thread allocates
+    /// nothing once sandboxed and ends when done.
+    pub fn spawn(
+        self,
+        filter: Option<Arc<BpfProgram>>,
+        start: Arc<Barrier>,
+        wake: Arc<EventFd>,
+    ) -> std::io::Result<JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("ram".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                if let Some(f) = filter {
+                    if let Err(e) = seccomp::install(ThreadKind::RamRegistrar, &f) {
+                        self.gate.fail(RamFailure::Thread(e.to_string()));
+                        let _ = wake.write(1);
+                        start.wait();
+                        return;
+                    }
+                }
+                start.wait();
+                if let Err(f) = self.register() {
+                    self.gate.fail(f);
+                    let _ = wake.write(1);
+                }
+            })
+    }
+
+    /// Registers every slot, then opens the gate.
+    fn register(&self) -> Result<(), RamFailure> {
+        if !self.delay.is_zero() {
+            // park_timeout is a futex wait: no syscall the filter lacks.
+            let until = Instant::now() + self.delay;
+            while let Some(left) = until
+                .checked_duration_since(Instant::now())
+                .filter(|d| !d.is_zero())
+            {
+                std::thread::park_timeout(left);
+            }
+        }
+        let last = self.slots.len().saturating_sub(1);
+        for (i, s) in self.slots.iter().enumerate() {
+            // A host address that is not page aligned: KVM answers EINVAL.
+            let host = if self.fail && i == last {
+                s.host + 1
+            } else {
+                s.host
+            };
+            if let Err(e) = set_slot(&self.vm, s.slot, s.guest, s.size, host, 0) {
+                let errno = match e {
+                    VmError::Kvm(_, k) => k.errno(),
+                    _ => libc::EIO,
+                };
+                return Err(RamFailure::Register {
+                    start: s.guest,
+                    end: s.guest + s.size,
+                    errno,
+                });
+            }
+        }
+        self.gate.open();
+        Ok(())
+    }
 }
 
 pub(super) fn set_slot(
@@ -173,6 +313,8 @@ pub(super) fn set_slot(
         userspace_addr: host,
     };
     // SAFETY: `host` points to a mapping of at least `size` bytes that lives as long as the VM
-    // (the Machine owns it), and slots never overlap (memory.rs keeps the map disjoint).
+    // (the Machine owns it, and the process exits without dropping it), and slots never
+    // overlap (memory.rs keeps the map disjoint). A misaligned `host` (`--x-ram-fail`) is
+    // refused by KVM, never mapped.
     unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("set memory region"))
 }
