@@ -210,6 +210,8 @@ pub enum ConfigError {
     BadDisk(String),
     #[error("--module: '{0}' has no file name")]
     BadModule(String),
+    /// Debug builds only (`--x-ram-delay-ms`).
+    #[cfg_attr(not(debug_assertions), allow(dead_code))]
     #[error("--x-ram-delay-ms: '{0}' is not a number of milliseconds up to 60000")]
     BadRamDelay(String),
 }

@@ -23,12 +23,13 @@
 //!
 //! The background thread is the gate's one owner: it opens the gate (`open`) or reports
 //! the region it could not register (`fail`); everyone else only waits. Waiting when the
-//! gate is open costs one atomic load.
+//! gate is open costs one atomic load. The thread starts registering when the first wait
+//! comes, or after a while without one (`wanted_within`).
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Condvar, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// `status` values.
 const PENDING: u8 = 0;
@@ -63,6 +64,9 @@ pub struct RamGate {
     changed: Condvar,
     /// Waits that found the gate closed (`--stats` `ram_waits`).
     waits: AtomicU64,
+    /// A wait found the gate closed: the registering thread starts at once
+    /// (`wanted_within`).
+    wanted: AtomicBool,
 }
 
 impl fmt::Debug for RamGate {
@@ -91,6 +95,7 @@ impl RamGate {
             }),
             changed: Condvar::new(),
             waits: AtomicU64::new(0),
+            wanted: AtomicBool::new(false),
         }
     }
 
@@ -119,6 +124,9 @@ impl RamGate {
         }
         self.waits.fetch_add(1, Ordering::Relaxed);
         let mut s = crate::bus::lock(&self.state);
+        if !self.wanted.swap(true, Ordering::AcqRel) {
+            self.changed.notify_all();
+        }
         loop {
             match &*s {
                 State::Pending => {
@@ -128,6 +136,27 @@ impl RamGate {
                 State::Failed(f) => return Err(f.clone()),
             }
         }
+    }
+
+    /// Blocks until a vCPU waits for the RAM (true) or `idle` has passed (false), whichever
+    /// comes first: the registering thread's start.
+    pub fn wanted_within(&self, idle: Duration) -> bool {
+        let until = Instant::now() + idle;
+        let mut s = crate::bus::lock(&self.state);
+        while !self.wanted.load(Ordering::Acquire) {
+            let Some(left) = until
+                .checked_duration_since(Instant::now())
+                .filter(|d| !d.is_zero())
+            else {
+                return false;
+            };
+            s = self
+                .changed
+                .wait_timeout(s, left)
+                .map(|(s, _)| s)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        true
     }
 
     /// Every deferred slot is registered: wakes the waiters. Allocates nothing (the
@@ -186,7 +215,6 @@ impl RamGate {
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use std::time::Duration;
 
     const HIGH: (u64, u64) = (1 << 32, 1 << 36);
     const LOW: (u64, u64) = (16 << 20, 3 << 30);
@@ -272,6 +300,27 @@ mod tests {
         // Opening after a failure changes nothing.
         g.open();
         assert!(!g.is_open());
+    }
+
+    #[test]
+    fn the_first_wait_starts_the_registration_early() {
+        let g = Arc::new(RamGate::new(vec![HIGH]));
+        // Nobody waits: the idle time passes.
+        let t = Instant::now();
+        assert!(!g.wanted_within(Duration::from_millis(30)));
+        assert!(t.elapsed() >= Duration::from_millis(30));
+        // A vCPU waits: the registering thread starts long before its idle time is over.
+        let waiter = {
+            let g = g.clone();
+            std::thread::spawn(move || g.wait())
+        };
+        let t = Instant::now();
+        assert!(g.wanted_within(Duration::from_secs(20)));
+        assert!(t.elapsed() < Duration::from_secs(10));
+        g.open();
+        assert_eq!(waiter.join().unwrap(), Ok(()));
+        // Later calls do not wait.
+        assert!(g.wanted_within(Duration::from_secs(20)));
     }
 
     #[test]
