@@ -19,7 +19,10 @@
 //!
 //! What the gate cannot cover: KVM walks the guest's page tables itself, without an exit
 //! to user space. A guest that points its page tables into RAM above 16 MiB within its
-//! first milliseconds, before asking for the memory map, may see a page fault there.
+//! first milliseconds, before asking for the memory map, may see a page fault there. Tables
+//! the guest wrote itself are not affected (its first write there waited for all RAM);
+//! tables that INT 13h or fw_cfg DMA put there (written through the VMM's mapping, which
+//! needs no slot and does not wait) are.
 //!
 //! The background thread is the gate's one owner: it opens the gate (`open`) or reports
 //! the region it could not register (`fail`); everyone else only waits. Waiting when the
