@@ -273,8 +273,10 @@ mod tests {
         })
         .unwrap();
         assert!(!readable(t.timer_fd(), 20));
-        t.write(0, &[1]);
+        // Before the write that arms the timer: its third expiry is 15 ms after the arming,
+        // however late this thread gets to run after it.
         let start = Instant::now();
+        t.write(0, &[1]);
         for n in 1..=3 {
             assert!(readable(t.timer_fd(), 1000));
             t.expire();
