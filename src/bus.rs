@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::exit::ExitReason;
 use crate::log;
+use crate::ram_gate::RamGate;
 
 /// A device on a bus. `offset` is relative to the base the device was inserted at (plus the
 /// offset it was inserted with, see `Bus::insert_at_offset`).
@@ -18,6 +19,33 @@ pub trait BusDevice: Send {
     /// Back to the power-on state, for a reboot (`--reboot`). Devices without state that a
     /// reset line clears keep the default, which does nothing.
     fn reset(&mut self) {}
+    /// Whether this access asks how much RAM the guest has (the CMOS memory sizes, fw_cfg's
+    /// RAM size and `etc/e820`): while RAM is still being registered, the bus makes such an
+    /// access wait until it all is (`ram_gate.rs`). Devices that report nothing about memory
+    /// keep the default.
+    fn asks_for_memory_map(&self, _offset: u64, _access: Access<'_>) -> bool {
+        false
+    }
+}
+
+/// An access as `BusDevice::asks_for_memory_map` sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access<'a> {
+    /// A read of this many bytes.
+    Read(usize),
+    /// A write of these bytes.
+    Write(&'a [u8]),
+}
+
+impl Access<'_> {
+    /// Whether the access covers the byte at `at`, given that it starts at `offset`.
+    pub fn covers(&self, offset: u64, at: u64) -> bool {
+        let len = match self {
+            Access::Read(n) => *n,
+            Access::Write(d) => d.len(),
+        } as u64;
+        offset <= at && at - offset < len
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -39,6 +67,9 @@ struct Entry {
 pub struct Bus {
     name: &'static str,
     devices: BTreeMap<u64, Entry>,
+    /// The RAM registered while the guest runs: accesses that ask for the memory map wait
+    /// for it.
+    ram: Option<Arc<RamGate>>,
 }
 
 impl Bus {
@@ -46,6 +77,27 @@ impl Bus {
         Bus {
             name,
             devices: BTreeMap::new(),
+            ram: None,
+        }
+    }
+
+    /// Accesses that ask for the memory map wait until `gate` opens.
+    pub fn set_ram_gate(&mut self, gate: Arc<RamGate>) {
+        self.ram = Some(gate);
+    }
+
+    /// While RAM is being registered, waits until it all is if this access asks for the
+    /// memory map. The device is asked under its lock, which is released for the wait. A
+    /// failed registration does not block: the monitor ends the VM (host error).
+    fn wait_for_ram(&self, offset: u64, e: &Entry, access: Access<'_>) {
+        let Some(gate) = self.ram.as_deref() else {
+            return;
+        };
+        if gate.is_open() || !lock(&e.device).asks_for_memory_map(offset, access) {
+            return;
+        }
+        if let Err(f) = gate.wait() {
+            log::debug(format_args!("{}: {f}", self.name));
         }
     }
 
@@ -110,6 +162,7 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.find(addr) {
             Some((offset, e)) => {
+                self.wait_for_ram(offset, e, Access::Read(data.len()));
                 lock(&e.device).read(offset, data);
                 true
             }
@@ -128,7 +181,10 @@ impl Bus {
 
     pub fn write(&self, addr: u64, data: &[u8]) -> Option<ExitReason> {
         match self.find(addr) {
-            Some((offset, e)) => lock(&e.device).write(offset, data),
+            Some((offset, e)) => {
+                self.wait_for_ram(offset, e, Access::Write(data));
+                lock(&e.device).write(offset, data)
+            }
             None => {
                 log::debug(format_args!(
                     "{}: write of {:02x?} at unassigned {:#x} ignored",

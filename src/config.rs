@@ -130,6 +130,11 @@ pub struct VmConfig {
     /// Debug builds only: single-step vCPU 0 and count the instructions the firmware runs
     /// before its hand-off (`--stats` `firmware_instructions`).
     pub count_instructions: bool,
+    /// Debug builds only: the thread that registers RAM above 16 MiB while the guest runs
+    /// waits this long first (`--x-ram-delay-ms`), so tests reach the guest's waits for it.
+    pub ram_delay: Duration,
+    /// Debug builds only: that thread's last registration fails (`--x-ram-fail`).
+    pub ram_fail: bool,
     pub log_level: Option<Level>,
 }
 
@@ -154,6 +159,8 @@ impl Default for VmConfig {
             seccomp: true,
             test_forbidden_syscall: false,
             count_instructions: false,
+            ram_delay: Duration::ZERO,
+            ram_fail: false,
             log_level: None,
         }
     }
@@ -203,6 +210,10 @@ pub enum ConfigError {
     BadDisk(String),
     #[error("--module: '{0}' has no file name")]
     BadModule(String),
+    /// Debug builds only (`--x-ram-delay-ms`).
+    #[cfg_attr(not(debug_assertions), allow(dead_code))]
+    #[error("--x-ram-delay-ms: '{0}' is not a number of milliseconds up to 60000")]
+    BadRamDelay(String),
 }
 
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, ConfigError> {
@@ -230,7 +241,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, ConfigE
                 | "--rtc"
                 | "--seccomp"
                 | "--log-level"
-        );
+        ) || (cfg!(debug_assertions) && name == "--x-ram-delay-ms");
         let value = if takes_value {
             match inline {
                 Some(v) => v,
@@ -335,6 +346,17 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, ConfigE
             "--x-test-forbidden-syscall" => cfg.test_forbidden_syscall = true,
             #[cfg(debug_assertions)]
             "--x-count-instructions" => cfg.count_instructions = true,
+            #[cfg(debug_assertions)]
+            "--x-ram-delay-ms" => {
+                let ms = value
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|ms| *ms <= 60_000)
+                    .ok_or(ConfigError::BadRamDelay(value))?;
+                cfg.ram_delay = Duration::from_millis(ms);
+            }
+            #[cfg(debug_assertions)]
+            "--x-ram-fail" => cfg.ram_fail = true,
             "--rtc" => {
                 cfg.rtc_localtime = match value.as_str() {
                     "utc" => false,
@@ -516,6 +538,19 @@ mod tests {
         assert!(run(&["--disk", ",rw"]).is_err());
         assert!(run(&["--firmware", "f", "--disk", "d"]).is_err());
         assert!(run(&["--kernel", "a", "--kernel", "b"]).is_err());
+    }
+
+    #[cfg(debug_assertions)]
+    #[test]
+    fn ram_test_options_in_debug_builds() {
+        let c = run(&["--x-ram-delay-ms", "200", "--x-ram-fail"]).unwrap();
+        assert_eq!(c.ram_delay, Duration::from_millis(200));
+        assert!(c.ram_fail);
+        let c = run(&[]).unwrap();
+        assert!(c.ram_delay.is_zero() && !c.ram_fail);
+        assert!(run(&["--x-ram-delay-ms", "-1"]).is_err());
+        assert!(run(&["--x-ram-delay-ms", "60001"]).is_err());
+        assert!(run(&["--x-ram-delay-ms"]).is_err());
     }
 
     #[test]

@@ -20,6 +20,7 @@ mod memory;
 mod monitor;
 mod mptable;
 mod pause;
+mod ram_gate;
 mod seccomp;
 mod shadow;
 mod stats;
@@ -105,6 +106,7 @@ pub struct Filters {
     pub supervisor: seccompiler::BpfProgram,
     pub vmm: seccompiler::BpfProgram,
     pub vcpu: std::sync::Arc<vcpu::VcpuFilters>,
+    pub ram_registrar: std::sync::Arc<seccompiler::BpfProgram>,
 }
 
 impl Filters {
@@ -125,6 +127,7 @@ impl Filters {
                 vcpu: seccomp::compile(ThreadKind::Vcpu, reboot)?,
                 spawn,
             }),
+            ram_registrar: std::sync::Arc::new(seccomp::compile(ThreadKind::RamRegistrar, reboot)?),
         })
     }
 }
@@ -214,6 +217,8 @@ fn run(cfg: &VmConfig, start: Instant, filters: Option<Filters>) -> (i32, Option
         last += &format!("{d}\n");
     }
     if cfg.stats {
+        phases.ram_ready = machine.ram.opened_at();
+        phases.ram_waits = machine.ram.waits();
         last += &format!("{}\n", phases.json(&reason, exit_code));
     }
     log::write_stderr_bounded(last.as_bytes(), OUTPUT_STALL);

@@ -111,6 +111,7 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
     // them run; it installs its own right after that, before it reads anything they (or the
     // guest) send, so its install does not delay the guest's first instruction.
     let fds = std::mem::take(&mut machine.vcpus);
+    let deferred = machine.deferred.take();
     let start = Arc::new(Barrier::new(fds.len() + 1));
     let last = fds.len().saturating_sub(1);
     let mut vcpus = Vec::new();
@@ -131,11 +132,21 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
             reset_state,
             bios: machine.bios.clone(),
             pause: machine.pause.clone(),
+            ram: machine.ram.clone(),
+            mem: machine.guest_mem.clone(),
         };
         vcpus.push((fd, setup));
     }
     let handles: Vec<VcpuHandle> = opts.vcpu_threads.start(vcpus)?;
     drop(tx);
+    // Not joined, and not waited for: it touches no guest input and may still be
+    // registering at exit, which must not delay the exit status.
+    if let Some(d) = deferred {
+        d.spawn(
+            opts.filters.as_ref().map(|f| f.ram_registrar.clone()),
+            wake.clone(),
+        )?;
+    }
     start.wait();
     if let Some(f) = &opts.filters {
         seccomp::install(ThreadKind::Vmm, &f.vmm).map_err(io::Error::other)?;
@@ -271,6 +282,12 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
         }
         if fds[0].revents & libc::POLLIN != 0 {
             let _ = wake.read();
+            if let Some(f) = machine.ram.failure() {
+                return Ok(Outcome {
+                    reason: ExitReason::HostError(f.to_string()),
+                    dump: None,
+                });
+            }
             if let Some(o) = drain(&rx, &mut check) {
                 if o.reason == ExitReason::Reset && opts.reboot {
                     reboots += 1;

@@ -30,6 +30,9 @@ pub enum ThreadKind {
     /// and what creating a thread takes (`SPAWN`). Every vCPU thread then stacks the
     /// spawn guard (`compile_spawn_guard`) on it, which leaves exactly the vCPU list.
     VcpuSpawner,
+    /// The thread that registers RAM above 16 MiB while the guest runs (vm/slots.rs,
+    /// `DeferredRam`).
+    RamRegistrar,
 }
 
 const KVMIO: u64 = 0xAE;
@@ -231,6 +234,38 @@ const SPAWN: &[Allowed] = &[
     any(libc::SYS_sigaltstack, "sigaltstack"),
 ];
 
+/// The RAM registering thread (vm/slots.rs, `DeferredRam`): its own list, without
+/// `COMMON`, since it allocates nothing once sandboxed. Found by running it under this
+/// filter: each entry is a call it was seen to make, or one the SIGSYS handler needs.
+const RAM_REGISTRAR: &[Allowed] = &[
+    // The slots. (TCGETS/TCSETS on fd 0: the SIGSYS handler restores the terminal.)
+    Allowed {
+        nr: libc::SYS_ioctl,
+        name: "ioctl",
+        args: Args::Ioctl(&[KVM_SET_USER_MEMORY_REGION]),
+    },
+    Allowed {
+        nr: libc::SYS_ioctl,
+        name: "ioctl",
+        args: Args::TerminalIoctl(&[TCGETS, TCSETS]),
+    },
+    // The gate, the test delay (`--x-ram-delay-ms`, a timed park).
+    any(libc::SYS_futex, "futex"),
+    // `ram_ready_us` (the vDSO answers unless the host's clocksource has none).
+    any(libc::SYS_clock_gettime, "clock_gettime"),
+    // The eventfd that tells the monitor of a failure; the SIGSYS handler's report.
+    any(libc::SYS_write, "write"),
+    // Leaving the thread: Rust's runtime takes down the thread's signal stack
+    // (sigaltstack, munmap), glibc blocks signals and releases the stack's pages
+    // (rt_sigprocmask, madvise), then exit; exit_group for the SIGSYS handler.
+    any(libc::SYS_sigaltstack, "sigaltstack"),
+    any(libc::SYS_munmap, "munmap"),
+    any(libc::SYS_rt_sigprocmask, "rt_sigprocmask"),
+    any(libc::SYS_madvise, "madvise"),
+    any(libc::SYS_exit, "exit"),
+    any(libc::SYS_exit_group, "exit_group"),
+];
+
 /// With `--reboot`: a vCPU restores its reset state itself.
 const VCPU_REBOOT: &[Allowed] = &[Allowed {
     nr: libc::SYS_ioctl,
@@ -252,13 +287,14 @@ const VMM_REBOOT: &[Allowed] = &[Allowed {
     args: Args::Ioctl(&[KVM_SET_IRQCHIP, KVM_SET_USER_MEMORY_REGION]),
 }];
 
-/// Every syscall a thread kind may make, common ones first; `reboot` adds what restoring the
-/// reset state needs.
+/// Every syscall a thread kind may make, common ones first (the RAM registering thread has
+/// its own short list instead); `reboot` adds what restoring the reset state needs.
 pub fn allowed(kind: ThreadKind, reboot: bool) -> Vec<Allowed> {
-    let (own, extra) = match kind {
-        ThreadKind::Supervisor => (SUPERVISOR, &[][..]),
-        ThreadKind::Vmm => (VMM, VMM_REBOOT),
-        ThreadKind::Vcpu | ThreadKind::VcpuSpawner => (VCPU, VCPU_REBOOT),
+    let (common, own, extra) = match kind {
+        ThreadKind::Supervisor => (COMMON, SUPERVISOR, &[][..]),
+        ThreadKind::Vmm => (COMMON, VMM, VMM_REBOOT),
+        ThreadKind::Vcpu | ThreadKind::VcpuSpawner => (COMMON, VCPU, VCPU_REBOOT),
+        ThreadKind::RamRegistrar => (&[][..], RAM_REGISTRAR, &[][..]),
     };
     let extra = if reboot { extra } else { &[] };
     let spawn = if kind == ThreadKind::VcpuSpawner {
@@ -266,7 +302,7 @@ pub fn allowed(kind: ThreadKind, reboot: bool) -> Vec<Allowed> {
     } else {
         &[]
     };
-    COMMON
+    common
         .iter()
         .chain(own)
         .chain(extra)
@@ -533,6 +569,26 @@ mod tests {
                 "timerfd_settime"
             ])
         );
+        // Not the common list: no brk, mmap, mprotect, mremap, sched_yield, fcntl.
+        assert_eq!(
+            names(ThreadKind::RamRegistrar),
+            [
+                "clock_gettime",
+                "exit",
+                "exit_group",
+                "futex",
+                "ioctl",
+                "madvise",
+                "munmap",
+                "rt_sigprocmask",
+                "sigaltstack",
+                "write"
+            ]
+        );
+        assert_eq!(
+            ioctls(ThreadKind::RamRegistrar, true),
+            [KVM_SET_USER_MEMORY_REGION]
+        );
     }
 
     #[test]
@@ -550,6 +606,7 @@ mod tests {
             ThreadKind::Vmm,
             ThreadKind::Vcpu,
             ThreadKind::VcpuSpawner,
+            ThreadKind::RamRegistrar,
         ] {
             for a in allowed(kind, true) {
                 assert_eq!(syscall_name(a.nr), a.name);
@@ -576,6 +633,7 @@ mod tests {
             ThreadKind::Vmm,
             ThreadKind::Vcpu,
             ThreadKind::VcpuSpawner,
+            ThreadKind::RamRegistrar,
         ] {
             for reboot in [false, true] {
                 assert!(!compile(kind, reboot).unwrap().is_empty());

@@ -21,6 +21,11 @@ pub struct Phases {
     pub memory: Duration,
     pub devices: Duration,
     pub vcpus: Duration,
+    /// When the RAM registered while the guest ran was all there (`ram_gate.rs`); None when
+    /// none was deferred, or it was not done by the exit.
+    pub ram_ready: Option<Instant>,
+    /// How many times a vCPU waited for that RAM.
+    pub ram_waits: u64,
 }
 
 impl Phases {
@@ -32,6 +37,8 @@ impl Phases {
             memory: Duration::ZERO,
             devices: Duration::ZERO,
             vcpus: Duration::ZERO,
+            ram_ready: None,
+            ram_waits: 0,
         }
     }
 
@@ -52,6 +59,7 @@ impl Phases {
                 "{{\"exit_reason\":\"{}\",\"exit_code\":{},\"detail\":{},",
                 "\"phases_us\":{{\"config\":{},\"kvm\":{},\"memory\":{},\"devices\":{},\"vcpus\":{}}},",
                 "\"boot\":\"{}\",\"first_run_us\":{},\"first_exit_us\":{},\"handoff_us\":{},",
+                "\"ram_ready_us\":{},\"ram_waits\":{},",
                 "\"total_us\":{},\"peak_rss_kib\":{},{}",
                 "\"cpu_us\":{}}}"
             ),
@@ -67,6 +75,8 @@ impl Phases {
             self.since_start(FIRST_RUN.get()),
             self.since_start(FIRST_EXIT.get()),
             self.since_start(crate::devices::post_code::HANDOFF.get()),
+            self.since_start(self.ram_ready.as_ref()),
+            self.ram_waits,
             self.start.elapsed().as_micros(),
             usage.0,
             match crate::devices::post_code::STEPS_AT_HANDOFF.get() {
@@ -117,6 +127,7 @@ mod tests {
         let j = p.json(&ExitReason::DebugExit(1), 3);
         assert!(j.starts_with("{\"exit_reason\":\"debug-exit\",\"exit_code\":3,"));
         assert!(j.contains("\"phases_us\":{\"config\":0,"));
+        assert!(j.contains("\"ram_ready_us\":null,\"ram_waits\":0,"));
         assert!(j.ends_with('}'));
     }
 }

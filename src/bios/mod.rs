@@ -16,6 +16,7 @@ mod disk;
 mod equipment;
 mod keyboard;
 mod system;
+pub use system::reports_memory;
 mod time;
 mod video;
 

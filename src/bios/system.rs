@@ -109,6 +109,15 @@ impl Bios {
     }
 }
 
+/// Whether a call reports how much memory there is: INT 15h E820h, E801h and 88h, which
+/// wait until all RAM is registered with KVM (ram_gate.rs). INT 12h reports conventional
+/// memory, which is registered before the guest starts; the other INT 15h calls this BIOS
+/// answers (C0h, 24xxh, 86h, 4Fh, 90h/91h) report no memory, and the ones it does not
+/// support (E881h, C7h, ...) return CF=1 with nothing.
+pub fn reports_memory(service: Service, r: &kvm_regs) -> bool {
+    service == Service::System && (matches!(ax(r), 0xE820 | 0xE801) || ah(r) == 0x88)
+}
+
 /// Sleeps for `d` of host time (the vCPU thread waits; the guest sees the time pass).
 fn wait(d: Duration) {
     if d.is_zero() {
@@ -209,6 +218,26 @@ mod tests {
         let mut r = regs(0x8800);
         call(&t.bios, Service::System, &mut r);
         assert_eq!(r.rax as u16, 31 * 1024);
+    }
+
+    #[test]
+    fn only_the_memory_services_report_memory() {
+        for f in [0xE820, 0xE801, 0x8800, 0x88FF] {
+            assert!(reports_memory(Service::System, &regs(f)), "{f:#x}");
+        }
+        for f in [
+            0xE881, 0xE980, 0xC000, 0xC700, 0x2401, 0x8600, 0x4F1C, 0x9000, 0xE800,
+        ] {
+            assert!(!reports_memory(Service::System, &regs(f)), "{f:#x}");
+        }
+        for s in [
+            Service::MemorySize,
+            Service::Disk,
+            Service::Time,
+            Service::Video,
+        ] {
+            assert!(!reports_memory(s, &regs(0xE820)), "{s:?}");
+        }
     }
 
     #[test]

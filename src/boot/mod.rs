@@ -288,6 +288,22 @@ impl BootPlan {
         crate::bios::bda::ticks_at(secs.rem_euclid(86_400) as u64, nanos)
     }
 
+    /// Whether RAM above 16 MiB may be registered with KVM after the guest started
+    /// (`ram_gate.rs`): only when the VMM writes no memory map into guest memory before the
+    /// start, so that a guest learns how much RAM there is only by asking (CMOS, fw_cfg,
+    /// INT 15h), and each question waits until that RAM is all registered. True for the
+    /// embedded demo, a boot sector through the embedded firmware, and a user's firmware
+    /// (with or without a kernel in fw_cfg: the firmware reads the memory map from fw_cfg
+    /// or CMOS). Kernel boots (bzImage, ELF, PVH, multiboot 1 and 2) register all RAM
+    /// before the start: their boot_params, E820 table or information block lie in guest
+    /// memory, and the kernel reads them, and uses the RAM they describe, without an exit.
+    pub fn defers_ram(&self) -> bool {
+        match &self.payload {
+            Payload::Demo | Payload::Disk | Payload::Firmware | Payload::FirmwareLinux(_) => true,
+            Payload::Linux(_) | Payload::Multiboot(_) | Payload::Multiboot2(_) => false,
+        }
+    }
+
     /// A short name of what boots, for logs and `--stats`.
     pub fn describe(&self) -> &'static str {
         match &self.payload {

@@ -65,6 +65,9 @@ const DMA_CTL_SKIP: u32 = 4;
 const DMA_CTL_SELECT: u32 = 8;
 const DMA_CTL_WRITE: u32 = 0x10;
 
+/// The E820 map's file name, as QEMU names it.
+pub const E820_FILE: &str = "etc/e820";
+
 /// Length of a file name in the directory, NUL included.
 const FILE_NAME_LEN: usize = 56;
 
@@ -236,6 +239,39 @@ impl FwCfg {
         self.offset = 0;
     }
 
+    /// Whether item `k` tells the guest how much RAM it has: the RAM size and `etc/e820`.
+    fn describes_memory(&self, k: u16) -> bool {
+        k == key::RAM_SIZE || self.files.get(E820_FILE) == Some(&k)
+    }
+
+    /// The item a DMA kick at `offset` with `data` would work on: the one its descriptor
+    /// selects, or the current one. None when the write is not a kick or the descriptor
+    /// cannot be read.
+    fn dma_target(&self, offset: u64, data: &[u8]) -> Option<u16> {
+        let addr = match (offset, data.len()) {
+            (DMA_LOW_OFFSET, 4) => {
+                let low = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
+                (self.dma_high as u64) << 32 | low as u64
+            }
+            (DMA_HIGH_OFFSET, 8) => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(data);
+                u64::from_be_bytes(b)
+            }
+            _ => return None,
+        };
+        let mut control = [0u8; 4];
+        if !self.guest_read(addr, &mut control) {
+            return None;
+        }
+        let control = u32::from_be_bytes(control);
+        Some(if control & DMA_CTL_SELECT != 0 {
+            (control >> 16) as u16
+        } else {
+            self.selected
+        })
+    }
+
     fn current_len(&self) -> usize {
         self.items.get(&self.selected).map_or(0, |v| v.len())
     }
@@ -325,6 +361,23 @@ impl FwCfg {
 }
 
 impl BusDevice for FwCfg {
+    /// Selecting the RAM size or `etc/e820`, reading either through the data port, or a DMA
+    /// transfer on either.
+    fn asks_for_memory_map(&self, offset: u64, access: crate::bus::Access<'_>) -> bool {
+        use crate::bus::Access;
+        match (offset, access) {
+            (DATA_OFFSET, Access::Read(_)) => self.describes_memory(self.selected),
+            (SELECTOR_OFFSET, Access::Write(&[lo, hi])) => {
+                self.describes_memory(u16::from_le_bytes([lo, hi]))
+            }
+            (SELECTOR_OFFSET, Access::Write(&[lo])) => self.describes_memory(u16::from(lo)),
+            (o, Access::Write(d)) => self
+                .dma_target(o, d)
+                .is_some_and(|k| self.describes_memory(k)),
+            _ => false,
+        }
+    }
+
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         match offset {
             DATA_OFFSET => {
@@ -494,6 +547,63 @@ mod tests {
     fn kick(f: &mut FwCfg, at: u64) {
         f.write(DMA_HIGH_OFFSET, &((at >> 32) as u32).to_be_bytes());
         f.write(DMA_LOW_OFFSET, &(at as u32).to_be_bytes());
+    }
+
+    /// Selecting, reading or DMA-ing the RAM size or etc/e820 waits for the RAM
+    /// (ram_gate.rs); other items, the signature and the DMA port's reads do not.
+    #[test]
+    fn ram_size_and_e820_accesses_ask_for_the_memory_map() {
+        use crate::bus::Access;
+        let m = mem();
+        let mut f = FwCfg::new(m.clone());
+        f.add_item(key::RAM_SIZE, 64u64.to_le_bytes().to_vec());
+        f.add_file("bootorder", vec![]).unwrap();
+        let e820 = f.add_file(E820_FILE, vec![1; 40]).unwrap();
+        let asks = |f: &FwCfg, offset: u64, a: Access| f.asks_for_memory_map(offset, a);
+        for (k, memory) in [
+            (key::RAM_SIZE, true),
+            (e820, true),
+            (key::SIGNATURE, false),
+            (key::FILE_DIR, false),
+            (0x20, false),
+        ] {
+            assert_eq!(
+                asks(&f, SELECTOR_OFFSET, Access::Write(&k.to_le_bytes())),
+                memory,
+                "{k:#x}"
+            );
+            f.write(SELECTOR_OFFSET, &k.to_le_bytes());
+            assert_eq!(asks(&f, DATA_OFFSET, Access::Read(1)), memory, "{k:#x}");
+            // A DMA read of the current item, and one that selects it first.
+            dma_desc(&m, 0x1000, DMA_CTL_READ, 8, 0x2000);
+            f.write(DMA_HIGH_OFFSET, &[0; 4]);
+            assert_eq!(
+                asks(&f, DMA_LOW_OFFSET, Access::Write(&0x1000u32.to_be_bytes())),
+                memory
+            );
+            f.write(SELECTOR_OFFSET, &key::SIGNATURE.to_le_bytes());
+            dma_desc(
+                &m,
+                0x1000,
+                u32::from(k) << 16 | DMA_CTL_SELECT | DMA_CTL_READ,
+                8,
+                0x2000,
+            );
+            assert_eq!(
+                asks(&f, DMA_HIGH_OFFSET, Access::Write(&0x1000u64.to_be_bytes())),
+                memory
+            );
+        }
+        // An 8-bit selector write selects RAM_SIZE (0x03) too.
+        assert!(asks(&f, SELECTOR_OFFSET, Access::Write(&[3])));
+        // Reads of the DMA port (its signature) and descriptors outside RAM do not wait.
+        f.write(SELECTOR_OFFSET, &key::RAM_SIZE.to_le_bytes());
+        assert!(!asks(&f, DMA_HIGH_OFFSET, Access::Read(4)));
+        assert!(!asks(
+            &f,
+            DMA_HIGH_OFFSET,
+            Access::Write(&0xFFFF_0000u64.to_be_bytes())
+        ));
     }
 
     #[test]

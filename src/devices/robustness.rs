@@ -98,6 +98,9 @@ impl BusDevice for Box<dyn BusDevice> {
     fn write(&mut self, offset: u64, data: &[u8]) -> Option<crate::exit::ExitReason> {
         (**self).write(offset, data)
     }
+    fn asks_for_memory_map(&self, offset: u64, access: crate::bus::Access<'_>) -> bool {
+        (**self).asks_for_memory_map(offset, access)
+    }
 }
 
 #[test]

@@ -45,6 +45,12 @@ const REG_B: usize = 0x0B;
 const REG_C: usize = 0x0C;
 const REG_D: usize = 0x0D;
 const CENTURY: usize = REG_CENTURY as usize;
+/// The NVRAM registers that give the memory size (`nvram`): base memory (0x15/0x16),
+/// extended memory (0x17/0x18 and 0x30/0x31), memory above 16 MiB (0x34/0x35) and above
+/// 4 GiB (0x5B-0x5D).
+const MEMORY_SIZE_REGISTERS: [u8; 11] = [
+    0x15, 0x16, 0x17, 0x18, 0x30, 0x31, 0x34, 0x35, 0x5B, 0x5C, 0x5D,
+];
 
 const A_UIP: u8 = 0x80;
 const A_DIVIDER_MASK: u8 = 0x70;
@@ -682,6 +688,13 @@ impl BusDevice for Rtc {
         None
     }
 
+    /// A read of the data port with a memory-size register selected.
+    fn asks_for_memory_map(&self, offset: u64, access: crate::bus::Access<'_>) -> bool {
+        matches!(access, crate::bus::Access::Read(_))
+            && access.covers(offset, 1)
+            && MEMORY_SIZE_REGISTERS.contains(&self.index)
+    }
+
     /// The MC146818's RESET line: interrupt enables and the square wave off, pending
     /// interrupt flags cleared; the time, the divider and the NVRAM are kept.
     fn reset(&mut self) {
@@ -1162,6 +1175,30 @@ mod tests {
             [0x00, 0x40, 0xFF]
         );
         assert_eq!(get(&mut rtc, 0x5F), 0);
+    }
+
+    /// Reads of the data port with a memory-size register selected wait for the RAM
+    /// (ram_gate.rs); the index port, writes and the other registers do not.
+    #[test]
+    fn memory_size_reads_ask_for_the_memory_map() {
+        use crate::bus::Access;
+        let mut rtc = layout_nvram(64 * GIB, 1);
+        for index in 0..0x80u8 {
+            rtc.write(0, &[index]);
+            let asks = rtc.asks_for_memory_map(1, Access::Read(1));
+            assert_eq!(
+                asks,
+                matches!(index, 0x15..=0x18 | 0x30 | 0x31 | 0x34 | 0x35 | 0x5B..=0x5D),
+                "{index:#x}"
+            );
+            // A 16-bit read at 0x70 reads the data port too.
+            assert_eq!(rtc.asks_for_memory_map(0, Access::Read(2)), asks);
+            assert!(!rtc.asks_for_memory_map(0, Access::Read(1)));
+            assert!(!rtc.asks_for_memory_map(1, Access::Write(&[0])));
+        }
+        // With the NMI mask bit set in the index write.
+        rtc.write(0, &[0x80 | 0x34]);
+        assert!(rtc.asks_for_memory_map(1, Access::Read(1)));
     }
 
     #[test]

@@ -22,6 +22,7 @@ use kvm_bindings::{
     kvm_run, KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_UNINITIALIZED,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bios::{self, Bios, Caller, Segments};
@@ -29,6 +30,7 @@ use crate::bus::Bus;
 use crate::exit::ExitReason;
 use crate::log;
 use crate::pause::Pause;
+use crate::ram_gate::RamGate;
 use crate::stats::{FIRST_EXIT, FIRST_RUN};
 
 mod threads;
@@ -224,6 +226,36 @@ fn io_size(run: *const kvm_run) -> usize {
     (size as usize).max(1)
 }
 
+/// An MMIO access the vCPU made to RAM that had no KVM slot yet.
+enum LateAccess<'a> {
+    Read(&'a mut [u8]),
+    Write(&'a [u8]),
+}
+
+/// Performs a data access to RAM that KVM did not know when the guest made it (an MMIO exit
+/// inside deferred RAM): waits until all RAM is registered, then reads or writes the host's
+/// mapping of it, which the slot maps too. Later accesses go straight to the slot. KVM splits
+/// emulated accesses at page boundaries, so an access never reaches past the RAM's end.
+fn late_ram_access(ram: &RamGate, mem: &GuestMemoryMmap, addr: u64, access: LateAccess) -> Step {
+    if let Err(f) = ram.wait() {
+        return Step::Stop(ExitReason::HostError(f.to_string()), None);
+    }
+    let at = GuestAddress(addr);
+    match access {
+        LateAccess::Read(data) => {
+            if mem.read_slice(data, at).is_err() {
+                data.fill(0xFF);
+            }
+        }
+        LateAccess::Write(data) => {
+            if let Err(e) = mem.write_slice(data, at) {
+                log::debug(format_args!("write at {addr:#x} in RAM: {e}"));
+            }
+        }
+    }
+    Step::Continue
+}
+
 /// A port write of `size`-byte units to the bus.
 fn write_port(pio: &Bus, port: u16, data: &[u8], size: usize) -> Step {
     for chunk in data.chunks(size) {
@@ -246,6 +278,8 @@ struct Vcpu {
     reset_state: Option<ResetState>,
     bios: Arc<Bios>,
     pause: Arc<Pause>,
+    ram: Arc<RamGate>,
+    mem: GuestMemoryMmap,
 }
 
 // SAFETY: the raw kvm_run pointer belongs to the VcpuFd moved along with it.
@@ -320,6 +354,9 @@ impl Vcpu {
     fn run_once(&mut self) -> Step {
         let run = self.run;
         let id = self.id as usize;
+        // Whether every RAM slot existed when this run began: if not, an internal error in it
+        // may come from RAM KVM did not know yet (see below).
+        let ram_was_open = self.ram.is_open();
         // Not while another vCPU changes a memory slot (pause.rs).
         while !self.pause.enter(id) {}
         let exit = self.fd.run();
@@ -346,13 +383,21 @@ impl Vcpu {
                 write_port(&self.pio, port, data, size)
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
+                if self.ram.is_deferred(addr) {
+                    return late_ram_access(&self.ram, &self.mem, addr, LateAccess::Read(data));
+                }
                 self.mmio.read(addr, data);
                 Step::Continue
             }
-            Ok(VcpuExit::MmioWrite(addr, data)) => match self.mmio.write(addr, data) {
-                Some(r) => Step::Stop(r, None),
-                None => Step::Continue,
-            },
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                if self.ram.is_deferred(addr) {
+                    return late_ram_access(&self.ram, &self.mem, addr, LateAccess::Write(data));
+                }
+                match self.mmio.write(addr, data) {
+                    Some(r) => Step::Stop(r, None),
+                    None => Step::Continue,
+                }
+            }
             Ok(VcpuExit::Hlt) => {
                 // Only without an in-kernel LAPIC; treat it as a halt check.
                 if self.is_dead() {
@@ -365,6 +410,20 @@ impl Vcpu {
             Ok(VcpuExit::InternalError) => {
                 // SAFETY: exit reason is KVM_EXIT_INTERNAL_ERROR: `internal` is valid.
                 let internal = unsafe { (*self.run).__bindgen_anon_1.internal };
+                if !ram_was_open {
+                    // Measured on this host (PVM): an instruction fetched from RAM that has
+                    // no slot yet ends KVM_RUN with an emulation failure, RIP still at the
+                    // instruction. Once the RAM is all there, running again fetches it; the
+                    // same failure in a run that starts with the gate open is a real one.
+                    log::debug(format_args!(
+                        "vCPU {}: KVM internal error (suberror {}) while RAM is being registered: retrying once it is",
+                        self.id, internal.suberror
+                    ));
+                    return match self.ram.wait() {
+                        Ok(()) => Step::Continue,
+                        Err(f) => Step::Stop(ExitReason::HostError(f.to_string()), None),
+                    };
+                }
                 let n = (internal.ndata as usize).min(internal.data.len());
                 let what = match internal.suberror {
                     1 => "emulation failure (an instruction KVM cannot emulate)".to_string(),
@@ -435,6 +494,12 @@ impl Vcpu {
             rip: regs.rip,
         };
         let service = bios::service_call(port, self.bios.embedded(), &caller)?;
+        // A question about the memory size waits until all RAM is registered.
+        if bios::reports_memory(service, &regs) {
+            if let Err(f) = self.ram.wait() {
+                return Some(Step::Stop(ExitReason::HostError(f.to_string()), None));
+            }
+        }
         let segs = Segments {
             cs: sregs.cs.base,
             ds: sregs.ds.base,

@@ -23,6 +23,7 @@ use std::thread::JoinHandle;
 use kvm_bindings::kvm_run;
 use kvm_ioctls::VcpuFd;
 use seccompiler::BpfProgram;
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{Mailbox, ResetState, Vcpu, VcpuHandle, VcpuMsg};
@@ -30,6 +31,7 @@ use crate::bios::Bios;
 use crate::bus::Bus;
 use crate::exit::ExitReason;
 use crate::pause::Pause;
+use crate::ram_gate::RamGate;
 use crate::seccomp::{self, ThreadKind};
 
 /// What a vCPU thread runs with, once the machine is built.
@@ -49,6 +51,10 @@ pub struct Setup {
     pub bios: Arc<Bios>,
     /// Stops this vCPU outside KVM_RUN while another changes a memory slot.
     pub pause: Arc<Pause>,
+    /// Whether all RAM is registered with KVM yet (`ram_gate.rs`).
+    pub ram: Arc<RamGate>,
+    /// Guest RAM as the host maps it: accesses to RAM KVM does not know yet are made here.
+    pub mem: GuestMemoryMmap,
 }
 
 /// The compiled filters of the vCPU threads.
@@ -247,6 +253,8 @@ impl Prestarted {
                     reset_state: setup.reset_state,
                     bios: setup.bios,
                     pause: setup.pause,
+                    ram: setup.ram,
+                    mem: setup.mem,
                 },
                 start: setup.start,
                 test_forbidden: setup.test_forbidden_syscall,

@@ -249,7 +249,9 @@ pub(super) fn firmware_config(
     let fw_err = |e: crate::devices::fw_cfg::FwCfgError| VmError::Device(e.to_string());
     // One E820 map for fw_cfg, INT 15h and the boot structures alike.
     let e820: Vec<u8> = e820.iter().flat_map(|e| e.to_bytes()).collect();
-    fw_cfg.add_file("etc/e820", e820).map_err(fw_err)?;
+    fw_cfg
+        .add_file(crate::devices::fw_cfg::E820_FILE, e820)
+        .map_err(fw_err)?;
     fw_cfg
         .add_file(BOOT_DESCRIPTOR_FILE, descriptor.to_bytes())
         .map_err(fw_err)?;

@@ -24,11 +24,13 @@ use crate::devices::serial::{Serial, SerialOut};
 use crate::devices::timer::Expire;
 use crate::firmware::Rom;
 use crate::memory::{self, MemoryLayout};
+use crate::ram_gate::RamGate;
 use crate::shadow::Shadow;
 use crate::stats::Phases;
 
 pub use devices::open_serial_out;
 use devices::*;
+pub use slots::DeferredRam;
 use slots::*;
 
 #[derive(Debug, thiserror::Error)]
@@ -60,8 +62,12 @@ pub enum VmError {
 /// for as long as the vCPUs may run.
 pub struct Machine {
     pub vm: Arc<VmFd>,
-    #[allow(dead_code)]
     pub guest_mem: GuestMemoryMmap,
+    /// Whether all RAM is registered with KVM; waits until it is (`ram_gate.rs`).
+    pub ram: Arc<RamGate>,
+    /// The RAM left for the background thread, taken by the monitor when the guest starts;
+    /// None when everything was registered before.
+    pub deferred: Option<DeferredRam>,
     #[allow(dead_code)]
     pub rom: [Arc<MmapRegion>; 2],
     pub pio: Arc<Bus>,
@@ -175,12 +181,22 @@ pub fn build(
 
     let t = Instant::now();
     let guest_mem = map_ram(&layout)?;
+    // Kernel boots (`BootPlan::defers_ram`) and guests of less than DEFER_MIN_RAM above
+    // 16 MiB register all RAM now.
+    let defer = boot.defers_ram() && layout.deferrable_ram() >= memory::DEFER_MIN_RAM;
     let RegisteredMemory {
         rom: rom_maps,
         first_shadow_slot,
         rsdp,
-    } = register_memory(&vm, &guest_mem, rom, cfg, &layout)?;
+        late,
+    } = register_memory(&vm, &guest_mem, rom, cfg, &layout, defer)?;
     let vm = Arc::new(vm);
+    let ram = Arc::new(RamGate::new(
+        late.iter()
+            .map(|s| (s.guest(), s.guest() + s.size()))
+            .collect(),
+    ));
+    let deferred = (!late.is_empty()).then(|| DeferredRam::new(vm.clone(), late, ram.clone(), cfg));
     let pause = Arc::new(crate::pause::Pause::new(cfg.cpus as usize));
     let shadow = Shadow::new(
         vm.clone(),
@@ -195,6 +211,7 @@ pub fn build(
     let t = Instant::now();
     create_interrupt_controllers(&vm)?;
     let mut devices = platform_devices(&vm, cfg, &layout, shadow.clone(), serial_out)?;
+    devices.pio.set_ram_gate(ram.clone());
     let e820 = layout.e820(rom.size());
     let env = crate::boot::BootEnv {
         layout: &layout,
@@ -252,6 +269,8 @@ pub fn build(
         teardown: Teardown::new(vm.clone()).ok(),
         vm,
         guest_mem,
+        ram,
+        deferred,
         rom: rom_maps,
         pio,
         mmio: Arc::new(devices.mmio),
