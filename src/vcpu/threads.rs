@@ -1,10 +1,10 @@
-//! The vCPU threads: started before the machine is built, with one full seccomp install for
-//! all of them.
+//! The vCPU threads: the first started before the machine is built, the others by it, with
+//! one full seccomp install for all of them.
 //!
 //! A thread's start and its filter (about 100 and 150 µs here) would otherwise come between
-//! the last KVM call and the guest's first instruction. So `prestart` starts one thread per
-//! vCPU while the machine is still being built: each installs its filter and waits for its
-//! vCPU, which `Prestarted::start` hands over once the machine exists. Until then it has
+//! the last KVM call and the guest's first instruction. So `prestart` starts the first vCPU
+//! thread while the machine is still being built: it installs its filter and waits for the
+//! vCPUs, which `Prestarted::start` hands over once the machine exists. Until then it has
 //! touched nothing the guest controls.
 //!
 //! Installing a filter costs the kernel about 4 µs per BPF instruction here (it runs the
@@ -14,9 +14,10 @@
 //! vCPU threads, which inherit it. Every vCPU thread, the first one included, then stacks
 //! the short spawn guard (`seccomp::compile_spawn_guard`), which forbids those additions
 //! again: each ends with exactly the vCPU list. A single vCPU installs the vCPU filter
-//! itself.
+//! itself. (Starting all threads before the build was slower with many vCPUs: their starts
+//! competed with KVM's vCPU creation for the CPUs and the address space.)
 
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Barrier};
 use std::thread::JoinHandle;
 
@@ -72,117 +73,143 @@ struct Prepared {
     test_forbidden: bool,
 }
 
-/// A started vCPU thread, waiting for its vCPU.
-struct Waiting {
-    thread: JoinHandle<()>,
-    to: Sender<Prepared>,
-}
+/// What the first thread reports for each other thread it starts.
+type Started = Result<JoinHandle<()>, String>;
 
-/// The vCPU threads, started and filtered, waiting for their vCPUs.
+/// The first vCPU thread, filtered, waiting for the vCPUs.
 pub struct Prestarted {
-    first: Option<Waiting>,
-    /// The other threads, as the first one starts them (with the spawner scheme); otherwise
-    /// already in `started`.
-    later: Option<Receiver<Result<Waiting, String>>>,
-    started: Vec<Waiting>,
+    thread: JoinHandle<()>,
+    to: SyncSender<Vec<Prepared>>,
+    others: Receiver<Started>,
     count: usize,
 }
 
-/// Starts one thread per vCPU (`cpus`); with `filters`, each installs its filter before it
-/// receives its vCPU.
-pub fn prestart(cpus: usize, filters: Option<Arc<VcpuFilters>>) -> std::io::Result<Prestarted> {
-    let spawner = filters.as_ref().is_some_and(|f| f.spawn.is_some()) && cpus > 1;
-    if !spawner {
-        let mut started = Vec::with_capacity(cpus);
-        for id in 0..cpus {
-            let f = filters.clone();
-            started.push(start_thread(id, move |rx| {
-                let own = f.as_deref().map(|f| (ThreadKind::Vcpu, &f.vcpu));
-                wait_and_run(rx, filter(own))
-            })?);
-        }
-        return Ok(Prestarted {
-            first: None,
-            later: None,
-            started,
-            count: cpus,
-        });
-    }
-
-    let (tx, rx) = channel::<Result<Waiting, String>>();
-    let first = start_thread(0, move |own_rx| {
-        let Some((spawner, guard)) = filters.as_deref().and_then(|f| f.spawn.as_ref()) else {
-            return;
-        };
-        if let Err(e) = seccomp::install(ThreadKind::VcpuSpawner, spawner) {
-            let _ = tx.send(Err(e.to_string()));
-            return;
-        }
-        for id in 1..cpus {
-            let f = filters.clone();
-            let w = start_thread(id, move |rx| {
-                let guard = f.as_deref().and_then(|f| f.spawn.as_ref()).map(|s| &s.1);
-                wait_and_run(rx, filter(guard.map(|g| (ThreadKind::Vcpu, g))))
-            });
-            let failed = w.is_err();
-            let _ = tx.send(w.map_err(|e| format!("cannot start a vCPU thread: {e}")));
-            if failed {
-                return;
-            }
-        }
-        drop(tx);
-        wait_and_run(own_rx, filter(Some((ThreadKind::Vcpu, guard))))
-    })?;
+/// Starts the first of `cpus` vCPU threads; with `filters`, it installs its filter before it
+/// receives the vCPUs. Call it while the calling thread is the process's only one.
+pub fn prestart(
+    cpus: usize,
+    filters: Option<Arc<VcpuFilters>>,
+) -> std::io::Result<Prestarted> {
+    size_fd_table(cpus);
+    let (to, rx) = sync_channel::<Vec<Prepared>>(1);
+    let (report, others) = channel::<Started>();
+    let thread = std::thread::Builder::new()
+        .name("vcpu0".into())
+        .stack_size(STACK)
+        .spawn(move || first_thread(rx, report, filters, cpus))?;
     Ok(Prestarted {
-        first: Some(first),
-        later: Some(rx),
-        started: Vec::new(),
+        thread,
+        to,
+        others,
         count: cpus,
     })
 }
 
-/// The calling thread's filter, installed: Ok when in place (or none is wanted).
-fn filter(own: Option<(ThreadKind, &BpfProgram)>) -> Result<(), String> {
-    match own {
-        Some((kind, f)) => seccomp::install(kind, f).map_err(|e| e.to_string()),
-        None => Ok(()),
+const STACK: usize = 256 * 1024;
+
+/// Descriptors the VMM holds besides two per vCPU (its vCPU and its statistics): KVM, the
+/// VM, eventfds and timerfds, the serial output, the disk, the supervisor's pipe.
+const FDS_BESIDES_VCPUS: usize = 64;
+
+/// Grows the descriptor table to hold every descriptor the VMM will open, while the calling
+/// thread is the process's only one: growing it later, when threads share it, waits for an
+/// RCU grace period each time (a few milliseconds here; with `--cpus 64` that added 25 ms
+/// to the start). Nothing is lost when the table cannot grow (a low RLIMIT_NOFILE).
+fn size_fd_table(cpus: usize) {
+    let want = (2 * cpus + FDS_BESIDES_VCPUS).next_power_of_two();
+    // SAFETY: a new eventfd, duplicated to the lowest free descriptor at or above `want - 1`,
+    // both closed again; only this process's descriptor table changes.
+    unsafe {
+        let fd = libc::eventfd(0, libc::EFD_CLOEXEC);
+        if fd < 0 {
+            return;
+        }
+        let high = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, (want - 1) as libc::c_int);
+        if high >= 0 {
+            libc::close(high);
+        }
+        libc::close(fd);
     }
 }
 
-/// Starts thread `id`, which runs `body` with the receiving end of its channel. It inherits
-/// the stop signals blocked (main.rs blocks them first): the monitor's signalfd takes them.
-fn start_thread(
-    id: usize,
-    body: impl FnOnce(Receiver<Prepared>) + Send + 'static,
-) -> std::io::Result<Waiting> {
-    let (to, rx) = channel();
-    let thread = std::thread::Builder::new()
-        .name(format!("vcpu{id}"))
-        .stack_size(256 * 1024)
-        .spawn(move || body(rx))?;
-    Ok(Waiting { thread, to })
+/// The first vCPU thread: its filter, then, once the vCPUs come, the other threads, the spawn
+/// guard and its own vCPU.
+fn first_thread(
+    rx: Receiver<Vec<Prepared>>,
+    report: Sender<Started>,
+    filters: Option<Arc<VcpuFilters>>,
+    cpus: usize,
+) {
+    let spawn = filters.as_deref().and_then(|f| f.spawn.as_ref()).filter(|_| cpus > 1);
+    let filtered = match (filters.as_deref(), spawn) {
+        (None, _) => Ok(()),
+        (Some(_), Some((spawner, _))) => install(ThreadKind::VcpuSpawner, spawner),
+        (Some(f), None) => install(ThreadKind::Vcpu, &f.vcpu),
+    };
+    let Ok(mut vcpus) = rx.recv() else {
+        return; // The machine was not built.
+    };
+    if vcpus.is_empty() {
+        return;
+    }
+    let own = vcpus.remove(0);
+    if let Err(e) = filtered {
+        let _ = report.send(Err(e.clone()));
+        fail(own, e);
+    }
+    for p in vcpus {
+        let guard = spawn.map(|s| s.1.clone());
+        let started = std::thread::Builder::new()
+            .name(format!("vcpu{}", p.vcpu.id))
+            .stack_size(STACK)
+            .spawn(move || {
+                let filtered = match &guard {
+                    Some(g) => install(ThreadKind::Vcpu, g),
+                    None => Ok(()),
+                };
+                run(p, filtered)
+            })
+            .map_err(|e| format!("cannot start a vCPU thread: {e}"));
+        let failed = started.as_ref().err().cloned();
+        let _ = report.send(started);
+        if let Some(e) = failed {
+            fail(own, e);
+        }
+    }
+    drop(report);
+    let filtered = match spawn {
+        Some((_, guard)) => install(ThreadKind::Vcpu, guard),
+        None => Ok(()),
+    };
+    run(own, filtered)
 }
 
-/// A vCPU thread's life once filtered (`filtered`): its vCPU, registration, the common start,
-/// the run loop. It ends quietly when no vCPU comes (the machine was not built).
-fn wait_and_run(rx: Receiver<Prepared>, filtered: Result<(), String>) {
-    let Ok(Prepared {
+fn install(kind: ThreadKind, f: &BpfProgram) -> Result<(), String> {
+    seccomp::install(kind, f).map_err(|e| e.to_string())
+}
+
+/// Ends the VM from this vCPU: a host error, reported once every thread may go.
+fn fail(p: Prepared, why: String) -> ! {
+    p.vcpu.send(VcpuMsg::Exit {
+        id: p.vcpu.id,
+        reason: ExitReason::HostError(why),
+        dump: None,
+    });
+    p.start.wait();
+    p.vcpu.park_forever()
+}
+
+/// A filtered vCPU thread's life (`filtered`: its filter is in place): registration, the
+/// common start, the run loop.
+fn run(p: Prepared, filtered: Result<(), String>) {
+    if let Err(e) = filtered {
+        fail(p, e);
+    }
+    let Prepared {
         vcpu,
         start,
         test_forbidden,
-    }) = rx.recv()
-    else {
-        return;
-    };
-    if let Err(e) = filtered {
-        vcpu.send(VcpuMsg::Exit {
-            id: vcpu.id,
-            reason: ExitReason::HostError(e),
-            dump: None,
-        });
-        start.wait();
-        vcpu.park_forever();
-    }
+    } = p;
     vcpu.pause.register(vcpu.id as usize, vcpu.run);
     start.wait();
     if test_forbidden {
@@ -201,53 +228,30 @@ fn wait_and_run(rx: Receiver<Prepared>, filtered: Result<(), String>) {
 }
 
 impl Prestarted {
-    /// Why thread `i` ended before its vCPU came: the first thread's report when it failed
-    /// to install its filter or to start the others.
-    fn why_ended(&self, i: usize) -> std::io::Error {
-        let report = self
-            .later
-            .as_ref()
-            .and_then(|rx| rx.try_iter().find_map(|r| r.err()));
-        std::io::Error::other(
-            report.unwrap_or_else(|| format!("vCPU thread {i} ended before its vCPU came")),
-        )
-    }
-
-    /// Hands each vCPU (in id order, as many as threads were started) to its thread; they
-    /// then wait on their `start` barrier.
-    pub fn start(mut self, vcpus: Vec<(VcpuFd, Setup)>) -> std::io::Result<Vec<VcpuHandle>> {
-        if vcpus.len() != self.count {
+    /// Hands the vCPUs (in id order, as many as `prestart` was told) to the first thread,
+    /// which starts the others; they all then wait on their `start` barrier.
+    pub fn start(self, vcpus: Vec<(VcpuFd, Setup)>) -> std::io::Result<Vec<VcpuHandle>> {
+        if vcpus.len() != self.count || vcpus.is_empty() {
             return Err(std::io::Error::other(format!(
                 "{} vCPUs for {} vCPU threads",
                 vcpus.len(),
                 self.count
             )));
         }
-        let mut waiting = std::mem::take(&mut self.started);
-        if let Some(first) = self.first.take() {
-            waiting.push(first);
-        }
-        let mut handles = Vec::with_capacity(vcpus.len());
-        for (i, (mut fd, setup)) in vcpus.into_iter().enumerate() {
-            if i >= waiting.len() {
-                let next = self.later.as_ref().map(|rx| rx.recv());
-                match next {
-                    Some(Ok(Ok(w))) => waiting.push(w),
-                    Some(Ok(Err(e))) => return Err(std::io::Error::other(e)),
-                    _ => return Err(std::io::Error::other("the vCPU threads did not start")),
-                }
-            }
-            let w = &waiting[i];
+        let mut reach = Vec::with_capacity(vcpus.len());
+        let mut prepared = Vec::with_capacity(vcpus.len());
+        for (mut fd, setup) in vcpus {
             let run = fd.get_kvm_run() as *mut kvm_run;
             let mailbox = Arc::new(Mailbox::default());
-            let prepared = Prepared {
+            reach.push((run as usize, mailbox.clone()));
+            prepared.push(Prepared {
                 vcpu: Vcpu {
                     id: setup.id,
                     fd,
                     run,
                     pio: setup.pio,
                     mmio: setup.mmio,
-                    mailbox: mailbox.clone(),
+                    mailbox,
                     tx: setup.tx,
                     wake: setup.wake,
                     reset_state: setup.reset_state,
@@ -258,17 +262,24 @@ impl Prestarted {
                 },
                 start: setup.start,
                 test_forbidden: setup.test_forbidden_syscall,
-            };
-            if w.to.send(prepared).is_err() {
-                return Err(self.why_ended(i));
-            }
-            handles.push((run as usize, mailbox));
+            });
         }
-        Ok(waiting
+        if self.to.send(prepared).is_err() {
+            return Err(std::io::Error::other("the first vCPU thread ended early"));
+        }
+        let mut threads = vec![self.thread];
+        for _ in 1..self.count {
+            match self.others.recv() {
+                Ok(Ok(t)) => threads.push(t),
+                Ok(Err(e)) => return Err(std::io::Error::other(e)),
+                Err(_) => return Err(std::io::Error::other("the vCPU threads did not start")),
+            }
+        }
+        Ok(threads
             .into_iter()
-            .zip(handles)
-            .map(|(w, (run, mailbox))| VcpuHandle {
-                thread: w.thread,
+            .zip(reach)
+            .map(|(thread, (run, mailbox))| VcpuHandle {
+                thread,
                 run: run as *mut kvm_run,
                 mailbox,
             })
