@@ -86,10 +86,7 @@ pub struct Prestarted {
 
 /// Starts the first of `cpus` vCPU threads; with `filters`, it installs its filter before it
 /// receives the vCPUs. Call it while the calling thread is the process's only one.
-pub fn prestart(
-    cpus: usize,
-    filters: Option<Arc<VcpuFilters>>,
-) -> std::io::Result<Prestarted> {
+pub fn prestart(cpus: usize, filters: Option<Arc<VcpuFilters>>) -> std::io::Result<Prestarted> {
     size_fd_table(cpus);
     let (to, rx) = sync_channel::<Vec<Prepared>>(1);
     let (report, others) = channel::<Started>();
@@ -140,7 +137,10 @@ fn first_thread(
     filters: Option<Arc<VcpuFilters>>,
     cpus: usize,
 ) {
-    let spawn = filters.as_deref().and_then(|f| f.spawn.as_ref()).filter(|_| cpus > 1);
+    let spawn = filters
+        .as_deref()
+        .and_then(|f| f.spawn.as_ref())
+        .filter(|_| cpus > 1);
     let filtered = match (filters.as_deref(), spawn) {
         (None, _) => Ok(()),
         (Some(_), Some((spawner, _))) => install(ThreadKind::VcpuSpawner, spawner),

@@ -150,18 +150,21 @@ pub(super) fn register_memory(
         slot += 1;
     }
     let (high, _, low_len) = MemoryLayout::firmware_windows(rom.size());
-    let mut window = vec![0u8; memory::BIOS_WINDOW_SIZE as usize];
+    // The window is built in its final mapping: pages nothing writes stay unallocated.
+    let low_map = anon_mapping(memory::BIOS_WINDOW_SIZE as usize, "BIOS window")?;
+    // SAFETY: a fresh, writable mapping of BIOS_WINDOW_SIZE bytes; nothing else refers to
+    // it until it is wrapped in an Arc below, after the last use of this slice.
+    let window = unsafe { std::slice::from_raw_parts_mut(low_map.as_ptr(), low_map.size()) };
     let tail = &rom.bytes[rom.bytes.len() - low_len as usize..];
     let at = window.len() - tail.len();
     window[at..].copy_from_slice(tail);
-    if let Some(fp) = write_tables(cfg, layout, &mut window)? {
+    if let Some(fp) = write_tables(cfg, layout, window)? {
         // 16 bytes into the EBDA: its first byte is the EBDA's size, set by the firmware.
         guest_mem
             .write_slice(&fp, vm_memory::GuestAddress(memory::EBDA_START + 16))
             .map_err(|e| VmError::GuestMemory(e.to_string()))?;
     }
     let high_map = rom_mapping(&rom.bytes)?;
-    let low_map = rom_mapping(&window)?;
     set_slot(
         vm,
         slot,
@@ -172,7 +175,7 @@ pub(super) fn register_memory(
     )?;
     let rsdp = (cfg.acpi && window.starts_with(b"RSD PTR ")).then(|| window[..36].to_vec());
     Ok(RegisteredMemory {
-        rom: [high_map, low_map],
+        rom: [high_map, Arc::new(low_map)],
         first_shadow_slot: slot + 1,
         rsdp,
         late,
