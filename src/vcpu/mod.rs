@@ -21,7 +21,7 @@ use std::time::Instant;
 use kvm_bindings::{
     kvm_run, KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_UNINITIALIZED,
 };
-use kvm_ioctls::{VcpuExit, VcpuFd};
+use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -280,6 +280,8 @@ struct Vcpu {
     pause: Arc<Pause>,
     ram: Arc<RamGate>,
     mem: GuestMemoryMmap,
+    /// KVM keeps the registers in kvm_run (vm/mod.rs, `create_vcpus`).
+    sync_regs: bool,
 }
 
 // SAFETY: the raw kvm_run pointer belongs to the VcpuFd moved along with it.
@@ -330,6 +332,9 @@ impl Vcpu {
     /// Back to the state the vCPU was created in; then wait until the monitor has reset the
     /// platform and says run.
     fn reset(&mut self) {
+        // Registers a BIOS call left for the next KVM_RUN must not overwrite the reset state.
+        self.fd.clear_sync_dirty_reg(SyncReg::Register);
+        self.fd.clear_sync_dirty_reg(SyncReg::SystemRegister);
         let ok = match &self.reset_state {
             Some(s) => match s.restore(&self.fd) {
                 Ok(()) => true,
@@ -484,9 +489,14 @@ impl Vcpu {
                 None,
             ))
         };
-        let (mut regs, mut sregs) = match (self.fd.get_regs(), self.fd.get_sregs()) {
-            (Ok(r), Ok(s)) => (r, s),
-            (Err(e), _) | (_, Err(e)) => return fail(self.id, e),
+        let (mut regs, mut sregs) = if self.sync_regs {
+            let s = self.fd.sync_regs();
+            (s.regs, s.sregs)
+        } else {
+            match (self.fd.get_regs(), self.fd.get_sregs()) {
+                (Ok(r), Ok(s)) => (r, s),
+                (Err(e), _) | (_, Err(e)) => return fail(self.id, e),
+            }
         };
         let caller = Caller {
             cr0: sregs.cr0,
@@ -509,12 +519,24 @@ impl Vcpu {
             gs: sregs.gs.base,
         };
         let outcome = self.bios.call(service, &mut regs, &segs);
-        if let Err(e) = self.fd.set_regs(&regs) {
-            return fail(self.id, e);
-        }
         if let Some(es) = outcome.es {
             sregs.es.selector = es;
             sregs.es.base = u64::from(es) << 4;
+        }
+        if self.sync_regs {
+            // Taken back by KVM at the next KVM_RUN, before it runs the guest.
+            self.fd.sync_regs_mut().regs = regs;
+            self.fd.set_sync_dirty_reg(SyncReg::Register);
+            if outcome.es.is_some() {
+                self.fd.sync_regs_mut().sregs = sregs;
+                self.fd.set_sync_dirty_reg(SyncReg::SystemRegister);
+            }
+            return Some(Step::Continue);
+        }
+        if let Err(e) = self.fd.set_regs(&regs) {
+            return fail(self.id, e);
+        }
+        if outcome.es.is_some() {
             if let Err(e) = self.fd.set_sregs(&sregs) {
                 return fail(self.id, e);
             }

@@ -21,7 +21,7 @@ use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Barrier};
 use std::thread::JoinHandle;
 
-use kvm_bindings::kvm_run;
+use kvm_bindings::{kvm_run, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS};
 use kvm_ioctls::VcpuFd;
 use seccompiler::BpfProgram;
 use vm_memory::GuestMemoryMmap;
@@ -242,6 +242,9 @@ impl Prestarted {
         let mut prepared = Vec::with_capacity(vcpus.len());
         for (mut fd, setup) in vcpus {
             let run = fd.get_kvm_run() as *mut kvm_run;
+            // SAFETY: `run` is this vCPU's live kvm_run mapping; no thread runs it yet.
+            let valid = unsafe { (*run).kvm_valid_regs };
+            let sync = u64::from(KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS);
             let mailbox = Arc::new(Mailbox::default());
             reach.push((run as usize, mailbox.clone()));
             prepared.push(Prepared {
@@ -259,6 +262,7 @@ impl Prestarted {
                     pause: setup.pause,
                     ram: setup.ram,
                     mem: setup.mem,
+                    sync_regs: valid & sync == sync,
                 },
                 start: setup.start,
                 test_forbidden: setup.test_forbidden_syscall,

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use kvm_bindings::CpuId;
-use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, Kvm, SyncReg, VcpuFd, VmFd};
 use vm_memory::{GuestMemoryMmap, MmapRegion};
 
 use crate::bus::Bus;
@@ -311,12 +311,23 @@ fn open_kvm() -> Result<(VmFd, CpuId), VmError> {
     Ok((vm, cpuid))
 }
 
+/// The registers KVM keeps in kvm_run for user space.
+const SYNC_REGS: u32 = kvm_bindings::KVM_SYNC_X86_REGS | kvm_bindings::KVM_SYNC_X86_SREGS;
+
 /// The vCPUs at the architectural reset state; the in-kernel LAPIC holds the APs until
 /// SIPI.
 fn create_vcpus(vm: &VmFd, cpuid: &CpuId, cpus: u32) -> Result<Vec<VcpuFd>, VmError> {
     let mut vcpus = Vec::with_capacity(cpus as usize);
+    // KVM copies the registers into kvm_run at each exit and takes them back from there:
+    // a BIOS service call then needs no register ioctl (vcpu/mod.rs, `bios_call`).
+    let sync = SYNC_REGS as i32;
+    let sync_regs = vm.check_extension_int(Cap::SyncRegs) & sync == sync;
     for id in 0..cpus {
-        let vcpu = vm.create_vcpu(id as u64).map_err(kvm_err("create vCPU"))?;
+        let mut vcpu = vm.create_vcpu(id as u64).map_err(kvm_err("create vCPU"))?;
+        if sync_regs {
+            vcpu.set_sync_valid_reg(SyncReg::Register);
+            vcpu.set_sync_valid_reg(SyncReg::SystemRegister);
+        }
         let mut c = cpuid.clone();
         set_topology(&mut c, id, cpus);
         vcpu.set_cpuid2(&c).map_err(kvm_err("set CPUID"))?;
