@@ -400,14 +400,21 @@ pub fn compile(kind: ThreadKind, reboot: bool) -> Result<BpfProgram, SeccompErro
         };
         map.entry(a.nr).or_default().extend(rules);
     }
-    let filter = SeccompFilter::new(
-        map,
-        SeccompAction::Trap,
-        SeccompAction::Allow,
-        TargetArch::x86_64,
-    )
-    .map_err(|e| err(e.to_string()))?;
-    filter
+    // Listed syscalls whose rules match are allowed; anything else traps.
+    to_bpf(kind, map, SeccompAction::Trap, SeccompAction::Allow)
+}
+
+/// Builds a filter of `kind` from its rules: `mismatch` for syscalls (or arguments) the rules
+/// do not match, `matched` for those they do.
+fn to_bpf(
+    kind: ThreadKind,
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    mismatch: SeccompAction,
+    matched: SeccompAction,
+) -> Result<BpfProgram, SeccompError> {
+    let err = |e: String| SeccompError::Build(kind, e);
+    SeccompFilter::new(rules, mismatch, matched, TargetArch::x86_64)
+        .map_err(|e| err(e.to_string()))?
         .try_into()
         .map_err(|e: seccompiler::BackendError| err(e.to_string()))
 }
@@ -417,18 +424,13 @@ pub fn compile(kind: ThreadKind, reboot: bool) -> Result<BpfProgram, SeccompErro
 /// vCPU list. It is short, hence cheap to install (the kernel's cost grows with a filter's
 /// length), and the spawner's filter is inherited, not installed again, by each new thread.
 pub fn compile_spawn_guard() -> Result<BpfProgram, SeccompError> {
-    let err = |e: String| SeccompError::Build(ThreadKind::Vcpu, e);
     let map: BTreeMap<i64, Vec<SeccompRule>> = SPAWN.iter().map(|a| (a.nr, vec![])).collect();
-    let filter = SeccompFilter::new(
+    to_bpf(
+        ThreadKind::Vcpu,
         map,
         SeccompAction::Allow,
         SeccompAction::Trap,
-        TargetArch::x86_64,
     )
-    .map_err(|e| err(e.to_string()))?;
-    filter
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| err(e.to_string()))
 }
 
 /// Installs a compiled filter in the calling thread.
