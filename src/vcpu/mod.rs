@@ -412,35 +412,7 @@ impl Vcpu {
                 }
             }
             Ok(VcpuExit::Shutdown) => Step::Stop(ExitReason::TripleFault, Some(self.dump())),
-            Ok(VcpuExit::InternalError) => {
-                // SAFETY: exit reason is KVM_EXIT_INTERNAL_ERROR: `internal` is valid.
-                let internal = unsafe { (*self.run).__bindgen_anon_1.internal };
-                if !ram_was_open {
-                    // Measured on this host (PVM): an instruction fetched from RAM that has
-                    // no slot yet ends KVM_RUN with an emulation failure, RIP still at the
-                    // instruction. Once the RAM is all there, running again fetches it; the
-                    // same failure in a run that starts with the gate open is a real one.
-                    log::debug(format_args!(
-                        "vCPU {}: KVM internal error (suberror {}) while RAM is being registered: retrying once it is",
-                        self.id, internal.suberror
-                    ));
-                    return match self.ram.wait() {
-                        Ok(()) => Step::Continue,
-                        Err(f) => Step::Stop(ExitReason::HostError(f.to_string()), None),
-                    };
-                }
-                let n = (internal.ndata as usize).min(internal.data.len());
-                let what = match internal.suberror {
-                    1 => "emulation failure (an instruction KVM cannot emulate)".to_string(),
-                    2 => "simultaneous exceptions".to_string(),
-                    3 => "delivery event failure".to_string(),
-                    s => format!("suberror {s}"),
-                };
-                Step::Stop(
-                    ExitReason::InternalError(format!("{what}, data {:x?}", &internal.data[..n])),
-                    Some(self.dump()),
-                )
-            }
+            Ok(VcpuExit::InternalError) => self.internal_error(ram_was_open),
             Ok(VcpuExit::FailEntry(reason, cpu)) => Step::Stop(
                 ExitReason::InternalError(format!(
                     "VM entry failed: hardware reason {reason:#x} on host CPU {cpu}"
@@ -477,6 +449,37 @@ impl Vcpu {
                 None,
             ),
         }
+    }
+
+    /// KVM_EXIT_INTERNAL_ERROR; `ram_was_open`: every RAM slot existed when the run began.
+    fn internal_error(&mut self, ram_was_open: bool) -> Step {
+        // SAFETY: exit reason is KVM_EXIT_INTERNAL_ERROR: `internal` is valid.
+        let internal = unsafe { (*self.run).__bindgen_anon_1.internal };
+        if !ram_was_open {
+            // Measured on this host (PVM): an instruction fetched from RAM that has
+            // no slot yet ends KVM_RUN with an emulation failure, RIP still at the
+            // instruction. Once the RAM is all there, running again fetches it; the
+            // same failure in a run that starts with the gate open is a real one.
+            log::debug(format_args!(
+                "vCPU {}: KVM internal error (suberror {}) while RAM is being registered: retrying once it is",
+                self.id, internal.suberror
+            ));
+            return match self.ram.wait() {
+                Ok(()) => Step::Continue,
+                Err(f) => Step::Stop(ExitReason::HostError(f.to_string()), None),
+            };
+        }
+        let n = (internal.ndata as usize).min(internal.data.len());
+        let what = match internal.suberror {
+            1 => "emulation failure (an instruction KVM cannot emulate)".to_string(),
+            2 => "simultaneous exceptions".to_string(),
+            3 => "delivery event failure".to_string(),
+            s => format!("suberror {s}"),
+        };
+        Step::Stop(
+            ExitReason::InternalError(format!("{what}, data {:x?}", &internal.data[..n])),
+            Some(self.dump()),
+        )
     }
 
     /// A write to a service port: when it comes from the firmware's handler (bios.rs,
