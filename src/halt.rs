@@ -51,23 +51,36 @@ pub struct BlockingStat {
 }
 
 impl BlockingStat {
-    /// Opens the vCPU's statistics fd and finds `blocking`; None if the kernel has neither.
-    pub fn open(vcpu: &VcpuFd) -> Option<BlockingStat> {
-        // SAFETY: KVM_GET_STATS_FD takes no argument and returns a new fd or -1.
-        let fd = unsafe { libc::ioctl(vcpu.as_raw_fd(), KVM_GET_STATS_FD, 0) };
-        if fd < 0 {
-            return None;
+    /// Opens every vCPU's statistics fd and finds `blocking`; None if the kernel has neither.
+    /// Every vCPU of a VM has the same statistics, so their layout is read from the first.
+    pub fn open_all(vcpus: &[VcpuFd]) -> Option<Vec<BlockingStat>> {
+        let mut stats: Vec<BlockingStat> = Vec::with_capacity(vcpus.len());
+        for vcpu in vcpus {
+            let file = stats_fd(vcpu)?;
+            let offset = match stats.first() {
+                Some(first) => first.offset,
+                None => find_stat(&file, "blocking")?,
+            };
+            stats.push(BlockingStat { file, offset });
         }
-        // SAFETY: fd is a fresh descriptor that we own from here on.
-        let file = unsafe { File::from_raw_fd(fd) };
-        let offset = find_stat(&file, "blocking")?;
-        Some(BlockingStat { file, offset })
+        Some(stats)
     }
 
     pub fn blocking(&self) -> bool {
         let mut b = [0u8; 8];
         matches!(self.file.read_at(&mut b, self.offset), Ok(8)) && u64::from_ne_bytes(b) != 0
     }
+}
+
+/// The vCPU's binary statistics file.
+fn stats_fd(vcpu: &VcpuFd) -> Option<File> {
+    // SAFETY: KVM_GET_STATS_FD takes no argument and returns a new fd or -1.
+    let fd = unsafe { libc::ioctl(vcpu.as_raw_fd(), KVM_GET_STATS_FD, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fd is a fresh descriptor that we own from here on.
+    Some(unsafe { File::from_raw_fd(fd) })
 }
 
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {

@@ -101,7 +101,7 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
     lock(&machine.serial).set_output_notifier(wake.clone());
     let (tx, rx) = channel();
 
-    let stats: Option<Vec<BlockingStat>> = machine.vcpus.iter().map(BlockingStat::open).collect();
+    let stats = BlockingStat::open_all(&machine.vcpus);
     if stats.is_none() {
         log::info(format_args!(
             "no KVM vCPU statistics: halts are checked every {FALLBACK_PERIOD:?}"
