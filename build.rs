@@ -47,8 +47,13 @@ fn syscall_names(out: &Path) {
 }
 
 /// Firmware symbols the VMM needs, as offsets in segment F000: each service handler's `out`
-/// (a port write is a service call only from there) and the ROM tables services return.
+/// (a port write is a service call only from there), the ROM tables services return, and
+/// what the interrupt vector table points at (src/bios/ivt.rs).
 const SYMBOLS: &[&str] = &[
+    "default_isr",
+    "irq_master_isr",
+    "irq_slave_isr",
+    "service_vectors",
     "int10_out",
     "int11_out",
     "int12_out",

@@ -1,4 +1,4 @@
-# POST: stack, interrupt vectors, PICs, BIOS data areas, then the boot descriptor decides.
+# POST: stack, PICs, PIT, then the boot descriptor decides (the VMM wrote the IVT and BDA).
         .code16
         .intel_syntax noprefix
         .text
@@ -14,31 +14,8 @@ post:
         mov     ax, cs
         mov     ds, ax                          # DS: the ROM (strings)
 
-        # IVT: every vector to an IRET, the PIC vectors to handlers that acknowledge.
-        xor     di, di
-        mov     cx, 256
-        mov     eax, 0xF0000000                 # F000:default_isr
-        mov     ax, offset default_isr
-        rep     stosd
-        mov     di, 0x08 * 4
-        mov     dx, offset irq_master_isr
-        call    set_eight_vectors
-        mov     di, 0x70 * 4
-        mov     dx, offset irq_slave_isr
-        call    set_eight_vectors
-
-        mov     bx, offset service_vectors
-2:      movzx   di, byte ptr [bx]               # vector number; 0 ends the list
-        test    di, di
-        jz      3f
-        shl     di, 2
-        mov     ax, [bx + 1]
-        stosw
-        mov     ax, cs
-        stosw
-        add     bx, 3
-        jmp     2b
-3:
+        # The IVT is the VMM's (src/bios/ivt.rs): every vector to default_isr, the PIC
+        # vectors to the handlers that acknowledge, the services from service_vectors.
         call    pic_init
         call    pit_init
 
@@ -87,17 +64,6 @@ halt_forever:
         jmp     halt_forever
 
 # Points the eight vectors at ES:DI onward to CS:DX.
-set_eight_vectors:
-        mov     cx, 8
-1:      mov     ax, dx
-        stosw
-        mov     ax, cs
-        stosw
-        loop    1b
-        ret
-
-# The 8259 pair as a PC BIOS leaves it: vectors 08h and 70h, cascade on IRQ 2, all masked
-# but the timer (IRQ 0) and the cascade.
 pic_init:
         mov     al, 0x11
         out     0x20, al

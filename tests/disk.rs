@@ -152,6 +152,30 @@ extern "C" {
     fn kill(pid: i32, sig: i32) -> i32;
 }
 
+/// With `--reboot`, the VMM writes the embedded firmware's interrupt vector table again at
+/// a reset (src/bios/ivt.rs), as POST would: the guest broke INT 10h's vector and reset.
+#[test]
+fn a_reboot_writes_the_interrupt_vectors_again() {
+    if !kvm_available() {
+        return;
+    }
+    let p = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("disk-ivt-reboot.img");
+    std::fs::write(&p, boot_sector("ivt_reboot", &[])).unwrap();
+    let r = minipc(&["--disk", path_str(&p), "--reboot", "--timeout", "20"]);
+    assert_eq!(
+        r.code,
+        0x31 * 2 + 1,
+        "stdout: {}\nstderr: {}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(
+        r.stdout.ends_with("second boot: INT 10h works\r\n"),
+        "{}",
+        r.stdout
+    );
+}
+
 #[test]
 fn a_disk_without_a_boot_signature_says_so_and_halts() {
     if !kvm_available() {

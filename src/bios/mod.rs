@@ -14,6 +14,7 @@ pub mod bda;
 mod boot;
 mod disk;
 mod equipment;
+pub mod ivt;
 mod keyboard;
 mod system;
 pub use system::reports_memory;
@@ -329,6 +330,7 @@ impl Bios {
 
     /// Back to the state at power-on for a reboot (`--reboot`), as POST leaves it: the BDA
     /// rewritten with the tick count from the CMOS clock, no stuffed keys, no disk status.
+    /// (The boot's reload writes the interrupt vectors again: boot/mod.rs, `load`.)
     /// RAM is otherwise kept. Nothing to do for a user's firmware.
     pub fn reset(&self) {
         if !self.embedded {

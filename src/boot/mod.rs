@@ -320,8 +320,11 @@ impl BootPlan {
     /// Places the payload and its boot structures in guest memory; returns the boot
     /// descriptor for the firmware.
     pub fn load(&self, mem: &GuestMemoryMmap, env: &BootEnv) -> Result<BootDescriptor, BootError> {
-        // The BIOS data area, as POST would leave it (a user's firmware writes its own).
+        // The interrupt vectors and the BIOS data area, as POST would leave them (a user's
+        // firmware writes its own).
         if !matches!(self.payload, Payload::Firmware | Payload::FirmwareLinux(_)) {
+            crate::bios::ivt::write(mem, crate::firmware::EMBEDDED)
+                .map_err(|e| BootError::Memory(e.to_string()))?;
             crate::bios::bda::write(mem, env.layout, self.disk.as_deref(), self.ticks_now())
                 .map_err(|e| BootError::Memory(e.to_string()))?;
         }
