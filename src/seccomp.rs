@@ -330,19 +330,23 @@ fn cond(
 
 fn rules_for(a: &Allowed) -> Result<Vec<SeccompRule>, String> {
     let rule = |c: Vec<SeccompCondition>| SeccompRule::new(c).map_err(|e| e.to_string());
-    Ok(match a.args {
-        Args::Any => vec![],
-        Args::Ioctl(reqs) => reqs
+    // One rule per value: argument `arg` equal to it.
+    let one_of = |arg: u8, values: &[u64]| -> Result<Vec<SeccompRule>, String> {
+        values
             .iter()
-            .map(|r| {
+            .map(|v| {
                 rule(vec![cond(
-                    1,
+                    arg,
                     SeccompCmpArgLen::Dword,
                     SeccompCmpOp::Eq,
-                    *r,
+                    *v,
                 )?])
             })
-            .collect::<Result<_, _>>()?,
+            .collect()
+    };
+    Ok(match a.args {
+        Args::Any => vec![],
+        Args::Ioctl(reqs) => one_of(1, reqs)?,
         Args::TerminalIoctl(reqs) => reqs
             .iter()
             .map(|r| {
@@ -352,28 +356,8 @@ fn rules_for(a: &Allowed) -> Result<Vec<SeccompRule>, String> {
                 ])
             })
             .collect::<Result<_, _>>()?,
-        Args::Prctl(options) => options
-            .iter()
-            .map(|o| {
-                rule(vec![cond(
-                    0,
-                    SeccompCmpArgLen::Dword,
-                    SeccompCmpOp::Eq,
-                    *o,
-                )?])
-            })
-            .collect::<Result<_, _>>()?,
-        Args::Fcntl(cmds) => cmds
-            .iter()
-            .map(|c| {
-                rule(vec![cond(
-                    1,
-                    SeccompCmpArgLen::Dword,
-                    SeccompCmpOp::Eq,
-                    *c,
-                )?])
-            })
-            .collect::<Result<_, _>>()?,
+        Args::Prctl(options) => one_of(0, options)?,
+        Args::Fcntl(cmds) => one_of(1, cmds)?,
         Args::NoExec => vec![rule(vec![cond(
             2,
             SeccompCmpArgLen::Dword,
