@@ -106,7 +106,6 @@ pub struct Filters {
     pub supervisor: seccompiler::BpfProgram,
     pub vmm: seccompiler::BpfProgram,
     pub vcpu: std::sync::Arc<vcpu::VcpuFilters>,
-    pub ram_registrar: std::sync::Arc<seccompiler::BpfProgram>,
 }
 
 impl Filters {
@@ -127,7 +126,6 @@ impl Filters {
                 vcpu: seccomp::compile(ThreadKind::Vcpu, reboot)?,
                 spawn,
             }),
-            ram_registrar: std::sync::Arc::new(seccomp::compile(ThreadKind::RamRegistrar, reboot)?),
         })
     }
 }

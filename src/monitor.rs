@@ -141,11 +141,16 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
     drop(tx);
     // Not joined, and not waited for: it touches no guest input and may still be
     // registering at exit, which must not delay the exit status.
+    // Its filter is compiled only here: most guests defer no RAM.
     if let Some(d) = deferred {
-        d.spawn(
-            opts.filters.as_ref().map(|f| f.ram_registrar.clone()),
-            wake.clone(),
-        )?;
+        let filter = match &opts.filters {
+            Some(_) => Some(Arc::new(
+                seccomp::compile(ThreadKind::RamRegistrar, opts.reboot)
+                    .map_err(io::Error::other)?,
+            )),
+            None => None,
+        };
+        d.spawn(filter, wake.clone())?;
     }
     start.wait();
     if let Some(f) = &opts.filters {
