@@ -146,12 +146,15 @@ fn first_thread(
         (Some(_), Some((spawner, _))) => install(ThreadKind::VcpuSpawner, spawner),
         (Some(f), None) => install(ThreadKind::Vcpu, &f.vcpu),
     };
-    let Ok(mut vcpus) = rx.recv() else {
-        return; // The machine was not built.
+    let mut vcpus = match rx.recv() {
+        Ok(v) if !v.is_empty() => v,
+        // The machine was not built: the process is about to exit. The thread waits for
+        // that exit rather than ending, because a thread's own end makes calls (sigaltstack,
+        // munmap) that its filter forbids.
+        _ => loop {
+            std::thread::park();
+        },
     };
-    if vcpus.is_empty() {
-        return;
-    }
     let own = vcpus.remove(0);
     if let Err(e) = filtered {
         let _ = report.send(Err(e.clone()));
