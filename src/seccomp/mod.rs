@@ -11,9 +11,10 @@ use std::collections::BTreeMap;
 
 use kvm_bindings::{kvm_mp_state, kvm_regs, kvm_sregs};
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule,
 };
+
+mod tree;
 
 include!(concat!(env!("OUT_DIR"), "/syscall_names.rs"));
 
@@ -369,6 +370,17 @@ fn rules_for(a: &Allowed) -> Result<Vec<SeccompRule>, String> {
 
 /// Compiles the filter of a thread kind.
 pub fn compile(kind: ThreadKind, reboot: bool) -> Result<BpfProgram, SeccompError> {
+    // Listed syscalls whose rules match are allowed; anything else traps.
+    to_bpf(
+        kind,
+        rules(kind, reboot)?,
+        SeccompAction::Trap,
+        SeccompAction::Allow,
+    )
+}
+
+/// The rules of a thread kind's filter, by syscall number.
+fn rules(kind: ThreadKind, reboot: bool) -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
     let err = |e: String| SeccompError::Build(kind, e);
     let mut map: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     let list = allowed(kind, reboot);
@@ -384,29 +396,26 @@ pub fn compile(kind: ThreadKind, reboot: bool) -> Result<BpfProgram, SeccompErro
         };
         map.entry(a.nr).or_default().extend(rules);
     }
-    // Listed syscalls whose rules match are allowed; anything else traps.
-    to_bpf(kind, map, SeccompAction::Trap, SeccompAction::Allow)
+    Ok(map)
 }
 
 /// Builds a filter of `kind` from its rules: `mismatch` for syscalls (or arguments) the rules
-/// do not match, `matched` for those they do.
+/// do not match, `matched` for those they do. The filter is a search tree over the syscall
+/// numbers (tree.rs), which the kernel caches quickly at install.
 fn to_bpf(
     kind: ThreadKind,
     rules: BTreeMap<i64, Vec<SeccompRule>>,
     mismatch: SeccompAction,
     matched: SeccompAction,
 ) -> Result<BpfProgram, SeccompError> {
-    let err = |e: String| SeccompError::Build(kind, e);
-    SeccompFilter::new(rules, mismatch, matched, TargetArch::x86_64)
-        .map_err(|e| err(e.to_string()))?
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| err(e.to_string()))
+    tree::build(rules, mismatch, matched).map_err(|e| SeccompError::Build(kind, e))
 }
 
 /// The spawn guard, stacked on the vCPU spawner's filter in every vCPU thread: it traps the
 /// `SPAWN` syscalls and lets the rest through to the filter below, so what remains is the
 /// vCPU list. It is short, hence cheap to install (the kernel's cost grows with a filter's
-/// length), and the spawner's filter is inherited, not installed again, by each new thread.
+/// length and with how far syscall numbers go into it), and the spawner's filter is
+/// inherited, not installed again, by each new thread.
 pub fn compile_spawn_guard() -> Result<BpfProgram, SeccompError> {
     let map: BTreeMap<i64, Vec<SeccompRule>> = SPAWN.iter().map(|a| (a.nr, vec![])).collect();
     to_bpf(
@@ -689,6 +698,137 @@ mod tests {
         let guard = compile_spawn_guard().unwrap();
         assert!(guard.len() < 64, "{} instructions", guard.len());
         assert!(guard.len() * 3 < compile(ThreadKind::Vcpu, false).unwrap().len());
+    }
+
+    const KINDS: [ThreadKind; 5] = [
+        ThreadKind::Supervisor,
+        ThreadKind::Vmm,
+        ThreadKind::Vcpu,
+        ThreadKind::VcpuSpawner,
+        ThreadKind::RamRegistrar,
+    ];
+
+    /// Argument sets that reach every rule of `list`, matching and not.
+    fn argument_sets(list: &[Allowed]) -> Vec<[u64; 6]> {
+        let mut sets = vec![[0; 6], [u64::MAX; 6]];
+        let mut at = |i: usize, v: u64| {
+            for fd0 in [0, 3] {
+                for high in [0, 1 << 32] {
+                    let mut a = [0; 6];
+                    a[0] = fd0;
+                    a[i] = v | high;
+                    sets.push(a);
+                }
+            }
+        };
+        for a in list {
+            match a.args {
+                Args::Any => {}
+                Args::Ioctl(v) | Args::TerminalIoctl(v) | Args::Fcntl(v) => {
+                    v.iter().for_each(|v| at(1, *v))
+                }
+                Args::Prctl(v) => v.iter().for_each(|v| at(0, *v)),
+                Args::NoExec => {
+                    for prot in [
+                        libc::PROT_READ,
+                        libc::PROT_EXEC,
+                        libc::PROT_READ | libc::PROT_EXEC,
+                    ] {
+                        at(2, prot as u64);
+                    }
+                }
+            }
+        }
+        sets
+    }
+
+    #[test]
+    fn the_search_tree_decides_as_seccompiler_does() {
+        use seccompiler::{SeccompFilter, TargetArch};
+        let mut filters = vec![];
+        for kind in KINDS {
+            for reboot in [false, true] {
+                let rules = rules(kind, reboot).unwrap();
+                let linear: BpfProgram = SeccompFilter::new(
+                    rules,
+                    SeccompAction::Trap,
+                    SeccompAction::Allow,
+                    TargetArch::x86_64,
+                )
+                .unwrap()
+                .try_into()
+                .unwrap();
+                let mut list = allowed(kind, reboot);
+                if kind == ThreadKind::Vcpu {
+                    list.extend_from_slice(SPAWN);
+                }
+                filters.push((
+                    format!("{kind:?} reboot={reboot}"),
+                    linear,
+                    compile(kind, reboot).unwrap(),
+                    list,
+                ));
+            }
+        }
+        let guard: BTreeMap<i64, Vec<SeccompRule>> = SPAWN.iter().map(|a| (a.nr, vec![])).collect();
+        let guard_linear: BpfProgram = SeccompFilter::new(
+            guard,
+            SeccompAction::Allow,
+            SeccompAction::Trap,
+            TargetArch::x86_64,
+        )
+        .unwrap()
+        .try_into()
+        .unwrap();
+        filters.push((
+            "spawn guard".into(),
+            guard_linear,
+            compile_spawn_guard().unwrap(),
+            SPAWN.to_vec(),
+        ));
+
+        let x32 = 0x4000_0000;
+        let mut checked = 0;
+        for (name, linear, tree, list) in &filters {
+            let arg_sets = argument_sets(list);
+            let nrs = (0..=470).chain([x32, x32 + 1, x32 + 16, x32 + 59, u32::MAX]);
+            for nr in nrs {
+                let listed = list.iter().any(|a| a.nr == i64::from(nr));
+                let sets = if listed {
+                    &arg_sets[..]
+                } else {
+                    &arg_sets[..2]
+                };
+                for arch in [tree::tests::seccompiler_arch(), 0x4000_0003] {
+                    for args in sets {
+                        let d = tree::tests::Data {
+                            nr,
+                            arch,
+                            args: *args,
+                        };
+                        let want = tree::tests::run(linear, &d);
+                        assert_eq!(
+                            tree::tests::run(tree, &d),
+                            want,
+                            "{name}: nr {nr} arch {arch:#x} args {args:x?}"
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+            // What the kernel walks for each number at install: a few comparisons, not the
+            // whole list.
+            let walk = |p: &[seccompiler::sock_filter]| {
+                (0..512).map(|nr| tree::tests::walked(p, nr)).max().unwrap()
+            };
+            assert!(
+                walk(tree) <= 24,
+                "{name}: {} instructions walked, {} in a row",
+                walk(tree),
+                walk(linear)
+            );
+        }
+        assert!(checked > 40_000, "{checked} cases");
     }
 
     #[test]
