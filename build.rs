@@ -10,7 +10,6 @@ use std::process::Command;
 const SOURCES: &[&str] = &[
     "reset.s",
     "post.s",
-    "fw_cfg.s",
     "console.s",
     "services.s",
     "demo.s",

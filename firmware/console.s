@@ -11,33 +11,33 @@ line_start:
         mov     di, LINE_BUF
         ret
 
-# line_str: append the NUL-terminated string at DS:SI to ES:DI.
+# line_str: append the string at DS:SI (a length byte, then the bytes; see `lstr` in
+# layout.inc) to ES:DI. One REP MOVSB: where real mode is emulated instruction by
+# instruction, a copied byte costs a fraction of a loop's five instructions.
         .globl line_str
 line_str:
         push    ax
-1:      lodsb
-        test    al, al
-        jz      2f
-        stosb
-        jmp     1b
-2:      pop     ax
+        push    cx
+        lodsb
+        movzx   cx, al
+        rep movsb
+        pop     cx
+        pop     ax
         ret
 
-# line_hex32: append EAX as eight hex digits.
+# line_hex32: append EAX as eight hex digits, two per table lookup (`hex_pairs`).
         .globl line_hex32
 line_hex32:
-        push    ecx
-        push    ebx
-        mov     cx, 8
-1:      rol     eax, 4
-        mov     bx, ax
-        and     bx, 0x0F
-        mov     bl, cs:[bx + hex_digits]
-        mov     es:[di], bl
-        inc     di
-        loop    1b
-        pop     ebx
-        pop     ecx
+        push    bx
+        .rept   4
+        rol     eax, 8
+        movzx   bx, al
+        add     bx, bx
+        mov     bx, cs:[bx + hex_pairs]
+        mov     es:[di], bx
+        add     di, 2
+        .endr
+        pop     bx
         ret
 
 # line_dec: append AX in decimal.
@@ -87,7 +87,7 @@ print_out:
         mov     di, LINE_BUF
         ret
 
-# puts: print the NUL-terminated string at DS:SI as it is.
+# puts: print the string at DS:SI (`lstr`) as it is.
         .globl puts
 puts:
         call    line_start
@@ -95,4 +95,10 @@ puts:
         jmp     line_send
 
         .section .rodata
-hex_digits:     .ascii "0123456789abcdef"
+# "00" to "ff": the two hex digits of each byte value.
+hex_pairs:
+        .irpc   hi, 0123456789abcdef
+        .irpc   lo, 0123456789abcdef
+        .ascii  "\hi\lo"
+        .endr
+        .endr

@@ -124,14 +124,15 @@ line_bcd:
         ret
 
         .section .rodata
-banner:         .ascii "minipc firmware "
+banner:         .byte   9f - 8f                 # lstr, with the version from build.rs
+8:              .ascii  "minipc firmware "
                 .include "version.inc"
-                .byte 0
-e820_hdr:       .asciz "E820 map (INT 15h):"
-indent:         .asciz "  "
-type_ram:       .asciz " usable"
-type_reserved:  .asciz " reserved"
-msg_no_e820:    .asciz "INT 15h E820 failed\r\n"
-cpus_msg:       .asciz "vCPUs: "
-bye:            .asciz "demo done, halting\r\n"
-rtc_msg:        .asciz "RTC: "
+9:
+        lstr    e820_hdr, "E820 map (INT 15h):"
+        lstr    indent, "  "
+        lstr    type_ram, " usable"
+        lstr    type_reserved, " reserved"
+        lstr    msg_no_e820, "INT 15h E820 failed\r\n"
+        lstr    cpus_msg, "vCPUs: "
+        lstr    bye, "demo done, halting\r\n"
+        lstr    rtc_msg, "RTC: "

@@ -1,4 +1,5 @@
-# POST: stack, PICs, PIT, then the boot descriptor decides (the VMM wrote the IVT and BDA).
+# POST: stack, PICs, PIT, then the boot descriptor decides (the VMM wrote the IVT, the BDA
+# and the descriptor).
         .code16
         .intel_syntax noprefix
         .text
@@ -19,16 +20,7 @@ post:
         call    pic_init
         call    pit_init
 
-        # The boot descriptor from fw_cfg.
-        mov     si, offset boot_file
-        call    fw_cfg_find
-        jc      no_descriptor
-        cmp     ecx, BOOT_DESC_MAX
-        jbe     2f
-        mov     ecx, BOOT_DESC_MAX
-2:      mov     edi, BOOT_DESC
-        call    fw_cfg_read
-        jc      no_descriptor
+        # The boot descriptor: the VMM's copy of fw_cfg's opt/minipc/boot, in low RAM.
         cmp     dword ptr es:[BOOT_DESC + BD_MAGIC], BOOT_MAGIC
         jne     no_descriptor
 
@@ -53,7 +45,7 @@ no_descriptor:
         mov     si, offset msg_no_desc
         # fall through
 
-# Prints the NUL-terminated string at DS:SI and halts for good.
+# Prints the string at DS:SI (`lstr`) and halts for good.
         .globl fatal
 fatal:
         call    puts
@@ -121,7 +113,6 @@ boot_kinds:
         .word   handoff_protected               # 3: 64-bit long mode, identity paging
         .word   boot_disk                       # 4: INT 19h: the boot sector of the disk
         .set    BOOT_KINDS, (. - boot_kinds) / 2
-boot_file:      .asciz "opt/minipc/boot"
-msg_no_desc:    .asciz "minipc firmware: no boot descriptor in fw_cfg\r\n"
-msg_no_boot:    .asciz "minipc firmware: the disk is not bootable\r\n"
-msg_bad_kind:   .asciz "minipc firmware: unknown boot kind\r\n"
+        lstr    msg_no_desc, "minipc firmware: no boot descriptor\r\n"
+        lstr    msg_no_boot, "minipc firmware: the disk is not bootable\r\n"
+        lstr    msg_bad_kind, "minipc firmware: unknown boot kind\r\n"

@@ -11,6 +11,9 @@ pub static EMBEDDED: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/firmware.
 
 /// The fw_cfg file that carries the boot descriptor.
 pub const BOOT_DESCRIPTOR_FILE: &str = "opt/minipc/boot";
+/// Where the VMM also writes the descriptor for the embedded firmware (`BOOT_DESC` in
+/// firmware/layout.inc).
+pub const BOOT_DESCRIPTOR_ADDR: u64 = 0x510;
 const BOOT_MAGIC: &[u8; 4] = b"MPCB";
 const BOOT_DESCRIPTOR_VERSION: u16 = 2;
 

@@ -480,7 +480,7 @@ fn the_firmware_hands_off_within_2000_instructions() {
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("no instruction count: {stats}"));
         assert!(
-            (100..2000).contains(&n),
+            (20..2000).contains(&n),
             "{p}: {n} instructions before the hand-off"
         );
         assert!(stats.contains("\"handoff_us\":") && !stats.contains("\"handoff_us\":null"));

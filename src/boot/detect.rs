@@ -449,6 +449,7 @@ mod fuzz {
             layout,
             e820: &e820,
             rsdp: rng.one_in(2).then_some(&rsdp[..]),
+            cpus: 1,
         };
         let plan_text = format!("{:?}", plan.payload)
             .chars()

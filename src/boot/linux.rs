@@ -745,6 +745,7 @@ pub(super) mod tests {
             layout: &layout,
             e820: &e820,
             rsdp: None,
+            cpus: 1,
         };
         let (kind, h) = l.load(&mem, &env).unwrap();
         assert_eq!((kind, h.entry), (BootKind::Long, 0x10_0000));
@@ -788,6 +789,7 @@ pub(super) mod tests {
             layout: &layout,
             e820: &e820,
             rsdp: None,
+            cpus: 1,
         };
         for (p, kind, entry) in [
             (BootProtocol::Auto, BootKind::Long, 0x100_0200),

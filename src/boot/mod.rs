@@ -100,6 +100,8 @@ pub struct BootEnv<'a> {
     pub e820: &'a [E820Entry],
     /// The ACPI RSDP as written at 0xE0000, when there are ACPI tables.
     pub rsdp: Option<&'a [u8]>,
+    /// The vCPU count, for the boot descriptor.
+    pub cpus: u16,
 }
 
 /// Where an image may be loaded: RAM above the boot structures and below the EBDA, or RAM
@@ -322,7 +324,7 @@ impl BootPlan {
     pub fn load(&self, mem: &GuestMemoryMmap, env: &BootEnv) -> Result<BootDescriptor, BootError> {
         // The interrupt vectors and the BIOS data area, as POST would leave them (a user's
         // firmware writes its own).
-        if !matches!(self.payload, Payload::Firmware | Payload::FirmwareLinux(_)) {
+        if self.embedded_firmware() {
             crate::bios::ivt::write(mem, crate::firmware::EMBEDDED)
                 .map_err(|e| BootError::Memory(e.to_string()))?;
             crate::bios::bda::write(mem, env.layout, self.disk.as_deref(), self.ticks_now())
@@ -337,11 +339,28 @@ impl BootPlan {
             Payload::Multiboot(m) => m.load(mem, env)?,
             Payload::Multiboot2(m) => m.load(mem, env)?,
         };
-        Ok(BootDescriptor {
+        let descriptor = BootDescriptor {
             kind,
             handoff,
-            ..Default::default()
-        })
+            base_memory_kib: env.layout.base_memory_kib(),
+            ebda_segment: (EBDA_START >> 4) as u16,
+            cpus: env.cpus,
+        };
+        // The embedded firmware finds it in low RAM (its copy of the fw_cfg file, as POST
+        // would leave it), so that POST reads nothing through fw_cfg.
+        if self.embedded_firmware() {
+            mem.write_slice(
+                &descriptor.to_bytes(),
+                GuestAddress(crate::firmware::BOOT_DESCRIPTOR_ADDR),
+            )
+            .map_err(|e| BootError::Memory(e.to_string()))?;
+        }
+        Ok(descriptor)
+    }
+
+    /// Whether the embedded firmware runs this boot (not a user's `--firmware`).
+    fn embedded_firmware(&self) -> bool {
+        !matches!(self.payload, Payload::Firmware | Payload::FirmwareLinux(_))
     }
 
     /// The fw_cfg items of this boot (QEMU's kernel, initrd and command line items).

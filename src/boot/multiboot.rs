@@ -529,6 +529,7 @@ pub(super) mod tests {
             layout: &layout,
             e820: &e820,
             rsdp: None,
+            cpus: 1,
         };
         let (kind, h) = m.load(&mem, &env).unwrap();
         assert_eq!(kind, BootKind::Protected);

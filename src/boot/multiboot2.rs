@@ -372,6 +372,7 @@ pub(super) mod tests {
             layout: &layout,
             e820: &e820,
             rsdp: Some(&rsdp),
+            cpus: 1,
         };
         let (_, h) = m.load(&mem, &env).unwrap();
         assert_eq!(

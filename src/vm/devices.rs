@@ -235,7 +235,7 @@ pub(super) fn firmware_config(
     layout: &MemoryLayout,
     guest_mem: &GuestMemoryMmap,
     e820: &[memory::E820Entry],
-    mut descriptor: BootDescriptor,
+    descriptor: BootDescriptor,
     boot: &crate::boot::BootPlan,
 ) -> Result<FwCfg, VmError> {
     let mut fw_cfg = FwCfg::new(guest_mem.clone());
@@ -243,9 +243,6 @@ pub(super) fn firmware_config(
     fw_cfg.add_item(key::NOGRAPHIC, 1u16.to_le_bytes().to_vec());
     fw_cfg.add_item(key::NB_CPUS, (cfg.cpus as u16).to_le_bytes().to_vec());
     fw_cfg.add_item(key::MAX_CPUS, (cfg.cpus as u16).to_le_bytes().to_vec());
-    descriptor.base_memory_kib = layout.base_memory_kib();
-    descriptor.ebda_segment = (memory::EBDA_START >> 4) as u16;
-    descriptor.cpus = cfg.cpus as u16;
     let fw_err = |e: crate::devices::fw_cfg::FwCfgError| VmError::Device(e.to_string());
     // One E820 map for fw_cfg, INT 15h and the boot structures alike.
     let e820: Vec<u8> = e820.iter().flat_map(|e| e.to_bytes()).collect();

@@ -96,6 +96,7 @@ pub struct BootAtReset {
     e820: Vec<memory::E820Entry>,
     layout: MemoryLayout,
     rsdp: Option<Vec<u8>>,
+    cpus: u16,
 }
 
 /// The in-kernel PICs and IOAPIC.
@@ -132,6 +133,7 @@ impl Machine {
                 layout: &b.layout,
                 e820: &b.e820,
                 rsdp: b.rsdp.as_deref(),
+                cpus: b.cpus,
             };
             b.plan
                 .load(&self.guest_mem, &env)
@@ -217,6 +219,7 @@ pub fn build(
         layout: &layout,
         e820: &e820,
         rsdp: rsdp.as_deref(),
+        cpus: cfg.cpus as u16,
     };
     let descriptor = boot
         .load(&guest_mem, &env)
@@ -245,6 +248,7 @@ pub fn build(
             e820,
             layout,
             rsdp,
+            cpus: cfg.cpus as u16,
         };
         (Some(capture_chips(&vm)?), Some(boot))
     } else {

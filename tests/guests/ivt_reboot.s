@@ -1,7 +1,9 @@
 # A boot sector for --reboot: its first boot points INT 10h's vector at a HLT and the BDA's
-# COM1 port at nothing, leaves a mark in RAM (kept across a reset) and resets the machine
-# through port 0xCF9. Booted again, it finds its mark and prints through INT 10h, which works
-# only if the interrupt vector table was written anew at the reset; then debug-exit 0x31.
+# COM1 port at nothing, wipes the boot descriptor's magic (0x510), leaves a mark in RAM
+# (kept across a reset) and resets the machine through port 0xCF9. Booted again, which needs
+# the descriptor written anew (POST halts without it), it finds its mark and prints through
+# INT 10h, which works only if the interrupt vector table was written anew at the reset; then
+# debug-exit 0x31.
         .code16
         .intel_syntax noprefix
         .set    DEBUG_EXIT, 0xF4
@@ -23,6 +25,7 @@ start:
         mov     word ptr ds:[0x10 * 4], offset dead   # INT 10h -> 0:dead
         mov     word ptr ds:[0x10 * 4 + 2], 0
         mov     word ptr ds:[0x400], 0                # no COM1 in the BDA
+        mov     dword ptr ds:[0x510], 0               # no boot descriptor
         mov     dx, 0xCF9
         mov     al, 0x06                              # hard reset
         out     dx, al
