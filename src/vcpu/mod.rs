@@ -507,6 +507,11 @@ impl Vcpu {
         };
         match mp.mp_state {
             KVM_MP_STATE_UNINITIALIZED | KVM_MP_STATE_INIT_RECEIVED => true,
+            // RFLAGS as KVM_RUN left it in kvm_run, when it keeps the registers there: one
+            // vCPU ioctl fewer (each loads the vCPU, whose MSR reads trap here).
+            KVM_MP_STATE_HALTED if self.sync_regs => {
+                self.fd.sync_regs().regs.rflags & (1 << 9) == 0
+            }
             KVM_MP_STATE_HALTED => self
                 .fd
                 .get_regs()
