@@ -1,5 +1,5 @@
-# POST: stack, PICs, PIT, then the boot descriptor decides (the VMM wrote the IVT, the BDA
-# and the descriptor).
+# POST: stack, PICs, then the boot descriptor decides (the VMM wrote the IVT, the BDA and
+# the descriptor, and programmed the PIT).
         .code16
         .intel_syntax noprefix
         .text
@@ -18,7 +18,7 @@ post:
         # The IVT is the VMM's (src/bios/ivt.rs): every vector to default_isr, the PIC
         # vectors to the handlers that acknowledge, the services from service_vectors.
         call    pic_init
-        call    pit_init
+        # The PIT: programmed by the VMM (src/bios/pit.rs), channel 0 at 18.2 Hz.
 
         # The boot descriptor: the VMM's copy of fw_cfg's opt/minipc/boot, in low RAM.
         cmp     dword ptr es:[BOOT_DESC + BD_MAGIC], BOOT_MAGIC
@@ -55,7 +55,7 @@ halt_forever:
         hlt
         jmp     halt_forever
 
-# Points the eight vectors at ES:DI onward to CS:DX.
+# The 8259 pair: vectors 08h and 70h, the slave on IRQ 2, IRQ 0 and 2 unmasked.
 pic_init:
         mov     al, 0x11
         out     0x20, al
@@ -75,15 +75,6 @@ pic_init:
         out     0x21, al
         mov     al, 0xFF
         out     0xA1, al
-        ret
-
-# PIT channel 0: mode 2, divisor 65536: IRQ 0 at 18.2 Hz (the BDA tick count).
-pit_init:
-        mov     al, 0x34
-        out     0x43, al
-        xor     al, al
-        out     0x40, al
-        out     0x40, al
         ret
 
 default_isr:

@@ -155,7 +155,7 @@ extern "C" {
 /// With `--reboot`, the VMM writes the embedded firmware's interrupt vector table again at
 /// a reset (src/bios/ivt.rs), as POST would: the guest broke INT 10h's vector and reset.
 #[test]
-fn a_reboot_writes_the_interrupt_vectors_and_the_boot_descriptor_again() {
+fn a_reboot_writes_the_vectors_and_the_boot_descriptor_and_programs_the_pit_again() {
     if !kvm_available() {
         return;
     }

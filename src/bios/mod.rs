@@ -16,6 +16,7 @@ mod disk;
 mod equipment;
 pub mod ivt;
 mod keyboard;
+pub mod pit;
 mod system;
 pub use system::reports_memory;
 mod time;

@@ -359,7 +359,7 @@ impl BootPlan {
     }
 
     /// Whether the embedded firmware runs this boot (not a user's `--firmware`).
-    fn embedded_firmware(&self) -> bool {
+    pub fn embedded_firmware(&self) -> bool {
         !matches!(self.payload, Payload::Firmware | Payload::FirmwareLinux(_))
     }
 

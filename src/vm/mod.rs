@@ -129,6 +129,9 @@ impl Machine {
         self.pio.reset();
         // The bridge reported every PAM change to the shadow areas, which are back at `Rom`.
         if let Some(b) = &self.boot_at_reset {
+            if b.plan.embedded_firmware() {
+                crate::bios::pit::program(&self.pio);
+            }
             let env = crate::boot::BootEnv {
                 layout: &b.layout,
                 e820: &b.e820,
@@ -230,6 +233,9 @@ pub fn build(
         .pio
         .insert(FW_CFG_PORT, FW_CFG_LEN, Arc::new(Mutex::new(fw_cfg)))
         .map_err(|e| VmError::Device(e.to_string()))?;
+    if boot.embedded_firmware() {
+        crate::bios::pit::program(&devices.pio);
+    }
     let pio = Arc::new(devices.pio);
     let bios = Arc::new(crate::bios::Bios::new(crate::bios::BiosSetup {
         mem: guest_mem.clone(),

@@ -1,8 +1,9 @@
 # A boot sector for --reboot: its first boot points INT 10h's vector at a HLT and the BDA's
 # COM1 port at nothing, wipes the boot descriptor's magic (0x510), leaves a mark in RAM
 # (kept across a reset) and resets the machine through port 0xCF9. Booted again, which needs
-# the descriptor written anew (POST halts without it), it finds its mark and prints through
-# INT 10h, which works only if the interrupt vector table was written anew at the reset; then
+# the descriptor written anew (POST halts without it), it finds its mark, waits for the BDA's
+# tick count to move (IRQ 0: the PIT programmed anew at the reset) and prints through INT 10h,
+# which works only if the interrupt vector table was written anew at the reset; then
 # debug-exit 0x31.
         .code16
         .intel_syntax noprefix
@@ -33,6 +34,12 @@ dead:   hlt
         jmp     dead
 
 second:
+        mov     ax, ds:[0x46C]                        # BDA tick count, low word
+        sti
+3:      hlt
+        cmp     ax, ds:[0x46C]
+        je      3b
+        cli
         mov     si, offset msg
 1:      lodsb
         test    al, al
