@@ -25,19 +25,31 @@ line_str:
         pop     ax
         ret
 
-# line_hex32: append EAX as eight hex digits, two per table lookup (`hex_pairs`).
-        .globl line_hex32
-line_hex32:
-        push    bx
-        .rept   4
-        rol     eax, 8
-        movzx   bx, al
-        add     bx, bx
-        mov     bx, cs:[bx + hex_pairs]
-        mov     es:[di], bx
-        add     di, 2
+# line_hex64: append the u64 at ES:BX as sixteen hex digits, two per table lookup
+# (`hex_pairs`), most significant byte first.
+        .globl line_hex64
+line_hex64:
+        push    ax
+        push    si
+        .irp    i, 7, 6, 5, 4, 3, 2, 1, 0
+        movzx   si, byte ptr es:[bx + \i]
+        add     si, si
+        mov     ax, cs:[si + hex_pairs]
+        stosw
         .endr
-        pop     bx
+        pop     si
+        pop     ax
+        ret
+
+# line_byte: append AL as two hex digits (a BCD byte as its two decimal digits).
+        .globl line_byte
+line_byte:
+        push    si
+        movzx   si, al
+        add     si, si
+        mov     ax, cs:[si + hex_pairs]
+        stosw
+        pop     si
         ret
 
 # line_dec: append AX in decimal.

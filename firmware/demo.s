@@ -31,15 +31,12 @@ demo:
         jnz     2b
         jmp     cpus
 
-# e820_line: print the entry at ES:BX.
+# e820_line: print the entry at ES:BX (20 bytes; the end address goes after it).
 e820_line:
         call    line_start
         mov     si, offset indent
         call    line_str
-        mov     eax, es:[bx + 4]
-        call    line_hex32
-        mov     eax, es:[bx]
-        call    line_hex32
+        call    line_hex64                      # start
         mov     al, '-'
         stosb
         mov     eax, es:[bx]                    # end = addr + size - 1, 64-bit
@@ -48,11 +45,11 @@ e820_line:
         adc     edx, es:[bx + 12]
         sub     eax, 1
         sbb     edx, 0
-        push    eax
-        mov     eax, edx
-        call    line_hex32
-        pop     eax
-        call    line_hex32
+        mov     es:[bx + 20], eax
+        mov     es:[bx + 24], edx
+        add     bx, 20
+        call    line_hex64
+        sub     bx, 20
         mov     si, offset type_ram
         cmp     dword ptr es:[bx + 16], 1
         je      3f
@@ -84,44 +81,32 @@ rtc_line:
         mov     ah, 0x04
         int     0x1A
         mov     al, ch
-        call    line_bcd
+        call    line_byte
         mov     al, cl
-        call    line_bcd
+        call    line_byte
         mov     al, '-'
         stosb
         mov     al, dh
-        call    line_bcd
+        call    line_byte
         mov     al, '-'
         stosb
         mov     al, dl
-        call    line_bcd
+        call    line_byte
         mov     al, ' '
         stosb
         mov     ah, 0x02
         int     0x1A
         mov     al, ch
-        call    line_bcd
+        call    line_byte
         mov     al, ':'
         stosb
         mov     al, cl
-        call    line_bcd
+        call    line_byte
         mov     al, ':'
         stosb
         mov     al, dh
-        call    line_bcd
+        call    line_byte
         jmp     line_end
-
-# line_bcd: append the BCD byte in AL as two digits.
-line_bcd:
-        mov     ah, al
-        shr     al, 4
-        add     al, '0'
-        stosb
-        mov     al, ah
-        and     al, 0x0F
-        add     al, '0'
-        stosb
-        ret
 
         .section .rodata
 banner:         .byte   9f - 8f                 # lstr, with the version from build.rs
