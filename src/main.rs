@@ -1,5 +1,7 @@
 //! minipc: a minimal KVM monitor that builds a legacy PC and boots it through its own
 //! embedded firmware.
+// glibc's start code calls `main` below directly, without std's runtime start (`entry`).
+#![cfg_attr(not(test), no_main)]
 
 mod acpi;
 mod bios;
@@ -43,7 +45,52 @@ use stats::Phases;
 /// seccomp filter (vcpu/threads.rs). The VMM's threads allocate little after the start.
 const MALLOC_ARENAS: libc::c_int = 4;
 
+/// The process's entry, called by glibc's start code. std's runtime start is left out: of
+/// what it does, minipc needs only what `entry` does; the rest is its stack-overflow
+/// handler, which reads the main thread's stack from /proc/self/maps and gives this thread
+/// and every thread std starts an alternate signal stack (a mapping, a guard page and
+/// `sigaltstack`, each thread, 64 vCPU threads included). Without it a stack overflow is a
+/// plain SIGSEGV. Command-line arguments still come from std (it reads them at load time).
+#[cfg(not(test))]
+#[no_mangle]
+pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+    entry();
+    // A panic aborts in release builds; in others it ends with std's code for a panic.
+    match std::panic::catch_unwind(minipc) {
+        Ok(()) => 0,
+        Err(_) => 101,
+    }
+}
+
+/// What minipc needs of std's runtime start: descriptors 0, 1 and 2 open (on /dev/null
+/// when the caller closed them, so that no file the VMM opens takes their place and gets the
+/// guest's output), and SIGPIPE ignored (a closed output is an EPIPE error, handled where
+/// it is written).
+#[cfg(not(test))]
+fn entry() {
+    for fd in 0..3 {
+        // SAFETY: F_GETFD only reads the descriptor's flags; open returns the lowest free
+        // descriptor, which is `fd` when it was closed (the lower ones are open by now).
+        unsafe {
+            if libc::fcntl(fd, libc::F_GETFD) == -1
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::EBADF)
+                && libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) != fd
+            {
+                libc::abort();
+            }
+        }
+    }
+    // SAFETY: setting a signal's disposition to ignore; no handler runs.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
+/// Unit-test builds have the test harness's entry; this keeps `minipc` a used function there.
+#[cfg(test)]
 fn main() {
+    minipc()
+}
+
+fn minipc() {
     let start = Instant::now();
     // SAFETY: mallopt only sets a malloc parameter; no other thread exists yet.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS) };

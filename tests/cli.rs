@@ -185,3 +185,41 @@ fn without_kvm_the_vmm_says_so_and_exits_6() {
         assert!(r.stderr.contains("does not answer as KVM"), "{}", r.stderr);
     }
 }
+
+#[test]
+fn closed_standard_descriptors_are_reopened_on_dev_null() {
+    if !kvm_available() {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let rom = guest("bench", &[]);
+    let out = concat!(env!("CARGO_TARGET_TMPDIR"), "/closed-fds.out");
+    let _ = std::fs::remove_file(&out);
+    // stdin and stdout closed: whatever the VMM opens must not land on 0 or 1, where the
+    // guest's output (stdout) and the console input (stdin) would go.
+    for serial in ["stdio".to_string(), format!("file:{out}")] {
+        let mut cmd = std::process::Command::new(MINIPC);
+        cmd.args([
+            "--firmware",
+            path_str(&rom),
+            "--serial",
+            &serial,
+            "--timeout",
+            "10",
+        ])
+        .stderr(std::process::Stdio::piped());
+        // SAFETY: close only acts on this child's descriptor table, between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::close(0);
+                libc::close(1);
+                Ok(())
+            });
+        }
+        let o = cmd.output().expect("run minipc");
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "--serial {serial}: {stderr}");
+        assert!(stderr.is_empty(), "--serial {serial}: {stderr}");
+    }
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "bench guest\r\n");
+}

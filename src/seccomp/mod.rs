@@ -232,7 +232,6 @@ const SPAWN: &[Allowed] = &[
     },
     any(libc::SYS_sched_getaffinity, "sched_getaffinity"),
     any(libc::SYS_gettid, "gettid"),
-    any(libc::SYS_sigaltstack, "sigaltstack"),
 ];
 
 /// The RAM registering thread (vm/slots.rs, `DeferredRam`): its own list, without
@@ -256,11 +255,9 @@ const RAM_REGISTRAR: &[Allowed] = &[
     any(libc::SYS_clock_gettime, "clock_gettime"),
     // The eventfd that tells the monitor of a failure; the SIGSYS handler's report.
     any(libc::SYS_write, "write"),
-    // Leaving the thread: Rust's runtime takes down the thread's signal stack
-    // (sigaltstack, munmap), glibc blocks signals and releases the stack's pages
-    // (rt_sigprocmask, madvise), then exit; exit_group for the SIGSYS handler.
-    any(libc::SYS_sigaltstack, "sigaltstack"),
-    any(libc::SYS_munmap, "munmap"),
+    // Leaving the thread: glibc blocks signals and releases the stack's pages
+    // (rt_sigprocmask, madvise), then exit; exit_group for the SIGSYS handler. (Threads
+    // have no alternate signal stack to take down: main.rs, `main`.)
     any(libc::SYS_rt_sigprocmask, "rt_sigprocmask"),
     any(libc::SYS_madvise, "madvise"),
     any(libc::SYS_exit, "exit"),
@@ -574,9 +571,7 @@ mod tests {
                 "futex",
                 "ioctl",
                 "madvise",
-                "munmap",
                 "rt_sigprocmask",
-                "sigaltstack",
                 "write"
             ]
         );
