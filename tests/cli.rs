@@ -194,7 +194,7 @@ fn closed_standard_descriptors_are_reopened_on_dev_null() {
     use std::os::unix::process::CommandExt;
     let rom = guest("bench", &[]);
     let out = concat!(env!("CARGO_TARGET_TMPDIR"), "/closed-fds.out");
-    let _ = std::fs::remove_file(&out);
+    let _ = std::fs::remove_file(out);
     // stdin and stdout closed: whatever the VMM opens must not land on 0 or 1, where the
     // guest's output (stdout) and the console input (stdin) would go.
     for serial in ["stdio".to_string(), format!("file:{out}")] {
@@ -221,5 +221,5 @@ fn closed_standard_descriptors_are_reopened_on_dev_null() {
         assert_eq!(o.status.code(), Some(1), "--serial {serial}: {stderr}");
         assert!(stderr.is_empty(), "--serial {serial}: {stderr}");
     }
-    assert_eq!(std::fs::read_to_string(&out).unwrap(), "bench guest\r\n");
+    assert_eq!(std::fs::read_to_string(out).unwrap(), "bench guest\r\n");
 }

@@ -149,8 +149,8 @@ fn first_thread(
     let mut vcpus = match rx.recv() {
         Ok(v) if !v.is_empty() => v,
         // The machine was not built: the process is about to exit. The thread waits for
-        // that exit rather than ending, because a thread's own end makes calls (sigaltstack,
-        // munmap) that its filter forbids.
+        // that exit rather than ending: a thread's end makes calls of its own (glibc's),
+        // which its filter need not allow.
         _ => loop {
             std::thread::park();
         },
