@@ -1,6 +1,7 @@
 //! The firmware ROM: the embedded blob (built from `firmware/` by build.rs) or a user's image,
 //! and the boot descriptor the VMM hands it through fw_cfg (ABI in `firmware/README.md`).
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use crate::files::{read_limited, FileError};
@@ -29,20 +30,21 @@ pub enum FirmwareError {
     TooLarge { path: String },
 }
 
-/// The bytes of the read-only ROM, mapped so that they end at 4 GiB (and their last
-/// 128 KiB end at 1 MiB).
+/// The read-only ROM, mapped so that it ends at 4 GiB (and its last 128 KiB end at 1 MiB):
+/// `size` bytes, of which `bytes` are the last; any before them are zero.
 pub struct Rom {
-    pub bytes: Vec<u8>,
+    pub bytes: Cow<'static, [u8]>,
+    size: u64,
 }
 
 impl Rom {
     /// The embedded firmware in a 128 KiB ROM covering 0xE0000-0xFFFFF: the blob fills the
     /// top 64 KiB, the VMM may place tables in the bottom 64 KiB.
     pub fn embedded() -> Rom {
-        let mut bytes = vec![0u8; BIOS_WINDOW_SIZE as usize];
-        let at = bytes.len() - EMBEDDED.len();
-        bytes[at..].copy_from_slice(EMBEDDED);
-        Rom { bytes }
+        Rom {
+            bytes: Cow::Borrowed(EMBEDDED),
+            size: BIOS_WINDOW_SIZE,
+        }
     }
 
     /// A user's raw firmware image (QEMU `-bios` convention). The checks apply to what the
@@ -61,11 +63,24 @@ impl Rom {
         if !size.is_multiple_of(4 * KIB) {
             return Err(FirmwareError::Unaligned { path: p(), size });
         }
-        Ok(Rom { bytes })
+        Ok(Rom {
+            bytes: Cow::Owned(bytes),
+            size,
+        })
     }
 
     pub fn size(&self) -> u64 {
-        self.bytes.len() as u64
+        self.size
+    }
+
+    /// An image from memory, as `from_file` would take it.
+    #[cfg(test)]
+    pub fn from_bytes(bytes: Vec<u8>) -> Rom {
+        let size = bytes.len() as u64;
+        Rom {
+            bytes: Cow::Owned(bytes),
+            size,
+        }
     }
 }
 

@@ -26,6 +26,7 @@ use crate::memory::{
     BIOS_WINDOW_SIZE, BIOS_WINDOW_START, HIGH_MEMORY_START, KIB, OPTION_ROM_START,
 };
 use crate::pause::Pause;
+use crate::vm::RomMapping;
 
 pub const SHADOW_START: u64 = OPTION_ROM_START;
 pub const SHADOW_LEN: u64 = HIGH_MEMORY_START - OPTION_ROM_START;
@@ -59,8 +60,8 @@ pub enum ShadowError {
 pub struct Shadow {
     vm: Arc<VmFd>,
     ram: MmapRegion,
-    /// The ROM window 0xE0000-0xFFFFF.
-    rom: Arc<MmapRegion>,
+    /// The firmware's mapping, whose last 128 KiB are the window 0xE0000-0xFFFFF.
+    rom: Arc<RomMapping>,
     modes: [PamMode; SEGMENTS],
     mapped: [bool; SEGMENTS],
     first_slot: u32,
@@ -77,7 +78,7 @@ impl Shadow {
     /// Maps every segment as the reset state has it (`Rom`), on KVM slots `first_slot` and up.
     pub fn new(
         vm: Arc<VmFd>,
-        rom: Arc<MmapRegion>,
+        rom: Arc<RomMapping>,
         first_slot: u32,
         pause: Arc<Pause>,
     ) -> Result<Self, ShadowError> {
@@ -100,7 +101,7 @@ impl Shadow {
             s.whole_rom_slot(),
             BIOS_WINDOW_START,
             BIOS_WINDOW_SIZE,
-            s.rom.as_ptr() as u64,
+            s.rom.window(),
             KVM_MEM_READONLY,
         )?;
         s.whole_rom = true;
@@ -183,7 +184,7 @@ impl Shadow {
             self.mapped[i] = false;
         }
         let ram = self.ram.as_ptr() as u64 + (start - SHADOW_START);
-        let rom = Self::rom_offset(start).map(|o| self.rom.as_ptr() as u64 + o);
+        let rom = Self::rom_offset(start).map(|o| self.rom.window() + o);
         let (host, flags) = match self.modes[i] {
             PamMode::Rom | PamMode::WriteOnly => match rom {
                 Some(r) => (r, KVM_MEM_READONLY),

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use kvm_bindings::CpuId;
 use kvm_ioctls::{Cap, Kvm, SyncReg, VcpuFd, VmFd};
-use vm_memory::{GuestMemoryMmap, MmapRegion};
+use vm_memory::GuestMemoryMmap;
 
 use crate::bus::Bus;
 use crate::config::VmConfig;
@@ -30,8 +30,8 @@ use crate::stats::Phases;
 
 pub use devices::open_serial_out;
 use devices::*;
-pub use slots::DeferredRam;
 use slots::*;
+pub use slots::{DeferredRam, RomMapping};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -69,7 +69,7 @@ pub struct Machine {
     /// None when everything was registered before.
     pub deferred: Option<DeferredRam>,
     #[allow(dead_code)]
-    pub rom: [Arc<MmapRegion>; 2],
+    pub rom: Arc<slots::RomMapping>,
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
     pub serial: Arc<Mutex<Serial>>,
@@ -205,7 +205,7 @@ pub fn build(
     let pause = Arc::new(crate::pause::Pause::new(cfg.cpus as usize));
     let shadow = Shadow::new(
         vm.clone(),
-        rom_maps[1].clone(),
+        rom_maps.clone(),
         first_shadow_slot,
         pause.clone(),
     )

@@ -31,6 +31,17 @@ pub(super) fn anon_mapping(size: usize, what: &'static str) -> Result<MmapRegion
         .map_err(|err| VmError::Mmap { what, err })
 }
 
+/// Whether the image leaves the table area at the bottom of the window (`window_len` bytes,
+/// ending where the image ends) all zero. Judged from the image, so that the rest of the
+/// window is never touched.
+fn table_area_free(rom: &Rom, window_len: usize) -> bool {
+    let area = crate::acpi::TABLES_SIZE.min(window_len);
+    let image_at = window_len.saturating_sub(rom.bytes.len());
+    let skip = rom.bytes.len().saturating_sub(window_len);
+    let in_area = area.saturating_sub(image_at);
+    rom.bytes[skip..skip + in_area].iter().all(|b| *b == 0)
+}
+
 /// Writes the platform tables into the free bottom 64 KiB of the firmware window (0xE0000):
 /// ACPI, or with `--no-acpi` the MP table. The window is free when the firmware image leaves
 /// it empty: always for the embedded firmware and for images of 64 KiB or less; a larger
@@ -40,9 +51,9 @@ pub(super) fn write_tables(
     cfg: &VmConfig,
     layout: &MemoryLayout,
     window: &mut [u8],
+    rom: &Rom,
 ) -> Result<Option<[u8; 16]>, VmError> {
-    let area = crate::acpi::TABLES_SIZE.min(window.len());
-    if window[..area].iter().any(|b| *b != 0) {
+    if !table_area_free(rom, window.len()) {
         crate::log::info(format_args!(
             "the firmware image fills 0xE0000: no ACPI or MP tables from the VMM"
         ));
@@ -63,22 +74,13 @@ pub(super) fn write_tables(
             .map_err(|e| VmError::Device(format!("MP table: {e}")))?;
         (t, Some(fp))
     };
-    if bytes.len() > area {
+    if bytes.len() > crate::acpi::TABLES_SIZE.min(window.len()) {
         return Err(VmError::Device(
             "platform tables do not fit below the firmware".into(),
         ));
     }
     window[..bytes.len()].copy_from_slice(&bytes);
     Ok(mp_pointer)
-}
-
-/// A read-only mapping holding `bytes`.
-pub(super) fn rom_mapping(bytes: &[u8]) -> Result<Arc<MmapRegion>, VmError> {
-    let map = anon_mapping(bytes.len(), "firmware ROM")?;
-    // SAFETY: the mapping is bytes.len() bytes long, writable from the host, and nothing else
-    // refers to it yet.
-    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), map.as_ptr(), bytes.len()) };
-    Ok(Arc::new(map))
 }
 
 /// Guest RAM: lazily mapped anonymous memory, one mapping per RAM region.
@@ -94,10 +96,24 @@ pub(super) fn map_ram(layout: &MemoryLayout) -> Result<GuestMemoryMmap, VmError>
     GuestMemoryMmap::from_regions(regions).map_err(|e| VmError::GuestMemory(e.to_string()))
 }
 
+/// The firmware's one host mapping: the ROM at its end, after room for the VMM's tables when
+/// the ROM is smaller than the 128 KiB window. Both guest views of it are read-only: the
+/// ROM below 4 GiB, and the window 0xE0000-0xFFFFF (its last 128 KiB) until the PAM
+/// registers say otherwise (shadow.rs).
+pub struct RomMapping {
+    map: MmapRegion,
+}
+
+impl RomMapping {
+    /// Where the window 0xE0000 starts in the host mapping.
+    pub fn window(&self) -> u64 {
+        self.map.as_ptr() as u64 + (self.map.size() as u64 - memory::BIOS_WINDOW_SIZE)
+    }
+}
+
 /// What `register_memory` set up.
 pub(super) struct RegisteredMemory {
-    /// The ROM mapped below 4 GiB, and the 128 KiB window at 0xE0000.
-    pub(super) rom: [Arc<MmapRegion>; 2],
+    pub(super) rom: Arc<RomMapping>,
     pub(super) first_shadow_slot: u32,
     /// The ACPI RSDP written at 0xE0000, if any.
     pub(super) rsdp: Option<Vec<u8>>,
@@ -149,33 +165,33 @@ pub(super) fn register_memory(
         }
         slot += 1;
     }
-    let (high, _, low_len) = MemoryLayout::firmware_windows(rom.size());
-    // The window is built in its final mapping: pages nothing writes stay unallocated.
-    let low_map = anon_mapping(memory::BIOS_WINDOW_SIZE as usize, "BIOS window")?;
-    // SAFETY: a fresh, writable mapping of BIOS_WINDOW_SIZE bytes; nothing else refers to
-    // it until it is wrapped in an Arc below, after the last use of this slice.
-    let window = unsafe { std::slice::from_raw_parts_mut(low_map.as_ptr(), low_map.size()) };
-    let tail = &rom.bytes[rom.bytes.len() - low_len as usize..];
-    let at = window.len() - tail.len();
-    window[at..].copy_from_slice(tail);
-    if let Some(fp) = write_tables(cfg, layout, window)? {
+    let (high, _, _) = MemoryLayout::firmware_windows(rom.size());
+    // Built in its final mapping, each byte written once: pages nothing writes (the zeros
+    // before a short image) stay unallocated.
+    let size = rom.size().max(memory::BIOS_WINDOW_SIZE) as usize;
+    let map = anon_mapping(size, "firmware ROM")?;
+    // SAFETY: a fresh, writable mapping of `size` bytes; nothing else refers to it until it
+    // is wrapped in the RomMapping below, after the last use of this slice.
+    let all = unsafe { std::slice::from_raw_parts_mut(map.as_ptr(), size) };
+    all[size - rom.bytes.len()..].copy_from_slice(&rom.bytes);
+    let window = &mut all[size - memory::BIOS_WINDOW_SIZE as usize..];
+    if let Some(fp) = write_tables(cfg, layout, window, rom)? {
         // 16 bytes into the EBDA: its first byte is the EBDA's size, set by the firmware.
         guest_mem
             .write_slice(&fp, vm_memory::GuestAddress(memory::EBDA_START + 16))
             .map_err(|e| VmError::GuestMemory(e.to_string()))?;
     }
-    let high_map = rom_mapping(&rom.bytes)?;
+    let rsdp = (cfg.acpi && window.starts_with(b"RSD PTR ")).then(|| window[..36].to_vec());
     set_slot(
         vm,
         slot,
         high.0,
         rom.size(),
-        high_map.as_ptr() as u64,
+        map.as_ptr() as u64 + (size as u64 - rom.size()),
         KVM_MEM_READONLY,
     )?;
-    let rsdp = (cfg.acpi && window.starts_with(b"RSD PTR ")).then(|| window[..36].to_vec());
     Ok(RegisteredMemory {
-        rom: [high_map, Arc::new(low_map)],
+        rom: Arc::new(RomMapping { map }),
         first_shadow_slot: slot + 1,
         rsdp,
         late,
@@ -327,4 +343,31 @@ pub(super) fn set_slot(
     // overlap (memory.rs keeps the map disjoint). A misaligned `host` (`--x-ram-fail`) is
     // refused by KVM, never mapped.
     unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("set memory region"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_area_is_free_unless_the_image_covers_it_with_data() {
+        let window = memory::BIOS_WINDOW_SIZE as usize;
+        let image = |len: usize, at: Option<usize>| {
+            let mut b = vec![0u8; len];
+            if let Some(i) = at {
+                b[i] = 1;
+            }
+            b[len - 1] = 0xEA;
+            Rom::from_bytes(b)
+        };
+        assert!(table_area_free(&Rom::embedded(), window));
+        assert!(table_area_free(&image(64 * 1024, Some(0)), window));
+        assert!(table_area_free(&image(128 * 1024, None), window));
+        assert!(!table_area_free(&image(128 * 1024, Some(0)), window));
+        assert!(!table_area_free(&image(128 * 1024, Some(0xFFFF)), window));
+        assert!(table_area_free(&image(128 * 1024, Some(0x10000)), window));
+        // 256 KiB: only its last 128 KiB are in the window.
+        assert!(table_area_free(&image(256 * 1024, Some(0x1FFFF)), window));
+        assert!(!table_area_free(&image(256 * 1024, Some(0x20000)), window));
+    }
 }
