@@ -4,15 +4,20 @@
 //! The clock follows a `Clock` (the host's, in UTC or local time) plus a whole-second offset
 //! that guest writes to the time registers change, so a guest-set time keeps ticking with the
 //! host and the sub-second phase (UIP, update and periodic edges) stays on the host's second
-//! boundaries. The device has no thread: the VMM asks `next_event` when the next enabled
-//! interrupt is due and calls `tick` then; status flags a guest polls (UIP, register C) are
-//! computed from the clock when read.
+//! boundaries. The device has no thread: the VMM asks `time_to_next_event` when the next
+//! enabled interrupt is due and calls `tick` then; status flags a guest polls (UIP, register C)
+//! are computed from the clock when read.
 //!
 //! Accesses wider than a byte act as byte accesses to consecutive ports: byte 0 goes to the
 //! port addressed, byte 1 to the next one; bytes past 0x71 read as 0xFF and are not written.
 //! Reads of the index port return 0xFF.
+//!
+//! This file holds the device: its registers, the NVRAM a BIOS leaves behind and the port
+//! interface. `clock.rs` is the time it counts (`Clock`, `HostClock`), `calendar.rs` converts
+//! between Unix seconds and the date and time of day in the registers, and `alarm.rs` finds
+//! the next time of day the alarm registers match.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use vmm_sys_util::eventfd::EventFd;
 
@@ -20,6 +25,14 @@ use crate::bus::BusDevice;
 use crate::exit::ExitReason;
 use crate::log;
 use crate::memory::{MemoryLayout, HIGH_MEMORY_START, KIB, LOW_RAM_END, MIB};
+
+mod alarm;
+mod calendar;
+mod clock;
+
+use alarm::AlarmField;
+use calendar::{days_in_month, DateTime};
+pub use clock::{Clock, HostClock};
 
 pub const RTC_PORT: u64 = 0x70;
 pub const RTC_LEN: u64 = 2;
@@ -81,149 +94,9 @@ const HOUR_PM: u8 = 0x80;
 const ALARM_DONT_CARE: u8 = 0xC0;
 
 const NS_PER_SEC: i128 = 1_000_000_000;
-const SECS_PER_DAY: i64 = 86_400;
 const DIVIDER_HZ: i128 = 32_768;
 /// UIP rises this long before each second boundary.
 const UIP_NS: u32 = 244_000;
-
-/// A source of wall-clock time as the guest's RTC should count it.
-pub trait Clock: Send {
-    /// Seconds since the Unix epoch and nanoseconds within that second.
-    fn now(&self) -> (i64, u32);
-}
-
-/// The host's clock, in UTC or shifted to the host's local time zone.
-pub struct HostClock {
-    localtime: bool,
-}
-
-impl HostClock {
-    pub fn new(localtime: bool) -> Self {
-        let c = HostClock { localtime };
-        // The first local-time conversion loads the time-zone rules; do it before any sandbox.
-        let _ = c.now();
-        c
-    }
-}
-
-impl Clock for HostClock {
-    fn now(&self) -> (i64, u32) {
-        // A host clock set before 1970 counts as the epoch.
-        let d = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let (secs, nanos) = (
-            i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-            d.subsec_nanos(),
-        );
-        if self.localtime {
-            (secs.saturating_add(utc_offset(secs)), nanos)
-        } else {
-            (secs, nanos)
-        }
-    }
-}
-
-/// The host time zone's offset from UTC at `secs`, in seconds (0 if unknown).
-fn utc_offset(secs: i64) -> i64 {
-    let t = secs as libc::time_t;
-    // SAFETY: `libc::tm` is plain integers and a nullable pointer; all-zero is a valid value.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    // SAFETY: both pointers refer to live locals for the duration of the call; localtime_r is
-    // thread-safe and writes only to `tm`.
-    let r = unsafe { libc::localtime_r(&t, &mut tm) };
-    if r.is_null() {
-        0
-    } else {
-        tm.tm_gmtoff
-    }
-}
-
-/// A calendar time; `weekday` is 1 for Sunday to 7 for Saturday.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct DateTime {
-    year: i64,
-    month: u8,
-    day: u8,
-    hour: u8,
-    minute: u8,
-    second: u8,
-    weekday: u8,
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-fn days_from_civil(year: i64, month: u8, day: u8) -> i64 {
-    let (m, d) = (i64::from(month), i64::from(day));
-    let y = if m <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn is_leap(year: i64) -> bool {
-    year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
-}
-
-fn days_in_month(year: i64, month: u8) -> u8 {
-    match month {
-        2 if is_leap(year) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-impl DateTime {
-    fn from_unix(secs: i64) -> Self {
-        let days = secs.div_euclid(SECS_PER_DAY);
-        let tod = secs.rem_euclid(SECS_PER_DAY);
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = doy - (153 * mp + 2) / 5 + 1;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = yoe + era * 400 + i64::from(month <= 2);
-        DateTime {
-            year,
-            month: month as u8,
-            day: day as u8,
-            hour: (tod / 3600) as u8,
-            minute: (tod / 60 % 60) as u8,
-            second: (tod % 60) as u8,
-            // 1970-01-01 was a Thursday.
-            weekday: ((days + 4).rem_euclid(7) + 1) as u8,
-        }
-    }
-
-    fn to_unix(self) -> i64 {
-        days_from_civil(self.year, self.month, self.day) * SECS_PER_DAY
-            + i64::from(self.hour) * 3600
-            + i64::from(self.minute) * 60
-            + i64::from(self.second)
-    }
-}
-
-/// Which values of one alarm field match.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum AlarmField {
-    Any,
-    Only(u32),
-}
-
-impl AlarmField {
-    /// The first matching value at or after `from`, below `limit`.
-    fn first_from(self, from: u32, limit: u32) -> Option<u32> {
-        match self {
-            AlarmField::Any => (from < limit).then_some(from),
-            AlarmField::Only(v) => (v >= from && v < limit).then_some(v),
-        }
-    }
-}
 
 /// The MC146818 with its 128 bytes of CMOS.
 pub struct Rtc {
@@ -467,43 +340,7 @@ impl Rtc {
         let h = self.alarm_field(REG_HOURS_ALARM, 24, true)?;
         let m = self.alarm_field(REG_MINUTES_ALARM, 60, false)?;
         let s = self.alarm_field(REG_SECONDS_ALARM, 60, false)?;
-        let first_from = |start: u32| -> Option<u32> {
-            for hour in start / 3600..24 {
-                if h.first_from(hour, hour + 1).is_none() {
-                    continue;
-                }
-                let first_minute = if hour == start / 3600 {
-                    start / 60 % 60
-                } else {
-                    0
-                };
-                for minute in first_minute..60 {
-                    if m.first_from(minute, minute + 1).is_none() {
-                        continue;
-                    }
-                    let base = hour * 3600 + minute * 60;
-                    let first_second = if base == start - start % 60 {
-                        start % 60
-                    } else {
-                        0
-                    };
-                    if let Some(second) = s.first_from(first_second, 60) {
-                        return Some(base + second);
-                    }
-                }
-            }
-            None
-        };
-        let day = after.div_euclid(SECS_PER_DAY);
-        let tod = after.rem_euclid(SECS_PER_DAY) as u32 + 1;
-        let (day, tod) = match first_from(tod) {
-            Some(t) => (day, t),
-            None => (day + 1, first_from(0)?),
-        };
-        Some(
-            day.saturating_mul(SECS_PER_DAY)
-                .saturating_add(i64::from(tod)),
-        )
+        alarm::next_match(h, m, s, after)
     }
 
     /// Sets the flags of the events in (last_ns, now]; raises IRQ 8 when IRQF becomes set,
@@ -783,20 +620,6 @@ mod tests {
         let mut d = [0u8];
         rtc.read(1, &mut d);
         assert_eq!(d[0], B_DEFAULT);
-    }
-
-    #[test]
-    fn calendar_conversions_round_trip() {
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(2024, 2, 29) * SECS_PER_DAY, 1_709_164_800);
-        let dt = DateTime::from_unix(T0);
-        assert_eq!(
-            (dt.year, dt.month, dt.day, dt.hour, dt.minute, dt.second, dt.weekday),
-            (2024, 2, 29, 13, 45, 30, 5)
-        );
-        for t in [0, T0, -1, 951_782_400, 4_102_444_800, 253_402_300_799] {
-            assert_eq!(DateTime::from_unix(t).to_unix(), t);
-        }
     }
 
     #[test]
@@ -1215,11 +1038,7 @@ mod tests {
     }
 
     #[test]
-    fn host_clock_is_sane() {
-        let (utc, _) = HostClock::new(false).now();
-        assert!(utc > 1_600_000_000);
-        let (local, _) = HostClock::new(true).now();
-        assert!((local - utc).abs() <= 15 * 3600);
+    fn new_counts_the_host_clock() {
         let layout = MemoryLayout::new(2 * MIB).unwrap();
         let mut rtc = Rtc::new(&layout, 1, false, None);
         assert_eq!(get(&mut rtc, 0x0B), B_DEFAULT);
