@@ -27,7 +27,10 @@ pub fn read_limited(path: &Path, max: u64) -> Result<Vec<u8>, FileError> {
     let file = std::fs::File::open(path).map_err(|err| FileError::Open { path: name(), err })?;
     // The size the metadata claims is only a hint for the buffer (one read instead of a
     // dozen growing ones); what counts is what the reads return.
-    let hint = file.metadata().map_or(0, |m| m.len()).min(max.saturating_add(1));
+    let hint = file
+        .metadata()
+        .map_or(0, |m| m.len())
+        .min(max.saturating_add(1));
     let mut bytes = Vec::with_capacity(usize::try_from(hint).unwrap_or(0));
     file.take(max.saturating_add(1))
         .read_to_end(&mut bytes)
