@@ -564,6 +564,276 @@ mod tests {
             Command::Version
         ));
     }
+
+    fn err(args: &[&str]) -> ConfigError {
+        match parse(args.iter().map(|s| s.to_string())) {
+            Err(e) => e,
+            Ok(other) => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    /// `--name=value` splits at the first `=`, an empty value included; `--name value` takes
+    /// the next argument whatever it looks like; options without a value refuse one.
+    #[test]
+    fn value_forms() {
+        let c = run(&["--kernel=", "--cmdline=a=b"]).unwrap();
+        assert_eq!(c.kernel, Some(PathBuf::new()));
+        assert_eq!(c.cmdline.as_deref(), Some("a=b"));
+        let c = run(&["--kernel", "k", "--cmdline=", "--initrd", "--stats"]).unwrap();
+        assert_eq!(c.cmdline.as_deref(), Some(""));
+        assert_eq!(c.initrd, Some(PathBuf::from("--stats")));
+        assert!(!c.stats);
+        assert_eq!(err(&["--mem="]), ConfigError::BadSize("".into()));
+        assert_eq!(
+            err(&["--mem", "--help"]),
+            ConfigError::BadSize("--help".into())
+        );
+        assert_eq!(
+            err(&["--kernel", "k", "--cmdline"]),
+            ConfigError::MissingValue("--cmdline".into())
+        );
+        for arg in [
+            "--stats=1",
+            "--no-acpi=",
+            "--help=x",
+            "--version=",
+            "-h=x",
+            "--bogus=1",
+            "--MEM=1G",
+            "--",
+            "--=x",
+            "-",
+            "-x",
+        ] {
+            assert_eq!(err(&[arg]), ConfigError::UnknownOption(arg.into()), "{arg}");
+        }
+        assert_eq!(err(&["kernel"]), ConfigError::Positional("kernel".into()));
+        assert_eq!(err(&["a=b"]), ConfigError::Positional("a=b".into()));
+        assert_eq!(
+            err(&["--mem", "1G", "x"]),
+            ConfigError::Positional("x".into())
+        );
+    }
+
+    /// Each argument in turn: its value first, then a repeat, then what the value says.
+    #[test]
+    fn repeated_options() {
+        assert_eq!(
+            err(&["--cpus=1", "--cpus", "2"]),
+            ConfigError::Duplicate("--cpus".into())
+        );
+        assert_eq!(
+            err(&["--stats", "--stats"]),
+            ConfigError::Duplicate("--stats".into())
+        );
+        assert_eq!(
+            err(&["--cpus", "1", "--cpus"]),
+            ConfigError::MissingValue("--cpus".into())
+        );
+        assert_eq!(
+            err(&["--cpus", "0", "--cpus", "1"]),
+            ConfigError::BadCpus("0".into())
+        );
+        assert_eq!(
+            err(&["--cpus", "1", "--cpus", "0"]),
+            ConfigError::Duplicate("--cpus".into())
+        );
+        assert_eq!(
+            err(&["--stats", "--stats=1"]),
+            ConfigError::UnknownOption("--stats=1".into())
+        );
+        let c = run(&["--kernel", "k", "--module=a", "--module", "b", "--module=a"]).unwrap();
+        let paths: Vec<_> = c.modules.iter().map(|m| m.path.clone()).collect();
+        assert_eq!(paths, [PathBuf::from("a"), "b".into(), "a".into()]);
+    }
+
+    /// `--help` and `--version` answer at once, unless an earlier argument failed.
+    #[test]
+    fn help_and_version_where_they_stand() {
+        for args in [
+            &["--help", "--help"][..],
+            &["-h", "--help"],
+            &["--help", "--bogus"],
+            &["--help", "--cpus", "0"],
+            &["--initrd", "i", "--help"],
+            &["--firmware", "f", "--disk", "d", "-h"],
+        ] {
+            let r = parse(args.iter().map(|s| s.to_string()));
+            assert!(matches!(r, Ok(Command::Help)), "{args:?}: {r:?}");
+        }
+        assert!(matches!(
+            parse(["--version", "--help"].map(String::from)),
+            Ok(Command::Version)
+        ));
+        assert_eq!(
+            err(&["--bogus", "--help"]),
+            ConfigError::UnknownOption("--bogus".into())
+        );
+        assert_eq!(
+            err(&["--cpus", "0", "-V"]),
+            ConfigError::BadCpus("0".into())
+        );
+        assert_eq!(
+            err(&["--help=", "--help"]),
+            ConfigError::UnknownOption("--help=".into())
+        );
+    }
+
+    #[test]
+    fn machine_and_runtime_values() {
+        assert_eq!(
+            err(&["--serial", "tcp:1"]),
+            ConfigError::BadSerial("tcp:1".into())
+        );
+        assert_eq!(run(&["--serial=none"]).unwrap().serial, SerialMode::None);
+        assert_eq!(run(&["--serial=stdio"]).unwrap().serial, SerialMode::Stdio);
+        assert_eq!(
+            err(&["--timeout", "soon"]),
+            ConfigError::BadTimeout("soon".into())
+        );
+        assert_eq!(
+            err(&["--timeout", "1e9"]),
+            ConfigError::BadTimeout("1e9".into())
+        );
+        assert_eq!(
+            run(&["--timeout", "999999999"]).unwrap().timeout,
+            Some(Duration::from_secs(999_999_999))
+        );
+        assert_eq!(
+            err(&["--seccomp", "maybe"]),
+            ConfigError::BadSeccomp("maybe".into())
+        );
+        assert!(run(&["--seccomp=on"]).unwrap().seccomp);
+        assert!(!run(&["--rtc=utc"]).unwrap().rtc_localtime);
+        assert_eq!(run(&[]).unwrap().log_level, None);
+        assert_eq!(
+            run(&["--log-level", "debug"]).unwrap().log_level,
+            Some(Level::Debug)
+        );
+        assert_eq!(
+            err(&["--log-level", "loud"]),
+            ConfigError::BadLogLevel("loud".into())
+        );
+        assert_eq!(err(&["--cpus", " 2"]), ConfigError::BadCpus(" 2".into()));
+        assert_eq!(run(&["--mem", " 64m "]).unwrap().mem_size, 64 << 20);
+    }
+
+    #[test]
+    fn boot_values() {
+        for (p, want) in [
+            ("64", BootProtocol::Linux64),
+            ("32", BootProtocol::Linux32),
+            ("pvh", BootProtocol::Pvh),
+        ] {
+            let c = run(&["--kernel", "k", "--boot-protocol", p]).unwrap();
+            assert_eq!(c.boot_protocol, want);
+        }
+        let module = |v: &str| run(&["--kernel", "k", "--module", v]).map(|c| c.modules);
+        assert_eq!(
+            module("m,a,b").unwrap(),
+            [ModuleArg {
+                path: "m".into(),
+                string: Some("a,b".into())
+            }]
+        );
+        assert_eq!(module("m,").unwrap()[0].string.as_deref(), Some(""));
+        assert_eq!(
+            module(",x").unwrap_err(),
+            ConfigError::BadModule(",x".into())
+        );
+        assert_eq!(module("").unwrap_err(), ConfigError::BadModule("".into()));
+        let disk = |v: &str| run(&["--disk", v]).map(|c| c.disk);
+        assert_eq!(
+            disk("d,rw,rw").unwrap(),
+            Some(DiskArg {
+                path: "d,rw".into(),
+                writable: true
+            })
+        );
+        assert_eq!(
+            disk("a,b").unwrap(),
+            Some(DiskArg {
+                path: "a,b".into(),
+                writable: false
+            })
+        );
+        assert_eq!(disk(",ro").unwrap_err(), ConfigError::BadDisk(",ro".into()));
+        assert_eq!(disk("").unwrap_err(), ConfigError::BadDisk("".into()));
+    }
+
+    /// The checks across options run after the last argument, in a fixed order.
+    #[test]
+    fn checks_across_options() {
+        assert_eq!(
+            err(&["--module", "m"]),
+            ConfigError::NeedsKernel("--module")
+        );
+        assert_eq!(
+            err(&["--boot-protocol", "pvh"]),
+            ConfigError::NeedsKernel("--boot-protocol")
+        );
+        assert_eq!(
+            err(&["--module", "m", "--cmdline", "c", "--initrd", "i"]),
+            ConfigError::NeedsKernel("--initrd")
+        );
+        assert_eq!(
+            err(&["--firmware", "f", "--disk", "d", "--cmdline", "c"]),
+            ConfigError::NeedsKernel("--cmdline")
+        );
+        assert_eq!(
+            err(&["--disk", "d", "--firmware", "f"]),
+            ConfigError::FirmwareConflict("--disk")
+        );
+        assert!(run(&["--firmware", "f", "--kernel", "k", "--initrd", "i"]).is_ok());
+        assert!(run(&["--kernel", "k", "--disk", "d"]).is_ok());
+    }
+
+    #[cfg(debug_assertions)]
+    #[test]
+    fn test_options_in_debug_builds() {
+        let c = run(&["--x-test-forbidden-syscall", "--x-count-instructions"]).unwrap();
+        assert!(c.test_forbidden_syscall && c.count_instructions);
+        let c = run(&[]).unwrap();
+        assert!(!c.test_forbidden_syscall && !c.count_instructions);
+        assert_eq!(
+            run(&["--x-ram-delay-ms=0"]).unwrap().ram_delay,
+            Duration::ZERO
+        );
+        assert_eq!(
+            err(&["--x-ram-delay-ms", "60001"]),
+            ConfigError::BadRamDelay("60001".into())
+        );
+        assert_eq!(
+            err(&["--x-ram-delay-ms"]),
+            ConfigError::MissingValue("--x-ram-delay-ms".into())
+        );
+        assert_eq!(
+            err(&["--x-ram-fail=1"]),
+            ConfigError::UnknownOption("--x-ram-fail=1".into())
+        );
+        assert_eq!(
+            err(&["--x-ram-fail", "--x-ram-fail"]),
+            ConfigError::Duplicate("--x-ram-fail".into())
+        );
+        assert_eq!(
+            err(&["--x-bogus"]),
+            ConfigError::UnknownOption("--x-bogus".into())
+        );
+    }
+
+    #[cfg(not(debug_assertions))]
+    #[test]
+    fn no_test_options_in_release_builds() {
+        for args in [
+            &["--x-test-forbidden-syscall"][..],
+            &["--x-count-instructions"],
+            &["--x-ram-fail"],
+            &["--x-ram-delay-ms", "5"],
+            &["--x-ram-delay-ms=5"],
+        ] {
+            assert_eq!(err(args), ConfigError::UnknownOption(args[0].into()));
+        }
+    }
 }
 
 #[cfg(test)]
