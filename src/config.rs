@@ -216,6 +216,18 @@ pub enum ConfigError {
     BadRamDelay(String),
 }
 
+/// What an option does with the configuration.
+enum Opt {
+    /// Ends the parse with this command, whatever follows (`--help`, `--version`).
+    Command(Command),
+    /// Takes no value: sets a field.
+    Flag(fn(&mut VmConfig)),
+    /// Takes a value (`--name=value` or `--name value`): checks it and sets a field.
+    Value(fn(&mut VmConfig, String) -> Result<(), ConfigError>),
+}
+
+/// The arguments after the program's name. Each option is checked in turn (its value, then
+/// a repeat, then what the value says); the checks across options come after the last one.
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, ConfigError> {
     let mut cfg = VmConfig::default();
     let mut seen: Vec<String> = Vec::new();
@@ -225,152 +237,220 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, ConfigE
             Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
             _ => (arg.clone(), None),
         };
-        let takes_value = matches!(
-            name.as_str(),
-            "--firmware"
-                | "--kernel"
-                | "--initrd"
-                | "--cmdline"
-                | "--module"
-                | "--boot-protocol"
-                | "--disk"
-                | "--mem"
-                | "--cpus"
-                | "--serial"
-                | "--timeout"
-                | "--rtc"
-                | "--seccomp"
-                | "--log-level"
-        ) || (cfg!(debug_assertions) && name == "--x-ram-delay-ms");
-        let value = if takes_value {
-            match inline {
-                Some(v) => v,
-                None => it
-                    .next()
-                    .ok_or_else(|| ConfigError::MissingValue(name.clone()))?,
-            }
-        } else {
-            if inline.is_some() {
-                return Err(ConfigError::UnknownOption(arg));
-            }
-            String::new()
+        let Some(opt) = option(&name) else {
+            return Err(if name.starts_with('-') {
+                ConfigError::UnknownOption(arg)
+            } else {
+                ConfigError::Positional(arg)
+            });
         };
-        if name.starts_with('-') && name != "--module" && seen.contains(&name) {
+        let value = match (&opt, inline) {
+            (Opt::Value(_), Some(v)) => v,
+            (Opt::Value(_), None) => it
+                .next()
+                .ok_or_else(|| ConfigError::MissingValue(name.clone()))?,
+            (_, Some(_)) => return Err(ConfigError::UnknownOption(arg)),
+            (_, None) => String::new(),
+        };
+        // --module is the one option that may be given more than once.
+        if name != "--module" && seen.contains(&name) {
             return Err(ConfigError::Duplicate(name));
         }
-        seen.push(name.clone());
-        match name.as_str() {
-            "-h" | "--help" => return Ok(Command::Help),
-            "-V" | "--version" => return Ok(Command::Version),
-            "--firmware" => cfg.firmware = Some(PathBuf::from(value)),
-            "--kernel" => cfg.kernel = Some(PathBuf::from(value)),
-            "--initrd" => cfg.initrd = Some(PathBuf::from(value)),
-            "--cmdline" => cfg.cmdline = Some(value),
-            "--module" => {
-                let (path, string) = match value.split_once(',') {
-                    Some((p, s)) => (p, Some(s.to_string())),
-                    None => (value.as_str(), None),
-                };
-                if path.is_empty() {
-                    return Err(ConfigError::BadModule(value));
-                }
-                cfg.modules.push(ModuleArg {
-                    path: PathBuf::from(path),
-                    string,
-                });
-            }
-            "--boot-protocol" => {
-                cfg.boot_protocol = match value.as_str() {
-                    "64" => BootProtocol::Linux64,
-                    "32" => BootProtocol::Linux32,
-                    "16" => BootProtocol::Linux16,
-                    "pvh" => BootProtocol::Pvh,
-                    _ => return Err(ConfigError::BadBootProtocol(value)),
-                }
-            }
-            "--disk" => {
-                let (path, writable) = match value.rsplit_once(',') {
-                    Some((p, "rw")) => (p, true),
-                    Some((p, "ro")) => (p, false),
-                    _ => (value.as_str(), false),
-                };
-                if path.is_empty() {
-                    return Err(ConfigError::BadDisk(value));
-                }
-                cfg.disk = Some(DiskArg {
-                    path: PathBuf::from(path),
-                    writable,
-                });
-            }
-            "--mem" => {
-                let size = parse_size(&value).ok_or(ConfigError::BadSize(value))?;
-                MemoryLayout::new(size)?;
-                cfg.mem_size = size;
-            }
-            "--cpus" => {
-                cfg.cpus = value
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|n| (1..=MAX_CPUS).contains(n))
-                    .ok_or(ConfigError::BadCpus(value))?;
-            }
-            "--serial" => {
-                cfg.serial = match value.as_str() {
-                    "stdio" => SerialMode::Stdio,
-                    "none" => SerialMode::None,
-                    v => match v.strip_prefix("file:") {
-                        Some(p) if !p.is_empty() => SerialMode::File(PathBuf::from(p)),
-                        _ => return Err(ConfigError::BadSerial(value)),
-                    },
-                }
-            }
-            "--timeout" => {
-                let secs = value
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
-                    .ok_or(ConfigError::BadTimeout(value))?;
-                cfg.timeout = Some(Duration::from_secs_f64(secs));
-            }
-            "--stats" => cfg.stats = true,
-            "--no-acpi" => cfg.acpi = false,
-            "--reboot" => cfg.reboot = true,
-            "--seccomp" => {
-                cfg.seccomp = match value.as_str() {
-                    "on" => true,
-                    "off" => false,
-                    _ => return Err(ConfigError::BadSeccomp(value)),
-                }
-            }
-            #[cfg(debug_assertions)]
-            "--x-test-forbidden-syscall" => cfg.test_forbidden_syscall = true,
-            #[cfg(debug_assertions)]
-            "--x-count-instructions" => cfg.count_instructions = true,
-            #[cfg(debug_assertions)]
-            "--x-ram-delay-ms" => {
-                let ms = value
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|ms| *ms <= 60_000)
-                    .ok_or(ConfigError::BadRamDelay(value))?;
-                cfg.ram_delay = Duration::from_millis(ms);
-            }
-            #[cfg(debug_assertions)]
-            "--x-ram-fail" => cfg.ram_fail = true,
-            "--rtc" => {
-                cfg.rtc_localtime = match value.as_str() {
-                    "utc" => false,
-                    "localtime" => true,
-                    _ => return Err(ConfigError::BadRtc(value)),
-                }
-            }
-            "--log-level" => {
-                cfg.log_level = Some(Level::parse(&value).ok_or(ConfigError::BadLogLevel(value))?)
-            }
-            s if s.starts_with('-') => return Err(ConfigError::UnknownOption(arg)),
-            _ => return Err(ConfigError::Positional(arg)),
+        seen.push(name);
+        match opt {
+            Opt::Command(command) => return Ok(command),
+            Opt::Flag(set) => set(&mut cfg),
+            Opt::Value(set) => set(&mut cfg, value)?,
         }
     }
+    check_together(&cfg)?;
+    Ok(Command::Run(Box::new(cfg)))
+}
+
+/// The option called `name`, if there is one.
+fn option(name: &str) -> Option<Opt> {
+    match name {
+        "-h" | "--help" => Some(Opt::Command(Command::Help)),
+        "-V" | "--version" => Some(Opt::Command(Command::Version)),
+        _ => machine_option(name)
+            .or_else(|| boot_option(name))
+            .or_else(|| runtime_option(name))
+            .or_else(|| test_option(name)),
+    }
+}
+
+/// The guest's hardware: RAM, vCPUs, ACPI or MP tables, the CMOS clock.
+fn machine_option(name: &str) -> Option<Opt> {
+    Some(match name {
+        "--mem" => Opt::Value(|cfg, v| {
+            let size = parse_size(&v).ok_or(ConfigError::BadSize(v))?;
+            MemoryLayout::new(size)?;
+            cfg.mem_size = size;
+            Ok(())
+        }),
+        "--cpus" => Opt::Value(|cfg, v| {
+            cfg.cpus = v
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=MAX_CPUS).contains(n))
+                .ok_or(ConfigError::BadCpus(v))?;
+            Ok(())
+        }),
+        "--no-acpi" => Opt::Flag(|cfg| cfg.acpi = false),
+        "--rtc" => Opt::Value(|cfg, v| {
+            cfg.rtc_localtime = match v.as_str() {
+                "utc" => false,
+                "localtime" => true,
+                _ => return Err(ConfigError::BadRtc(v)),
+            };
+            Ok(())
+        }),
+        _ => return None,
+    })
+}
+
+/// What the guest boots: a firmware image, a kernel and what goes with it, a disk.
+fn boot_option(name: &str) -> Option<Opt> {
+    Some(match name {
+        "--firmware" => Opt::Value(|cfg, v| {
+            cfg.firmware = Some(PathBuf::from(v));
+            Ok(())
+        }),
+        "--kernel" => Opt::Value(|cfg, v| {
+            cfg.kernel = Some(PathBuf::from(v));
+            Ok(())
+        }),
+        "--initrd" => Opt::Value(|cfg, v| {
+            cfg.initrd = Some(PathBuf::from(v));
+            Ok(())
+        }),
+        "--cmdline" => Opt::Value(|cfg, v| {
+            cfg.cmdline = Some(v);
+            Ok(())
+        }),
+        "--module" => Opt::Value(|cfg, v| {
+            cfg.modules.push(module_arg(v)?);
+            Ok(())
+        }),
+        "--boot-protocol" => Opt::Value(|cfg, v| {
+            cfg.boot_protocol = match v.as_str() {
+                "64" => BootProtocol::Linux64,
+                "32" => BootProtocol::Linux32,
+                "16" => BootProtocol::Linux16,
+                "pvh" => BootProtocol::Pvh,
+                _ => return Err(ConfigError::BadBootProtocol(v)),
+            };
+            Ok(())
+        }),
+        "--disk" => Opt::Value(|cfg, v| {
+            cfg.disk = Some(disk_arg(v)?);
+            Ok(())
+        }),
+        _ => return None,
+    })
+}
+
+/// `--module PATH[,STRING]`: the string is everything after the first comma.
+fn module_arg(value: String) -> Result<ModuleArg, ConfigError> {
+    let (path, string) = match value.split_once(',') {
+        Some((p, s)) => (p, Some(s.to_string())),
+        None => (value.as_str(), None),
+    };
+    if path.is_empty() {
+        return Err(ConfigError::BadModule(value));
+    }
+    Ok(ModuleArg {
+        path: PathBuf::from(path),
+        string,
+    })
+}
+
+/// `--disk PATH[,rw]`: a last `,rw` or `,ro` is the mode, anything else is part of the path.
+fn disk_arg(value: String) -> Result<DiskArg, ConfigError> {
+    let (path, writable) = match value.rsplit_once(',') {
+        Some((p, "rw")) => (p, true),
+        Some((p, "ro")) => (p, false),
+        _ => (value.as_str(), false),
+    };
+    if path.is_empty() {
+        return Err(ConfigError::BadDisk(value));
+    }
+    Ok(DiskArg {
+        path: PathBuf::from(path),
+        writable,
+    })
+}
+
+/// How the VMM runs the guest: its console, time limit, report, resets, sandbox, log.
+fn runtime_option(name: &str) -> Option<Opt> {
+    Some(match name {
+        "--serial" => Opt::Value(|cfg, v| {
+            cfg.serial = match v.as_str() {
+                "stdio" => SerialMode::Stdio,
+                "none" => SerialMode::None,
+                s => match s.strip_prefix("file:") {
+                    Some(p) if !p.is_empty() => SerialMode::File(PathBuf::from(p)),
+                    _ => return Err(ConfigError::BadSerial(v)),
+                },
+            };
+            Ok(())
+        }),
+        "--timeout" => Opt::Value(|cfg, v| {
+            let secs = v
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
+                .ok_or(ConfigError::BadTimeout(v))?;
+            cfg.timeout = Some(Duration::from_secs_f64(secs));
+            Ok(())
+        }),
+        "--stats" => Opt::Flag(|cfg| cfg.stats = true),
+        "--reboot" => Opt::Flag(|cfg| cfg.reboot = true),
+        "--seccomp" => Opt::Value(|cfg, v| {
+            cfg.seccomp = match v.as_str() {
+                "on" => true,
+                "off" => false,
+                _ => return Err(ConfigError::BadSeccomp(v)),
+            };
+            Ok(())
+        }),
+        "--log-level" => Opt::Value(|cfg, v| {
+            cfg.log_level = Some(Level::parse(&v).ok_or(ConfigError::BadLogLevel(v))?);
+            Ok(())
+        }),
+        _ => return None,
+    })
+}
+
+/// The hidden `--x-...` options of the tests, in debug builds only.
+#[cfg(debug_assertions)]
+fn test_option(name: &str) -> Option<Opt> {
+    Some(match name {
+        "--x-test-forbidden-syscall" => Opt::Flag(|cfg| cfg.test_forbidden_syscall = true),
+        "--x-count-instructions" => Opt::Flag(|cfg| cfg.count_instructions = true),
+        "--x-ram-delay-ms" => Opt::Value(|cfg, v| {
+            let ms = v
+                .parse::<u64>()
+                .ok()
+                .filter(|ms| *ms <= 60_000)
+                .ok_or(ConfigError::BadRamDelay(v))?;
+            cfg.ram_delay = Duration::from_millis(ms);
+            Ok(())
+        }),
+        "--x-ram-fail" => Opt::Flag(|cfg| cfg.ram_fail = true),
+        _ => return None,
+    })
+}
+
+/// Release builds have no test options: there, `--x-...` is an unknown option.
+#[cfg(not(debug_assertions))]
+fn test_option(_name: &str) -> Option<Opt> {
+    None
+}
+
+/// The checks across options, once every argument is in: what needs `--kernel`, then what
+/// excludes `--firmware`.
+fn check_together(cfg: &VmConfig) -> Result<(), ConfigError> {
     if cfg.kernel.is_none() {
         for (given, name) in [
             (cfg.initrd.is_some(), "--initrd"),
@@ -386,7 +466,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, ConfigE
     if cfg.firmware.is_some() && cfg.disk.is_some() {
         return Err(ConfigError::FirmwareConflict("--disk"));
     }
-    Ok(Command::Run(Box::new(cfg)))
+    Ok(())
 }
 
 #[cfg(test)]
