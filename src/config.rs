@@ -216,6 +216,18 @@ pub enum ConfigError {
     BadRamDelay(String),
 }
 
+/// What an option does with the configuration.
+enum Opt {
+    /// Ends the parse with this command, whatever follows (`--help`, `--version`).
+    Command(Command),
+    /// Takes no value: sets a field.
+    Flag(fn(&mut VmConfig)),
+    /// Takes a value (`--name=value` or `--name value`): checks it and sets a field.
+    Value(fn(&mut VmConfig, String) -> Result<(), ConfigError>),
+}
+
+/// The arguments after the program's name. Each option is checked in turn (its value, then
+/// a repeat, then what the value says); the checks across options come after the last one.
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, ConfigError> {
     let mut cfg = VmConfig::default();
     let mut seen: Vec<String> = Vec::new();
@@ -225,152 +237,220 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, ConfigE
             Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
             _ => (arg.clone(), None),
         };
-        let takes_value = matches!(
-            name.as_str(),
-            "--firmware"
-                | "--kernel"
-                | "--initrd"
-                | "--cmdline"
-                | "--module"
-                | "--boot-protocol"
-                | "--disk"
-                | "--mem"
-                | "--cpus"
-                | "--serial"
-                | "--timeout"
-                | "--rtc"
-                | "--seccomp"
-                | "--log-level"
-        ) || (cfg!(debug_assertions) && name == "--x-ram-delay-ms");
-        let value = if takes_value {
-            match inline {
-                Some(v) => v,
-                None => it
-                    .next()
-                    .ok_or_else(|| ConfigError::MissingValue(name.clone()))?,
-            }
-        } else {
-            if inline.is_some() {
-                return Err(ConfigError::UnknownOption(arg));
-            }
-            String::new()
+        let Some(opt) = option(&name) else {
+            return Err(if name.starts_with('-') {
+                ConfigError::UnknownOption(arg)
+            } else {
+                ConfigError::Positional(arg)
+            });
         };
-        if name.starts_with('-') && name != "--module" && seen.contains(&name) {
+        let value = match (&opt, inline) {
+            (Opt::Value(_), Some(v)) => v,
+            (Opt::Value(_), None) => it
+                .next()
+                .ok_or_else(|| ConfigError::MissingValue(name.clone()))?,
+            (_, Some(_)) => return Err(ConfigError::UnknownOption(arg)),
+            (_, None) => String::new(),
+        };
+        // --module is the one option that may be given more than once.
+        if name != "--module" && seen.contains(&name) {
             return Err(ConfigError::Duplicate(name));
         }
-        seen.push(name.clone());
-        match name.as_str() {
-            "-h" | "--help" => return Ok(Command::Help),
-            "-V" | "--version" => return Ok(Command::Version),
-            "--firmware" => cfg.firmware = Some(PathBuf::from(value)),
-            "--kernel" => cfg.kernel = Some(PathBuf::from(value)),
-            "--initrd" => cfg.initrd = Some(PathBuf::from(value)),
-            "--cmdline" => cfg.cmdline = Some(value),
-            "--module" => {
-                let (path, string) = match value.split_once(',') {
-                    Some((p, s)) => (p, Some(s.to_string())),
-                    None => (value.as_str(), None),
-                };
-                if path.is_empty() {
-                    return Err(ConfigError::BadModule(value));
-                }
-                cfg.modules.push(ModuleArg {
-                    path: PathBuf::from(path),
-                    string,
-                });
-            }
-            "--boot-protocol" => {
-                cfg.boot_protocol = match value.as_str() {
-                    "64" => BootProtocol::Linux64,
-                    "32" => BootProtocol::Linux32,
-                    "16" => BootProtocol::Linux16,
-                    "pvh" => BootProtocol::Pvh,
-                    _ => return Err(ConfigError::BadBootProtocol(value)),
-                }
-            }
-            "--disk" => {
-                let (path, writable) = match value.rsplit_once(',') {
-                    Some((p, "rw")) => (p, true),
-                    Some((p, "ro")) => (p, false),
-                    _ => (value.as_str(), false),
-                };
-                if path.is_empty() {
-                    return Err(ConfigError::BadDisk(value));
-                }
-                cfg.disk = Some(DiskArg {
-                    path: PathBuf::from(path),
-                    writable,
-                });
-            }
-            "--mem" => {
-                let size = parse_size(&value).ok_or(ConfigError::BadSize(value))?;
-                MemoryLayout::new(size)?;
-                cfg.mem_size = size;
-            }
-            "--cpus" => {
-                cfg.cpus = value
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|n| (1..=MAX_CPUS).contains(n))
-                    .ok_or(ConfigError::BadCpus(value))?;
-            }
-            "--serial" => {
-                cfg.serial = match value.as_str() {
-                    "stdio" => SerialMode::Stdio,
-                    "none" => SerialMode::None,
-                    v => match v.strip_prefix("file:") {
-                        Some(p) if !p.is_empty() => SerialMode::File(PathBuf::from(p)),
-                        _ => return Err(ConfigError::BadSerial(value)),
-                    },
-                }
-            }
-            "--timeout" => {
-                let secs = value
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
-                    .ok_or(ConfigError::BadTimeout(value))?;
-                cfg.timeout = Some(Duration::from_secs_f64(secs));
-            }
-            "--stats" => cfg.stats = true,
-            "--no-acpi" => cfg.acpi = false,
-            "--reboot" => cfg.reboot = true,
-            "--seccomp" => {
-                cfg.seccomp = match value.as_str() {
-                    "on" => true,
-                    "off" => false,
-                    _ => return Err(ConfigError::BadSeccomp(value)),
-                }
-            }
-            #[cfg(debug_assertions)]
-            "--x-test-forbidden-syscall" => cfg.test_forbidden_syscall = true,
-            #[cfg(debug_assertions)]
-            "--x-count-instructions" => cfg.count_instructions = true,
-            #[cfg(debug_assertions)]
-            "--x-ram-delay-ms" => {
-                let ms = value
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|ms| *ms <= 60_000)
-                    .ok_or(ConfigError::BadRamDelay(value))?;
-                cfg.ram_delay = Duration::from_millis(ms);
-            }
-            #[cfg(debug_assertions)]
-            "--x-ram-fail" => cfg.ram_fail = true,
-            "--rtc" => {
-                cfg.rtc_localtime = match value.as_str() {
-                    "utc" => false,
-                    "localtime" => true,
-                    _ => return Err(ConfigError::BadRtc(value)),
-                }
-            }
-            "--log-level" => {
-                cfg.log_level = Some(Level::parse(&value).ok_or(ConfigError::BadLogLevel(value))?)
-            }
-            s if s.starts_with('-') => return Err(ConfigError::UnknownOption(arg)),
-            _ => return Err(ConfigError::Positional(arg)),
+        seen.push(name);
+        match opt {
+            Opt::Command(command) => return Ok(command),
+            Opt::Flag(set) => set(&mut cfg),
+            Opt::Value(set) => set(&mut cfg, value)?,
         }
     }
+    check_together(&cfg)?;
+    Ok(Command::Run(Box::new(cfg)))
+}
+
+/// The option called `name`, if there is one.
+fn option(name: &str) -> Option<Opt> {
+    match name {
+        "-h" | "--help" => Some(Opt::Command(Command::Help)),
+        "-V" | "--version" => Some(Opt::Command(Command::Version)),
+        _ => machine_option(name)
+            .or_else(|| boot_option(name))
+            .or_else(|| runtime_option(name))
+            .or_else(|| test_option(name)),
+    }
+}
+
+/// The guest's hardware: RAM, vCPUs, ACPI or MP tables, the CMOS clock.
+fn machine_option(name: &str) -> Option<Opt> {
+    Some(match name {
+        "--mem" => Opt::Value(|cfg, v| {
+            let size = parse_size(&v).ok_or(ConfigError::BadSize(v))?;
+            MemoryLayout::new(size)?;
+            cfg.mem_size = size;
+            Ok(())
+        }),
+        "--cpus" => Opt::Value(|cfg, v| {
+            cfg.cpus = v
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=MAX_CPUS).contains(n))
+                .ok_or(ConfigError::BadCpus(v))?;
+            Ok(())
+        }),
+        "--no-acpi" => Opt::Flag(|cfg| cfg.acpi = false),
+        "--rtc" => Opt::Value(|cfg, v| {
+            cfg.rtc_localtime = match v.as_str() {
+                "utc" => false,
+                "localtime" => true,
+                _ => return Err(ConfigError::BadRtc(v)),
+            };
+            Ok(())
+        }),
+        _ => return None,
+    })
+}
+
+/// What the guest boots: a firmware image, a kernel and what goes with it, a disk.
+fn boot_option(name: &str) -> Option<Opt> {
+    Some(match name {
+        "--firmware" => Opt::Value(|cfg, v| {
+            cfg.firmware = Some(PathBuf::from(v));
+            Ok(())
+        }),
+        "--kernel" => Opt::Value(|cfg, v| {
+            cfg.kernel = Some(PathBuf::from(v));
+            Ok(())
+        }),
+        "--initrd" => Opt::Value(|cfg, v| {
+            cfg.initrd = Some(PathBuf::from(v));
+            Ok(())
+        }),
+        "--cmdline" => Opt::Value(|cfg, v| {
+            cfg.cmdline = Some(v);
+            Ok(())
+        }),
+        "--module" => Opt::Value(|cfg, v| {
+            cfg.modules.push(module_arg(v)?);
+            Ok(())
+        }),
+        "--boot-protocol" => Opt::Value(|cfg, v| {
+            cfg.boot_protocol = match v.as_str() {
+                "64" => BootProtocol::Linux64,
+                "32" => BootProtocol::Linux32,
+                "16" => BootProtocol::Linux16,
+                "pvh" => BootProtocol::Pvh,
+                _ => return Err(ConfigError::BadBootProtocol(v)),
+            };
+            Ok(())
+        }),
+        "--disk" => Opt::Value(|cfg, v| {
+            cfg.disk = Some(disk_arg(v)?);
+            Ok(())
+        }),
+        _ => return None,
+    })
+}
+
+/// `--module PATH[,STRING]`: the string is everything after the first comma.
+fn module_arg(value: String) -> Result<ModuleArg, ConfigError> {
+    let (path, string) = match value.split_once(',') {
+        Some((p, s)) => (p, Some(s.to_string())),
+        None => (value.as_str(), None),
+    };
+    if path.is_empty() {
+        return Err(ConfigError::BadModule(value));
+    }
+    Ok(ModuleArg {
+        path: PathBuf::from(path),
+        string,
+    })
+}
+
+/// `--disk PATH[,rw]`: a last `,rw` or `,ro` is the mode, anything else is part of the path.
+fn disk_arg(value: String) -> Result<DiskArg, ConfigError> {
+    let (path, writable) = match value.rsplit_once(',') {
+        Some((p, "rw")) => (p, true),
+        Some((p, "ro")) => (p, false),
+        _ => (value.as_str(), false),
+    };
+    if path.is_empty() {
+        return Err(ConfigError::BadDisk(value));
+    }
+    Ok(DiskArg {
+        path: PathBuf::from(path),
+        writable,
+    })
+}
+
+/// How the VMM runs the guest: its console, time limit, report, resets, sandbox, log.
+fn runtime_option(name: &str) -> Option<Opt> {
+    Some(match name {
+        "--serial" => Opt::Value(|cfg, v| {
+            cfg.serial = match v.as_str() {
+                "stdio" => SerialMode::Stdio,
+                "none" => SerialMode::None,
+                s => match s.strip_prefix("file:") {
+                    Some(p) if !p.is_empty() => SerialMode::File(PathBuf::from(p)),
+                    _ => return Err(ConfigError::BadSerial(v)),
+                },
+            };
+            Ok(())
+        }),
+        "--timeout" => Opt::Value(|cfg, v| {
+            let secs = v
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
+                .ok_or(ConfigError::BadTimeout(v))?;
+            cfg.timeout = Some(Duration::from_secs_f64(secs));
+            Ok(())
+        }),
+        "--stats" => Opt::Flag(|cfg| cfg.stats = true),
+        "--reboot" => Opt::Flag(|cfg| cfg.reboot = true),
+        "--seccomp" => Opt::Value(|cfg, v| {
+            cfg.seccomp = match v.as_str() {
+                "on" => true,
+                "off" => false,
+                _ => return Err(ConfigError::BadSeccomp(v)),
+            };
+            Ok(())
+        }),
+        "--log-level" => Opt::Value(|cfg, v| {
+            cfg.log_level = Some(Level::parse(&v).ok_or(ConfigError::BadLogLevel(v))?);
+            Ok(())
+        }),
+        _ => return None,
+    })
+}
+
+/// The hidden `--x-...` options of the tests, in debug builds only.
+#[cfg(debug_assertions)]
+fn test_option(name: &str) -> Option<Opt> {
+    Some(match name {
+        "--x-test-forbidden-syscall" => Opt::Flag(|cfg| cfg.test_forbidden_syscall = true),
+        "--x-count-instructions" => Opt::Flag(|cfg| cfg.count_instructions = true),
+        "--x-ram-delay-ms" => Opt::Value(|cfg, v| {
+            let ms = v
+                .parse::<u64>()
+                .ok()
+                .filter(|ms| *ms <= 60_000)
+                .ok_or(ConfigError::BadRamDelay(v))?;
+            cfg.ram_delay = Duration::from_millis(ms);
+            Ok(())
+        }),
+        "--x-ram-fail" => Opt::Flag(|cfg| cfg.ram_fail = true),
+        _ => return None,
+    })
+}
+
+/// Release builds have no test options: there, `--x-...` is an unknown option.
+#[cfg(not(debug_assertions))]
+fn test_option(_name: &str) -> Option<Opt> {
+    None
+}
+
+/// The checks across options, once every argument is in: what needs `--kernel`, then what
+/// excludes `--firmware`.
+fn check_together(cfg: &VmConfig) -> Result<(), ConfigError> {
     if cfg.kernel.is_none() {
         for (given, name) in [
             (cfg.initrd.is_some(), "--initrd"),
@@ -386,7 +466,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, ConfigE
     if cfg.firmware.is_some() && cfg.disk.is_some() {
         return Err(ConfigError::FirmwareConflict("--disk"));
     }
-    Ok(Command::Run(Box::new(cfg)))
+    Ok(())
 }
 
 #[cfg(test)]
@@ -563,6 +643,276 @@ mod tests {
             parse(["-V".to_string()]).unwrap(),
             Command::Version
         ));
+    }
+
+    fn err(args: &[&str]) -> ConfigError {
+        match parse(args.iter().map(|s| s.to_string())) {
+            Err(e) => e,
+            Ok(other) => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    /// `--name=value` splits at the first `=`, an empty value included; `--name value` takes
+    /// the next argument whatever it looks like; options without a value refuse one.
+    #[test]
+    fn value_forms() {
+        let c = run(&["--kernel=", "--cmdline=a=b"]).unwrap();
+        assert_eq!(c.kernel, Some(PathBuf::new()));
+        assert_eq!(c.cmdline.as_deref(), Some("a=b"));
+        let c = run(&["--kernel", "k", "--cmdline=", "--initrd", "--stats"]).unwrap();
+        assert_eq!(c.cmdline.as_deref(), Some(""));
+        assert_eq!(c.initrd, Some(PathBuf::from("--stats")));
+        assert!(!c.stats);
+        assert_eq!(err(&["--mem="]), ConfigError::BadSize("".into()));
+        assert_eq!(
+            err(&["--mem", "--help"]),
+            ConfigError::BadSize("--help".into())
+        );
+        assert_eq!(
+            err(&["--kernel", "k", "--cmdline"]),
+            ConfigError::MissingValue("--cmdline".into())
+        );
+        for arg in [
+            "--stats=1",
+            "--no-acpi=",
+            "--help=x",
+            "--version=",
+            "-h=x",
+            "--bogus=1",
+            "--MEM=1G",
+            "--",
+            "--=x",
+            "-",
+            "-x",
+        ] {
+            assert_eq!(err(&[arg]), ConfigError::UnknownOption(arg.into()), "{arg}");
+        }
+        assert_eq!(err(&["kernel"]), ConfigError::Positional("kernel".into()));
+        assert_eq!(err(&["a=b"]), ConfigError::Positional("a=b".into()));
+        assert_eq!(
+            err(&["--mem", "1G", "x"]),
+            ConfigError::Positional("x".into())
+        );
+    }
+
+    /// Each argument in turn: its value first, then a repeat, then what the value says.
+    #[test]
+    fn repeated_options() {
+        assert_eq!(
+            err(&["--cpus=1", "--cpus", "2"]),
+            ConfigError::Duplicate("--cpus".into())
+        );
+        assert_eq!(
+            err(&["--stats", "--stats"]),
+            ConfigError::Duplicate("--stats".into())
+        );
+        assert_eq!(
+            err(&["--cpus", "1", "--cpus"]),
+            ConfigError::MissingValue("--cpus".into())
+        );
+        assert_eq!(
+            err(&["--cpus", "0", "--cpus", "1"]),
+            ConfigError::BadCpus("0".into())
+        );
+        assert_eq!(
+            err(&["--cpus", "1", "--cpus", "0"]),
+            ConfigError::Duplicate("--cpus".into())
+        );
+        assert_eq!(
+            err(&["--stats", "--stats=1"]),
+            ConfigError::UnknownOption("--stats=1".into())
+        );
+        let c = run(&["--kernel", "k", "--module=a", "--module", "b", "--module=a"]).unwrap();
+        let paths: Vec<_> = c.modules.iter().map(|m| m.path.clone()).collect();
+        assert_eq!(paths, [PathBuf::from("a"), "b".into(), "a".into()]);
+    }
+
+    /// `--help` and `--version` answer at once, unless an earlier argument failed.
+    #[test]
+    fn help_and_version_where_they_stand() {
+        for args in [
+            &["--help", "--help"][..],
+            &["-h", "--help"],
+            &["--help", "--bogus"],
+            &["--help", "--cpus", "0"],
+            &["--initrd", "i", "--help"],
+            &["--firmware", "f", "--disk", "d", "-h"],
+        ] {
+            let r = parse(args.iter().map(|s| s.to_string()));
+            assert!(matches!(r, Ok(Command::Help)), "{args:?}: {r:?}");
+        }
+        assert!(matches!(
+            parse(["--version", "--help"].map(String::from)),
+            Ok(Command::Version)
+        ));
+        assert_eq!(
+            err(&["--bogus", "--help"]),
+            ConfigError::UnknownOption("--bogus".into())
+        );
+        assert_eq!(
+            err(&["--cpus", "0", "-V"]),
+            ConfigError::BadCpus("0".into())
+        );
+        assert_eq!(
+            err(&["--help=", "--help"]),
+            ConfigError::UnknownOption("--help=".into())
+        );
+    }
+
+    #[test]
+    fn machine_and_runtime_values() {
+        assert_eq!(
+            err(&["--serial", "tcp:1"]),
+            ConfigError::BadSerial("tcp:1".into())
+        );
+        assert_eq!(run(&["--serial=none"]).unwrap().serial, SerialMode::None);
+        assert_eq!(run(&["--serial=stdio"]).unwrap().serial, SerialMode::Stdio);
+        assert_eq!(
+            err(&["--timeout", "soon"]),
+            ConfigError::BadTimeout("soon".into())
+        );
+        assert_eq!(
+            err(&["--timeout", "1e9"]),
+            ConfigError::BadTimeout("1e9".into())
+        );
+        assert_eq!(
+            run(&["--timeout", "999999999"]).unwrap().timeout,
+            Some(Duration::from_secs(999_999_999))
+        );
+        assert_eq!(
+            err(&["--seccomp", "maybe"]),
+            ConfigError::BadSeccomp("maybe".into())
+        );
+        assert!(run(&["--seccomp=on"]).unwrap().seccomp);
+        assert!(!run(&["--rtc=utc"]).unwrap().rtc_localtime);
+        assert_eq!(run(&[]).unwrap().log_level, None);
+        assert_eq!(
+            run(&["--log-level", "debug"]).unwrap().log_level,
+            Some(Level::Debug)
+        );
+        assert_eq!(
+            err(&["--log-level", "loud"]),
+            ConfigError::BadLogLevel("loud".into())
+        );
+        assert_eq!(err(&["--cpus", " 2"]), ConfigError::BadCpus(" 2".into()));
+        assert_eq!(run(&["--mem", " 64m "]).unwrap().mem_size, 64 << 20);
+    }
+
+    #[test]
+    fn boot_values() {
+        for (p, want) in [
+            ("64", BootProtocol::Linux64),
+            ("32", BootProtocol::Linux32),
+            ("pvh", BootProtocol::Pvh),
+        ] {
+            let c = run(&["--kernel", "k", "--boot-protocol", p]).unwrap();
+            assert_eq!(c.boot_protocol, want);
+        }
+        let module = |v: &str| run(&["--kernel", "k", "--module", v]).map(|c| c.modules);
+        assert_eq!(
+            module("m,a,b").unwrap(),
+            [ModuleArg {
+                path: "m".into(),
+                string: Some("a,b".into())
+            }]
+        );
+        assert_eq!(module("m,").unwrap()[0].string.as_deref(), Some(""));
+        assert_eq!(
+            module(",x").unwrap_err(),
+            ConfigError::BadModule(",x".into())
+        );
+        assert_eq!(module("").unwrap_err(), ConfigError::BadModule("".into()));
+        let disk = |v: &str| run(&["--disk", v]).map(|c| c.disk);
+        assert_eq!(
+            disk("d,rw,rw").unwrap(),
+            Some(DiskArg {
+                path: "d,rw".into(),
+                writable: true
+            })
+        );
+        assert_eq!(
+            disk("a,b").unwrap(),
+            Some(DiskArg {
+                path: "a,b".into(),
+                writable: false
+            })
+        );
+        assert_eq!(disk(",ro").unwrap_err(), ConfigError::BadDisk(",ro".into()));
+        assert_eq!(disk("").unwrap_err(), ConfigError::BadDisk("".into()));
+    }
+
+    /// The checks across options run after the last argument, in a fixed order.
+    #[test]
+    fn checks_across_options() {
+        assert_eq!(
+            err(&["--module", "m"]),
+            ConfigError::NeedsKernel("--module")
+        );
+        assert_eq!(
+            err(&["--boot-protocol", "pvh"]),
+            ConfigError::NeedsKernel("--boot-protocol")
+        );
+        assert_eq!(
+            err(&["--module", "m", "--cmdline", "c", "--initrd", "i"]),
+            ConfigError::NeedsKernel("--initrd")
+        );
+        assert_eq!(
+            err(&["--firmware", "f", "--disk", "d", "--cmdline", "c"]),
+            ConfigError::NeedsKernel("--cmdline")
+        );
+        assert_eq!(
+            err(&["--disk", "d", "--firmware", "f"]),
+            ConfigError::FirmwareConflict("--disk")
+        );
+        assert!(run(&["--firmware", "f", "--kernel", "k", "--initrd", "i"]).is_ok());
+        assert!(run(&["--kernel", "k", "--disk", "d"]).is_ok());
+    }
+
+    #[cfg(debug_assertions)]
+    #[test]
+    fn test_options_in_debug_builds() {
+        let c = run(&["--x-test-forbidden-syscall", "--x-count-instructions"]).unwrap();
+        assert!(c.test_forbidden_syscall && c.count_instructions);
+        let c = run(&[]).unwrap();
+        assert!(!c.test_forbidden_syscall && !c.count_instructions);
+        assert_eq!(
+            run(&["--x-ram-delay-ms=0"]).unwrap().ram_delay,
+            Duration::ZERO
+        );
+        assert_eq!(
+            err(&["--x-ram-delay-ms", "60001"]),
+            ConfigError::BadRamDelay("60001".into())
+        );
+        assert_eq!(
+            err(&["--x-ram-delay-ms"]),
+            ConfigError::MissingValue("--x-ram-delay-ms".into())
+        );
+        assert_eq!(
+            err(&["--x-ram-fail=1"]),
+            ConfigError::UnknownOption("--x-ram-fail=1".into())
+        );
+        assert_eq!(
+            err(&["--x-ram-fail", "--x-ram-fail"]),
+            ConfigError::Duplicate("--x-ram-fail".into())
+        );
+        assert_eq!(
+            err(&["--x-bogus"]),
+            ConfigError::UnknownOption("--x-bogus".into())
+        );
+    }
+
+    #[cfg(not(debug_assertions))]
+    #[test]
+    fn no_test_options_in_release_builds() {
+        for args in [
+            &["--x-test-forbidden-syscall"][..],
+            &["--x-count-instructions"],
+            &["--x-ram-fail"],
+            &["--x-ram-delay-ms", "5"],
+            &["--x-ram-delay-ms=5"],
+        ] {
+            assert_eq!(err(args), ConfigError::UnknownOption(args[0].into()));
+        }
     }
 }
 
