@@ -1,11 +1,55 @@
 //! Assembles the firmware under `firmware/` with the system's binutils into a flat 64 KiB
 //! blob (`$OUT_DIR/firmware.bin`), which `src/firmware.rs` embeds, and the offsets of the
 //! firmware symbols the BIOS services need (`$OUT_DIR/firmware_symbols.rs`, for src/bios/).
+//! Compiles the seccomp filters of src/seccomp/lists.rs (`$OUT_DIR/seccomp_filters.rs`), so
+//! that the VMM does not compile them at every start.
 
 use std::env;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+// The seccomp lists and their layout, as the VMM has them (src/seccomp/); the build uses
+// only their compilation.
+#[allow(dead_code)]
+#[path = "src/seccomp/lists.rs"]
+mod lists;
+#[allow(dead_code)]
+#[path = "src/seccomp/tree.rs"]
+mod tree;
+
+/// Writes `seccomp_filters.rs`: every thread kind's filter, with and without `--reboot`, and
+/// the spawn guard, as (code, jt, jf, k) instructions.
+fn seccomp_filters(out: &Path) {
+    println!("cargo:rerun-if-changed=src/seccomp/lists.rs");
+    println!("cargo:rerun-if-changed=src/seccomp/tree.rs");
+    let insns = |p: &[seccompiler::sock_filter]| -> String {
+        p.iter()
+            .map(|i| format!("({}, {}, {}, {}),", i.code, i.jt, i.jf, i.k))
+            .collect()
+    };
+    let mut text = String::from(
+        "/// The filters compiled by build.rs: (thread kind, --reboot, instructions).\n\
+         static PREBUILT: &[Prebuilt] = &[\n",
+    );
+    for kind in lists::KINDS {
+        for reboot in [false, true] {
+            let p = lists::compile_list(kind, reboot)
+                .unwrap_or_else(|e| panic!("the {kind:?} seccomp filter: {e}"));
+            text.push_str(&format!(
+                "    (ThreadKind::{kind:?}, {reboot}, &[{}]),\n",
+                insns(&p)
+            ));
+        }
+    }
+    let guard = lists::spawn_guard().unwrap_or_else(|e| panic!("the spawn guard: {e}"));
+    text.push_str(&format!(
+        "];\n/// The spawn guard compiled by build.rs.\n\
+         static PREBUILT_SPAWN_GUARD: &[Insn] = &[{}];\n",
+        insns(&guard)
+    ));
+    fs::write(out.join("seccomp_filters.rs"), text).expect("write seccomp_filters.rs");
+}
 
 const SOURCES: &[&str] = &[
     "reset.s",
@@ -105,6 +149,7 @@ fn main() {
     println!("cargo:rerun-if-changed=firmware");
     println!("cargo:rerun-if-changed=build.rs");
     syscall_names(&out);
+    seccomp_filters(&out);
 
     let version = env::var("CARGO_PKG_VERSION").expect("CARGO_PKG_VERSION");
     fs::write(out.join("version.inc"), format!(".ascii \"{version}\"\n"))
