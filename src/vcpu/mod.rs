@@ -196,6 +196,46 @@ fn write_port(pio: &Bus, port: u16, data: &[u8], size: usize) -> Step {
     Step::Continue
 }
 
+/// A port read of `size`-byte units from the bus.
+fn read_port(pio: &Bus, port: u16, data: &mut [u8], size: usize) -> Step {
+    for chunk in data.chunks_mut(size) {
+        pio.read(port as u64, chunk);
+    }
+    Step::Continue
+}
+
+/// Whether a port write goes to the embedded firmware's BIOS services (`Vcpu::bios_call`).
+fn is_service_port(bios: &Bios, port: u16) -> bool {
+    bios.embedded() && (bios::SERVICE_PORT_BASE..=bios::SERVICE_PORT_LAST).contains(&port)
+}
+
+/// An MMIO read: from RAM that had no slot yet (`late_ram_access`), else from the bus.
+fn mmio_read(mmio: &Bus, ram: &RamGate, mem: &GuestMemoryMmap, addr: u64, data: &mut [u8]) -> Step {
+    if ram.is_deferred(addr) {
+        return late_ram_access(ram, mem, addr, LateAccess::Read(data));
+    }
+    mmio.read(addr, data);
+    Step::Continue
+}
+
+/// An MMIO write: to RAM that had no slot yet (`late_ram_access`), else to the bus, which may
+/// stop the VM.
+fn mmio_write(mmio: &Bus, ram: &RamGate, mem: &GuestMemoryMmap, addr: u64, data: &[u8]) -> Step {
+    if ram.is_deferred(addr) {
+        return late_ram_access(ram, mem, addr, LateAccess::Write(data));
+    }
+    match mmio.write(addr, data) {
+        Some(r) => Step::Stop(r, None),
+        None => Step::Continue,
+    }
+}
+
+/// KVM_EXIT_DEBUG while single-stepping (`--x-count-instructions`): one exit per instruction.
+fn count_instruction() -> Step {
+    crate::devices::post_code::STEPS.fetch_add(1, Ordering::Relaxed);
+    Step::Continue
+}
+
 struct Vcpu {
     id: u32,
     fd: VcpuFd,
@@ -286,99 +326,99 @@ impl Vcpu {
         }
     }
 
+    /// One KVM_RUN, then its exit handed to the method or function for its kind. Port and MMIO
+    /// data live in the kvm_run page, which the exit borrows along with the VcpuFd, so their
+    /// handlers take only the fields they need.
     fn run_once(&mut self) -> Step {
         let run = self.run;
         let id = self.id as usize;
         // Whether every RAM slot existed when this run began: if not, an internal error in it
-        // may come from RAM KVM did not know yet (see below).
+        // may come from RAM KVM did not know yet (`internal_error`).
         let ram_was_open = self.ram.is_open();
         // Not while another vCPU changes a memory slot (pause.rs).
         while !self.pause.enter(id) {}
         let exit = self.fd.run();
         self.pause.leave(id);
         match exit {
-            Ok(VcpuExit::IoIn(port, data)) => {
-                let size = io_size(run);
-                for chunk in data.chunks_mut(size) {
-                    self.pio.read(port as u64, chunk);
-                }
-                Step::Continue
+            Ok(VcpuExit::IoIn(port, data)) => read_port(&self.pio, port, data, io_size(run)),
+            Ok(VcpuExit::IoOut(port, data)) if is_service_port(&self.bios, port) => {
+                // Copied: `data` is in kvm_run, borrowed with the VcpuFd; the BIOS call needs
+                // the whole vCPU.
+                let data = data.to_vec();
+                self.service_port_out(port, &data)
             }
-            Ok(VcpuExit::IoOut(port, data)) => {
-                let size = io_size(run);
-                if self.bios.embedded()
-                    && (bios::SERVICE_PORT_BASE..=bios::SERVICE_PORT_LAST).contains(&port)
-                {
-                    let data = data.to_vec();
-                    return match self.bios_call(port) {
-                        Some(step) => step,
-                        None => write_port(&self.pio, port, &data, size),
-                    };
-                }
-                write_port(&self.pio, port, data, size)
-            }
+            Ok(VcpuExit::IoOut(port, data)) => write_port(&self.pio, port, data, io_size(run)),
             Ok(VcpuExit::MmioRead(addr, data)) => {
-                if self.ram.is_deferred(addr) {
-                    return late_ram_access(&self.ram, &self.mem, addr, LateAccess::Read(data));
-                }
-                self.mmio.read(addr, data);
-                Step::Continue
+                mmio_read(&self.mmio, &self.ram, &self.mem, addr, data)
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
-                if self.ram.is_deferred(addr) {
-                    return late_ram_access(&self.ram, &self.mem, addr, LateAccess::Write(data));
-                }
-                match self.mmio.write(addr, data) {
-                    Some(r) => Step::Stop(r, None),
-                    None => Step::Continue,
-                }
+                mmio_write(&self.mmio, &self.ram, &self.mem, addr, data)
             }
-            Ok(VcpuExit::Hlt) => {
-                // Only without an in-kernel LAPIC; treat it as a halt check.
-                if self.is_dead() {
-                    Step::Stop(ExitReason::Halted, None)
-                } else {
-                    Step::Continue
-                }
-            }
+            Ok(VcpuExit::Hlt) => self.halt(),
             Ok(VcpuExit::Shutdown) => Step::Stop(ExitReason::TripleFault, Some(self.dump())),
             Ok(VcpuExit::InternalError) => self.internal_error(ram_was_open),
-            Ok(VcpuExit::FailEntry(reason, cpu)) => Step::Stop(
-                ExitReason::InternalError(format!(
-                    "VM entry failed: hardware reason {reason:#x} on host CPU {cpu}"
-                )),
-                Some(self.dump()),
-            ),
-            Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
-                kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => Step::Stop(ExitReason::PowerOff, None),
-                kvm_bindings::KVM_SYSTEM_EVENT_RESET => Step::Stop(ExitReason::Reset, None),
-                k => Step::Stop(
-                    ExitReason::UnhandledExit(format!("system event {k}")),
-                    Some(self.dump()),
-                ),
-            },
-            Ok(VcpuExit::Intr) => {
-                self.serve_requests();
-                Step::Continue
-            }
-            Ok(VcpuExit::Debug(_)) => {
-                // Single-stepping (`--x-count-instructions`): one exit per instruction.
-                crate::devices::post_code::STEPS.fetch_add(1, Ordering::Relaxed);
-                Step::Continue
-            }
+            Ok(VcpuExit::FailEntry(reason, cpu)) => self.fail_entry(reason, cpu),
+            Ok(VcpuExit::SystemEvent(kind, _)) => self.system_event(kind),
+            Ok(VcpuExit::Intr) => self.interrupted(),
+            Ok(VcpuExit::Debug(_)) => count_instruction(),
             Ok(other) => Step::Stop(
                 ExitReason::UnhandledExit(format!("{other:?}")),
                 Some(self.dump()),
             ),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                self.serve_requests();
-                Step::Continue
-            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => self.interrupted(),
             Err(e) => Step::Stop(
                 ExitReason::HostError(format!("KVM_RUN on vCPU {}: {e}", self.id)),
                 None,
             ),
         }
+    }
+
+    /// A write to a service port of the embedded firmware (`data` copied out of kvm_run): the
+    /// BIOS service if the firmware's handler made it, else a write to the bus.
+    fn service_port_out(&mut self, port: u16, data: &[u8]) -> Step {
+        let size = io_size(self.run);
+        match self.bios_call(port) {
+            Some(step) => step,
+            None => write_port(&self.pio, port, data, size),
+        }
+    }
+
+    /// KVM_EXIT_HLT, only without an in-kernel LAPIC: treated as a halt check.
+    fn halt(&self) -> Step {
+        if self.is_dead() {
+            Step::Stop(ExitReason::Halted, None)
+        } else {
+            Step::Continue
+        }
+    }
+
+    /// KVM_EXIT_FAIL_ENTRY: the hardware refused to enter the guest.
+    fn fail_entry(&self, reason: u64, cpu: u32) -> Step {
+        Step::Stop(
+            ExitReason::InternalError(format!(
+                "VM entry failed: hardware reason {reason:#x} on host CPU {cpu}"
+            )),
+            Some(self.dump()),
+        )
+    }
+
+    /// KVM_EXIT_SYSTEM_EVENT: a power-off or a reset by the guest; any other kind stops the VM.
+    fn system_event(&self, kind: u32) -> Step {
+        match kind {
+            kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => Step::Stop(ExitReason::PowerOff, None),
+            kvm_bindings::KVM_SYSTEM_EVENT_RESET => Step::Stop(ExitReason::Reset, None),
+            k => Step::Stop(
+                ExitReason::UnhandledExit(format!("system event {k}")),
+                Some(self.dump()),
+            ),
+        }
+    }
+
+    /// KVM_RUN interrupted (KVM_EXIT_INTR, EINTR or EAGAIN), as a kick does: serves the
+    /// pending requests, then runs on.
+    fn interrupted(&mut self) -> Step {
+        self.serve_requests();
+        Step::Continue
     }
 
     /// KVM_EXIT_INTERNAL_ERROR; `ram_was_open`: every RAM slot existed when the run began.
