@@ -10,7 +10,7 @@ mod teardown;
 pub use teardown::Teardown;
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use kvm_bindings::CpuId;
 use kvm_ioctls::{Cap, Kvm, SyncReg, VcpuFd, VmFd};
@@ -169,7 +169,8 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |e| VmError::Kvm(what, e)
 }
 
-/// Builds the machine, stage by stage; each stage returns what the next needs.
+/// Builds the machine, stage by stage; each stage returns what the next needs. `phases`
+/// records how long opening KVM and the memory, device and vCPU stages took (`--stats`).
 pub fn build(
     cfg: &VmConfig,
     rom: &Rom,
@@ -179,13 +180,75 @@ pub fn build(
 ) -> Result<Machine, VmError> {
     let layout =
         MemoryLayout::new(cfg.mem_size).map_err(|e| VmError::GuestMemory(e.to_string()))?;
+    let (vm, cpuid) = timed(&mut phases.kvm, open_kvm)?;
+    let mem = timed(&mut phases.memory, || {
+        memory_stage(vm, cfg, rom, &layout, &boot)
+    })?;
+    let dev = timed(&mut phases.devices, || {
+        device_stage(&mem, cfg, rom, layout, &boot, serial_out)
+    })?;
+    // With `--reboot`, what a reboot restores; not one of the timed phases.
+    let (chips_at_reset, boot_at_reset) = if cfg.reboot {
+        Some(reset_state(&mem.vm, cfg, boot, dev.e820, layout, mem.rsdp)?)
+    } else {
+        None
+    }
+    .unzip();
+    let vcpus = timed(&mut phases.vcpus, || vcpu_stage(&mem.vm, &cpuid, cfg))?;
 
-    let t = Instant::now();
-    let (vm, cpuid) = open_kvm()?;
-    phases.kvm = t.elapsed();
+    Ok(Machine {
+        teardown: Teardown::new(mem.vm.clone()).ok(),
+        vm: mem.vm,
+        guest_mem: mem.guest_mem,
+        ram: mem.ram,
+        deferred: mem.deferred,
+        rom: mem.rom,
+        pio: dev.pio,
+        mmio: Arc::new(dev.mmio),
+        serial: dev.serial,
+        timers: dev.timers,
+        vcpus,
+        bios: dev.bios,
+        chips_at_reset,
+        boot_at_reset,
+        pause: mem.pause,
+    })
+}
 
+/// Runs one stage of `build` and, if it succeeds, stores the time it took in `phase`.
+fn timed<T>(
+    phase: &mut Duration,
+    stage: impl FnOnce() -> Result<T, VmError>,
+) -> Result<T, VmError> {
     let t = Instant::now();
-    let guest_mem = map_ram(&layout)?;
+    let out = stage()?;
+    *phase = t.elapsed();
+    Ok(out)
+}
+
+/// What `memory_stage` hands on.
+struct Memory {
+    vm: Arc<VmFd>,
+    guest_mem: GuestMemoryMmap,
+    rom: Arc<RomMapping>,
+    /// The ACPI RSDP written at 0xE0000, if any.
+    rsdp: Option<Vec<u8>>,
+    ram: Arc<RamGate>,
+    deferred: Option<DeferredRam>,
+    pause: Arc<crate::pause::Pause>,
+    shadow: Arc<Mutex<Shadow>>,
+}
+
+/// Guest RAM and the ROM, mapped and registered with KVM (all but the RAM left for
+/// `DeferredRam`), and the shadow areas 0xC0000-0xFFFFF under PAM control.
+fn memory_stage(
+    vm: VmFd,
+    cfg: &VmConfig,
+    rom: &Rom,
+    layout: &MemoryLayout,
+    boot: &crate::boot::BootPlan,
+) -> Result<Memory, VmError> {
+    let guest_mem = map_ram(layout)?;
     // Kernel boots (`BootPlan::defers_ram`) and guests of less than DEFER_MIN_RAM above
     // 16 MiB register all RAM now.
     let defer = boot.defers_ram() && layout.deferrable_ram() >= memory::DEFER_MIN_RAM;
@@ -194,7 +257,7 @@ pub fn build(
         first_shadow_slot,
         rsdp,
         late,
-    } = register_memory(&vm, &guest_mem, rom, cfg, &layout, defer)?;
+    } = register_memory(&vm, &guest_mem, rom, cfg, layout, defer)?;
     let vm = Arc::new(vm);
     let ram = Arc::new(RamGate::new(
         late.iter()
@@ -210,35 +273,51 @@ pub fn build(
         pause.clone(),
     )
     .map_err(|e| VmError::GuestMemory(e.to_string()))?;
-    let shadow = Arc::new(Mutex::new(shadow));
-    phases.memory = t.elapsed();
+    Ok(Memory {
+        vm,
+        guest_mem,
+        rom: rom_maps,
+        rsdp,
+        ram,
+        deferred,
+        pause,
+        shadow: Arc::new(Mutex::new(shadow)),
+    })
+}
 
-    let t = Instant::now();
-    create_interrupt_controllers(&vm)?;
-    let mut devices = platform_devices(&vm, cfg, &layout, shadow.clone(), serial_out)?;
-    devices.pio.set_ram_gate(ram.clone());
+/// What `device_stage` hands on.
+struct Platform {
+    pio: Arc<Bus>,
+    mmio: Bus,
+    serial: Arc<Mutex<Serial>>,
+    timers: Vec<Arc<Mutex<dyn Expire>>>,
+    bios: Arc<crate::bios::Bios>,
+    /// The E820 map the boot and the BIOS were given.
+    e820: Vec<memory::E820Entry>,
+}
+
+/// The interrupt controllers, the devices, the boot payload and fw_cfg, and the BIOS
+/// services. For the embedded firmware, the PIT is programmed through the port bus as that
+/// firmware's POST leaves it (`bios::pit`).
+fn device_stage(
+    mem: &Memory,
+    cfg: &VmConfig,
+    rom: &Rom,
+    layout: MemoryLayout,
+    boot: &crate::boot::BootPlan,
+    serial_out: SerialOut,
+) -> Result<Platform, VmError> {
+    create_interrupt_controllers(&mem.vm)?;
+    let mut devices = platform_devices(&mem.vm, cfg, &layout, mem.shadow.clone(), serial_out)?;
+    devices.pio.set_ram_gate(mem.ram.clone());
     let e820 = layout.e820(rom.size());
-    let env = crate::boot::BootEnv {
-        layout: &layout,
-        e820: &e820,
-        rsdp: rsdp.as_deref(),
-        cpus: cfg.cpus as u16,
-    };
-    let descriptor = boot
-        .load(&guest_mem, &env)
-        .map_err(|e| VmError::Boot(e.to_string()))?;
-    let mut fw_cfg = firmware_config(cfg, &layout, &guest_mem, &e820, descriptor, &boot)?;
-    fw_cfg.set_shadow(shadow);
-    devices
-        .pio
-        .insert(FW_CFG_PORT, FW_CFG_LEN, Arc::new(Mutex::new(fw_cfg)))
-        .map_err(|e| VmError::Device(e.to_string()))?;
+    load_boot(&mut devices.pio, mem, cfg, &layout, &e820, boot)?;
     if boot.embedded_firmware() {
         crate::bios::pit::program(&devices.pio);
     }
     let pio = Arc::new(devices.pio);
     let bios = Arc::new(crate::bios::Bios::new(crate::bios::BiosSetup {
-        mem: guest_mem.clone(),
+        mem: mem.guest_mem.clone(),
         e820: e820.clone(),
         layout,
         console: devices.serial.clone(),
@@ -246,23 +325,64 @@ pub fn build(
         disk: boot.disk(),
         embedded: cfg.firmware.is_none(),
     }));
-    phases.devices = t.elapsed();
+    Ok(Platform {
+        pio,
+        mmio: devices.mmio,
+        serial: devices.serial,
+        timers: devices.timers,
+        bios,
+        e820,
+    })
+}
 
-    let (chips_at_reset, boot_at_reset) = if cfg.reboot {
-        let boot = BootAtReset {
-            plan: boot,
-            e820,
-            layout,
-            rsdp,
-            cpus: cfg.cpus as u16,
-        };
-        (Some(capture_chips(&vm)?), Some(boot))
-    } else {
-        (None, None)
+/// Loads the boot payload into guest memory, and puts fw_cfg, which describes it with the
+/// machine, on the port bus.
+fn load_boot(
+    pio: &mut Bus,
+    mem: &Memory,
+    cfg: &VmConfig,
+    layout: &MemoryLayout,
+    e820: &[memory::E820Entry],
+    boot: &crate::boot::BootPlan,
+) -> Result<(), VmError> {
+    let env = crate::boot::BootEnv {
+        layout,
+        e820,
+        rsdp: mem.rsdp.as_deref(),
+        cpus: cfg.cpus as u16,
     };
+    let descriptor = boot
+        .load(&mem.guest_mem, &env)
+        .map_err(|e| VmError::Boot(e.to_string()))?;
+    let mut fw_cfg = firmware_config(cfg, layout, &mem.guest_mem, e820, descriptor, boot)?;
+    fw_cfg.set_shadow(mem.shadow.clone());
+    pio.insert(FW_CFG_PORT, FW_CFG_LEN, Arc::new(Mutex::new(fw_cfg)))
+        .map_err(|e| VmError::Device(e.to_string()))
+}
 
-    let t = Instant::now();
-    let vcpus = create_vcpus(&vm, &cpuid, cfg.cpus)?;
+/// What a reboot restores (`Machine::reset_platform`): the interrupt controllers as
+/// created, and what loading the boot payload again needs.
+fn reset_state(
+    vm: &VmFd,
+    cfg: &VmConfig,
+    plan: Arc<crate::boot::BootPlan>,
+    e820: Vec<memory::E820Entry>,
+    layout: MemoryLayout,
+    rsdp: Option<Vec<u8>>,
+) -> Result<(ChipState, BootAtReset), VmError> {
+    let boot = BootAtReset {
+        plan,
+        e820,
+        layout,
+        rsdp,
+        cpus: cfg.cpus as u16,
+    };
+    Ok((capture_chips(vm)?, boot))
+}
+
+/// The vCPUs; with `--x-count-instructions`, vCPU 0 single-steps.
+fn vcpu_stage(vm: &VmFd, cpuid: &CpuId, cfg: &VmConfig) -> Result<Vec<VcpuFd>, VmError> {
+    let vcpus = create_vcpus(vm, cpuid, cfg.cpus)?;
     if cfg.count_instructions {
         // Every instruction of vCPU 0 exits (KVM_EXIT_DEBUG); the vCPU thread counts them.
         let dbg = kvm_bindings::kvm_guest_debug {
@@ -273,25 +393,7 @@ pub fn build(
             .set_guest_debug(&dbg)
             .map_err(kvm_err("single-step vCPU 0"))?;
     }
-    phases.vcpus = t.elapsed();
-
-    Ok(Machine {
-        teardown: Teardown::new(vm.clone()).ok(),
-        vm,
-        guest_mem,
-        ram,
-        deferred,
-        rom: rom_maps,
-        pio,
-        mmio: Arc::new(devices.mmio),
-        serial: devices.serial,
-        timers: devices.timers,
-        vcpus,
-        bios,
-        chips_at_reset,
-        boot_at_reset,
-        pause,
-    })
+    Ok(vcpus)
 }
 
 /// KVM and the VM: the capabilities minipc needs, the TSS and identity map, the CPUID the
