@@ -19,7 +19,8 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use kvm_bindings::{
-    kvm_run, KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_UNINITIALIZED,
+    kvm_regs, kvm_run, kvm_sregs, KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED,
+    KVM_MP_STATE_UNINITIALIZED,
 };
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -462,14 +463,9 @@ impl Vcpu {
                 None,
             ))
         };
-        let (mut regs, mut sregs) = if self.sync_regs {
-            let s = self.fd.sync_regs();
-            (s.regs, s.sregs)
-        } else {
-            match (self.fd.get_regs(), self.fd.get_sregs()) {
-                (Ok(r), Ok(s)) => (r, s),
-                (Err(e), _) | (_, Err(e)) => return fail(self.id, e),
-            }
+        let (mut regs, mut sregs) = match self.caller_registers() {
+            Ok(r) => r,
+            Err(e) => return fail(self.id, e),
         };
         let caller = Caller {
             cr0: sregs.cr0,
@@ -496,25 +492,44 @@ impl Vcpu {
             sregs.es.selector = es;
             sregs.es.base = u64::from(es) << 4;
         }
+        match self.return_registers(&regs, outcome.es.is_some().then_some(&sregs)) {
+            Ok(()) => Some(Step::Continue),
+            Err(e) => fail(self.id, e),
+        }
+    }
+
+    /// The registers and segments of a BIOS call: from kvm_run when KVM keeps them there,
+    /// else by ioctl.
+    fn caller_registers(&self) -> Result<(kvm_regs, kvm_sregs), kvm_ioctls::Error> {
         if self.sync_regs {
-            // Taken back by KVM at the next KVM_RUN, before it runs the guest.
-            self.fd.sync_regs_mut().regs = regs;
+            let s = self.fd.sync_regs();
+            return Ok((s.regs, s.sregs));
+        }
+        Ok((self.fd.get_regs()?, self.fd.get_sregs()?))
+    }
+
+    /// Hands the registers a BIOS call changed back to the vCPU (`sregs` when it changed a
+    /// segment): into kvm_run, which KVM takes back at the next KVM_RUN before it runs the
+    /// guest, else by ioctl.
+    fn return_registers(
+        &mut self,
+        regs: &kvm_regs,
+        sregs: Option<&kvm_sregs>,
+    ) -> Result<(), kvm_ioctls::Error> {
+        if self.sync_regs {
+            self.fd.sync_regs_mut().regs = *regs;
             self.fd.set_sync_dirty_reg(SyncReg::Register);
-            if outcome.es.is_some() {
-                self.fd.sync_regs_mut().sregs = sregs;
+            if let Some(s) = sregs {
+                self.fd.sync_regs_mut().sregs = *s;
                 self.fd.set_sync_dirty_reg(SyncReg::SystemRegister);
             }
-            return Some(Step::Continue);
+            return Ok(());
         }
-        if let Err(e) = self.fd.set_regs(&regs) {
-            return fail(self.id, e);
+        self.fd.set_regs(regs)?;
+        if let Some(s) = sregs {
+            self.fd.set_sregs(s)?;
         }
-        if outcome.es.is_some() {
-            if let Err(e) = self.fd.set_sregs(&sregs) {
-                return fail(self.id, e);
-            }
-        }
-        Some(Step::Continue)
+        Ok(())
     }
 
     /// Serves every pending request: a halt check first (about the state before a reset),
