@@ -498,14 +498,24 @@ impl Vcpu {
         }
     }
 
-    /// The registers and segments of a BIOS call: from kvm_run when KVM keeps them there,
-    /// else by ioctl.
-    fn caller_registers(&self) -> Result<(kvm_regs, kvm_sregs), kvm_ioctls::Error> {
+    /// The general registers as the last KVM_RUN left them: from kvm_run when KVM keeps them
+    /// there (no vCPU ioctl: each loads the vCPU, whose MSR reads trap here), else by ioctl.
+    fn registers(&self) -> Result<kvm_regs, kvm_ioctls::Error> {
         if self.sync_regs {
-            let s = self.fd.sync_regs();
-            return Ok((s.regs, s.sregs));
+            return Ok(self.fd.sync_regs().regs);
         }
-        Ok((self.fd.get_regs()?, self.fd.get_sregs()?))
+        self.fd.get_regs()
+    }
+
+    /// The registers and segments of a BIOS call, as `registers` reads them.
+    fn caller_registers(&self) -> Result<(kvm_regs, kvm_sregs), kvm_ioctls::Error> {
+        let regs = self.registers()?;
+        let sregs = if self.sync_regs {
+            self.fd.sync_regs().sregs
+        } else {
+            self.fd.get_sregs()?
+        };
+        Ok((regs, sregs))
     }
 
     /// Hands the registers a BIOS call changed back to the vCPU (`sregs` when it changed a
@@ -562,14 +572,8 @@ impl Vcpu {
         };
         match mp.mp_state {
             KVM_MP_STATE_UNINITIALIZED | KVM_MP_STATE_INIT_RECEIVED => true,
-            // RFLAGS as KVM_RUN left it in kvm_run, when it keeps the registers there: one
-            // vCPU ioctl fewer (each loads the vCPU, whose MSR reads trap here).
-            KVM_MP_STATE_HALTED if self.sync_regs => {
-                self.fd.sync_regs().regs.rflags & (1 << 9) == 0
-            }
             KVM_MP_STATE_HALTED => self
-                .fd
-                .get_regs()
+                .registers()
                 .map(|r| r.rflags & (1 << 9) == 0)
                 .unwrap_or(false),
             _ => false,
