@@ -383,51 +383,51 @@ mod tests {
         sets
     }
 
-    #[test]
-    fn the_search_tree_decides_as_seccompiler_does() {
+    /// seccompiler's own layout of `rules`: one comparison per syscall, in a row.
+    fn linear(
+        rules: BTreeMap<i64, Vec<SeccompRule>>,
+        mismatch: SeccompAction,
+        matched: SeccompAction,
+    ) -> BpfProgram {
         use seccompiler::{SeccompFilter, TargetArch};
+        SeccompFilter::new(rules, mismatch, matched, TargetArch::x86_64)
+            .unwrap()
+            .try_into()
+            .unwrap()
+    }
+
+    /// Every filter the VMM installs, with its name, seccompiler's layout of the same rules
+    /// and the syscalls its rules name.
+    fn filters_and_their_rows() -> Vec<(String, BpfProgram, BpfProgram, Vec<Allowed>)> {
         let mut filters = vec![];
         for kind in KINDS {
             for reboot in [false, true] {
                 let rules = rules(kind, reboot).unwrap();
-                let linear: BpfProgram = SeccompFilter::new(
-                    rules,
-                    SeccompAction::Trap,
-                    SeccompAction::Allow,
-                    TargetArch::x86_64,
-                )
-                .unwrap()
-                .try_into()
-                .unwrap();
                 let mut list = allowed(kind, reboot);
                 if kind == ThreadKind::Vcpu {
                     list.extend_from_slice(SPAWN);
                 }
                 filters.push((
                     format!("{kind:?} reboot={reboot}"),
-                    linear,
+                    linear(rules, SeccompAction::Trap, SeccompAction::Allow),
                     compile(kind, reboot).unwrap(),
                     list,
                 ));
             }
         }
         let guard: BTreeMap<i64, Vec<SeccompRule>> = SPAWN.iter().map(|a| (a.nr, vec![])).collect();
-        let guard_linear: BpfProgram = SeccompFilter::new(
-            guard,
-            SeccompAction::Allow,
-            SeccompAction::Trap,
-            TargetArch::x86_64,
-        )
-        .unwrap()
-        .try_into()
-        .unwrap();
         filters.push((
             "spawn guard".into(),
-            guard_linear,
+            linear(guard, SeccompAction::Allow, SeccompAction::Trap),
             compile_spawn_guard().unwrap(),
             SPAWN.to_vec(),
         ));
+        filters
+    }
 
+    #[test]
+    fn the_search_tree_decides_as_seccompiler_does() {
+        let filters = filters_and_their_rows();
         let x32 = 0x4000_0000;
         let mut checked = 0;
         for (name, linear, tree, list) in &filters {
