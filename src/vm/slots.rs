@@ -31,15 +31,18 @@ pub(super) fn anon_mapping(size: usize, what: &'static str) -> Result<MmapRegion
         .map_err(|err| VmError::Mmap { what, err })
 }
 
-/// Whether the image leaves the table area at the bottom of the window (`window_len` bytes,
-/// ending where the image ends) all zero. Judged from the image, so that the rest of the
-/// window is never touched.
-fn table_area_free(rom: &Rom, window_len: usize) -> bool {
+/// The size of the table area at the bottom of the window (`window_len` bytes, ending where
+/// the image ends), if the image leaves it all zero. Judged from the image, so that the rest
+/// of the window is never touched.
+fn free_table_area(rom: &Rom, window_len: usize) -> Option<usize> {
     let area = crate::acpi::TABLES_SIZE.min(window_len);
     let image_at = window_len.saturating_sub(rom.bytes.len());
     let skip = rom.bytes.len().saturating_sub(window_len);
     let in_area = area.saturating_sub(image_at);
-    rom.bytes[skip..skip + in_area].iter().all(|b| *b == 0)
+    rom.bytes[skip..skip + in_area]
+        .iter()
+        .all(|b| *b == 0)
+        .then_some(area)
 }
 
 /// Writes the platform tables into the free bottom 64 KiB of the firmware window (0xE0000):
@@ -53,12 +56,12 @@ pub(super) fn write_tables(
     window: &mut [u8],
     rom: &Rom,
 ) -> Result<Option<[u8; 16]>, VmError> {
-    if !table_area_free(rom, window.len()) {
+    let Some(area) = free_table_area(rom, window.len()) else {
         crate::log::info(format_args!(
             "the firmware image fills 0xE0000: no ACPI or MP tables from the VMM"
         ));
         return Ok(None);
-    }
+    };
     let (bytes, mp_pointer) = if cfg.acpi {
         let t = crate::acpi::build(&crate::acpi::AcpiConfig {
             cpus: cfg.cpus,
@@ -74,7 +77,7 @@ pub(super) fn write_tables(
             .map_err(|e| VmError::Device(format!("MP table: {e}")))?;
         (t, Some(fp))
     };
-    if bytes.len() > crate::acpi::TABLES_SIZE.min(window.len()) {
+    if bytes.len() > area {
         return Err(VmError::Device(
             "platform tables do not fit below the firmware".into(),
         ));
@@ -360,14 +363,14 @@ mod tests {
             b[len - 1] = 0xEA;
             Rom::from_bytes(b)
         };
-        assert!(table_area_free(&Rom::embedded(), window));
-        assert!(table_area_free(&image(64 * 1024, Some(0)), window));
-        assert!(table_area_free(&image(128 * 1024, None), window));
-        assert!(!table_area_free(&image(128 * 1024, Some(0)), window));
-        assert!(!table_area_free(&image(128 * 1024, Some(0xFFFF)), window));
-        assert!(table_area_free(&image(128 * 1024, Some(0x10000)), window));
+        assert!(free_table_area(&Rom::embedded(), window).is_some());
+        assert!(free_table_area(&image(64 * 1024, Some(0)), window).is_some());
+        assert!(free_table_area(&image(128 * 1024, None), window).is_some());
+        assert!(free_table_area(&image(128 * 1024, Some(0)), window).is_none());
+        assert!(free_table_area(&image(128 * 1024, Some(0xFFFF)), window).is_none());
+        assert!(free_table_area(&image(128 * 1024, Some(0x10000)), window).is_some());
         // 256 KiB: only its last 128 KiB are in the window.
-        assert!(table_area_free(&image(256 * 1024, Some(0x1FFFF)), window));
-        assert!(!table_area_free(&image(256 * 1024, Some(0x20000)), window));
+        assert!(free_table_area(&image(256 * 1024, Some(0x1FFFF)), window).is_some());
+        assert!(free_table_area(&image(256 * 1024, Some(0x20000)), window).is_none());
     }
 }
