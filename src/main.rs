@@ -180,10 +180,16 @@ impl Filters {
 /// How long the output may make no progress at exit before the VMM gives up on it.
 const OUTPUT_STALL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Runs the VM; returns the exit code and what shortens the teardown afterwards.
-fn run(cfg: &VmConfig, start: Instant, filters: Option<Filters>) -> (i32, Option<vm::Teardown>) {
-    let mut phases = Phases::new(start);
-    // Everything the user named is checked before KVM is touched.
+/// What the VM is built from: the user's files, opened, and the boot plan.
+struct Prepared {
+    rom: Rom,
+    boot: std::sync::Arc<boot::BootPlan>,
+    serial_out: devices::serial::SerialOut,
+}
+
+/// Opens and checks everything the user named, before KVM is touched; a bad file or
+/// setting ends the process here with exit code 2.
+fn prepare(cfg: &VmConfig) -> Prepared {
     let rom = match &cfg.firmware {
         Some(p) => Rom::from_file(p).unwrap_or_else(|e| config_error(&e.to_string())),
         None => Rom::embedded(),
@@ -196,6 +202,21 @@ fn run(cfg: &VmConfig, start: Instant, filters: Option<Filters>) -> (i32, Option
     let _ = stats::BOOT.set(boot.describe());
     let serial_out =
         vm::open_serial_out(&cfg.serial).unwrap_or_else(|e| config_error(&e.to_string()));
+    Prepared {
+        rom,
+        boot,
+        serial_out,
+    }
+}
+
+/// Runs the VM; returns the exit code and what shortens the teardown afterwards.
+fn run(cfg: &VmConfig, start: Instant, filters: Option<Filters>) -> (i32, Option<vm::Teardown>) {
+    let mut phases = Phases::new(start);
+    let Prepared {
+        rom,
+        boot,
+        serial_out,
+    } = prepare(cfg);
     phases.config = start.elapsed();
 
     // From here on a stop signal waits for the monitor, which stops the VM cleanly; the
@@ -243,13 +264,32 @@ fn run(cfg: &VmConfig, start: Instant, filters: Option<Filters>) -> (i32, Option
 
     // The last lines on stderr, written so that a reader who stopped reading stderr cannot
     // hold the exit: what does not go out within OUTPUT_STALL is dropped.
+    let last = last_lines(cfg, &outcome, lost, &mut phases, &machine);
+    log::write_stderr_bounded(last.as_bytes(), OUTPUT_STALL);
+    // The machine is deliberately not dropped: vCPU threads may still be inside KVM_RUN. The
+    // process exits without destructors (see supervisor.rs).
+    let teardown = machine.teardown.take();
+    std::mem::forget(machine);
+    (outcome.reason.exit_code(), teardown)
+}
+
+/// The last lines for stderr: the serial bytes `lost`, how the VM ended (a normal end only
+/// at log level info, a reset always, anything else with its exit code), the register dump
+/// of a crash, and with --stats the phases as JSON, completed from the machine's RAM gate.
+fn last_lines(
+    cfg: &VmConfig,
+    outcome: &monitor::Outcome,
+    lost: u64,
+    phases: &mut Phases,
+    machine: &vm::Machine,
+) -> String {
     let mut last = String::new();
     if lost > 0 {
         last += &format!("minipc: serial output: {lost} bytes lost (the reader did not keep up)\n");
     }
-    let reason = outcome.reason;
+    let reason = &outcome.reason;
     let exit_code = reason.exit_code();
-    match &reason {
+    match reason {
         ExitReason::Halted | ExitReason::PowerOff | ExitReason::DebugExit(_) => {
             if log::enabled(log::Level::Info) {
                 last += &format!("minipc: {reason}\n");
@@ -264,12 +304,7 @@ fn run(cfg: &VmConfig, start: Instant, filters: Option<Filters>) -> (i32, Option
     if cfg.stats {
         phases.ram_ready = machine.ram.opened_at();
         phases.ram_waits = machine.ram.waits();
-        last += &format!("{}\n", phases.json(&reason, exit_code));
+        last += &format!("{}\n", phases.json(reason, exit_code));
     }
-    log::write_stderr_bounded(last.as_bytes(), OUTPUT_STALL);
-    // The machine is deliberately not dropped: vCPU threads may still be inside KVM_RUN. The
-    // process exits without destructors (see supervisor.rs).
-    let teardown = machine.teardown.take();
-    std::mem::forget(machine);
-    (exit_code, teardown)
+    last
 }

@@ -119,8 +119,8 @@ fn bind_to_parent(parent: libc::pid_t) {
     }
 }
 
-/// Forks. Returns in the child, with its reporter; the parent never returns. When the fork
-/// is impossible, the caller runs in this process and reports by exiting.
+/// Forks. Returns in the child, with its reporter; the parent never returns (`supervise`).
+/// When the fork is impossible, the caller runs in this process and reports by exiting.
 pub fn split(filter: Option<&seccompiler::BpfProgram>) -> Reporter {
     let stop = signal_set(&STOP_SIGNALS);
     // SAFETY: sigset_t is plain data.
@@ -155,7 +155,21 @@ pub fn split(filter: Option<&seccompiler::BpfProgram>) -> Reporter {
         unsafe { libc::close(p[0]) };
         return Reporter { fd: p[1] };
     }
-    CHILD.store(pid, Ordering::Relaxed);
+    supervise(pid, p, &old, terminal, filter)
+}
+
+/// The parent's side after the fork: forwards the stop signals to `child`, restores the
+/// signal mask `old`, installs its own filter, then exits with the code the child writes
+/// into `pipe` or, when the child dies without writing it, puts the terminal back to
+/// `terminal` and exits with how the child ended.
+fn supervise(
+    child: libc::pid_t,
+    pipe: [libc::c_int; 2],
+    old: &libc::sigset_t,
+    terminal: Option<libc::termios>,
+    filter: Option<&seccompiler::BpfProgram>,
+) -> ! {
+    CHILD.store(child, Ordering::Relaxed);
     for sig in STOP_SIGNALS {
         // SAFETY: sigaction is plain data; zeroed is a valid starting value.
         let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
@@ -165,9 +179,9 @@ pub fn split(filter: Option<&seccompiler::BpfProgram>) -> Reporter {
         unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) };
     }
     // Whatever arrived while blocked is forwarded now.
-    set_mask(&old);
+    set_mask(old);
     // SAFETY: closing the unused write end.
-    unsafe { libc::close(p[1]) };
+    unsafe { libc::close(pipe[1]) };
     if let Some(f) = filter {
         if let Err(e) = crate::seccomp::install(crate::seccomp::ThreadKind::Supervisor, f) {
             eprintln!("minipc: {e}");
@@ -176,11 +190,29 @@ pub fn split(filter: Option<&seccompiler::BpfProgram>) -> Reporter {
             unsafe { libc::_exit(code::HOST_ERROR) };
         }
     }
+    let status = match reported_code(pipe[0]) {
+        Some(c) => c,
+        None => {
+            // The child died without reporting: it may have left the terminal raw.
+            if let Some(t) = &terminal {
+                // SAFETY: `t` was read from fd 0 before the fork.
+                unsafe { libc::tcsetattr(0, libc::TCSANOW, t) };
+            }
+            child_status(child)
+        }
+    };
+    // SAFETY: exiting without destructors; nothing of ours needs cleanup.
+    unsafe { libc::_exit(status) }
+}
+
+/// The 4-byte exit code the child writes into `fd`, or `None` when the pipe closes (or
+/// fails) before all of it arrived. Reads again when a signal interrupts the read.
+fn reported_code(fd: libc::c_int) -> Option<i32> {
     let mut b = [0u8; 4];
     let mut got = 0usize;
     while got < 4 {
         // SAFETY: reading into the rest of a live 4-byte buffer.
-        let r = unsafe { libc::read(p[0], b[got..].as_mut_ptr() as *mut libc::c_void, 4 - got) };
+        let r = unsafe { libc::read(fd, b[got..].as_mut_ptr() as *mut libc::c_void, 4 - got) };
         if r > 0 {
             got += r as usize;
         } else if r == 0
@@ -189,31 +221,26 @@ pub fn split(filter: Option<&seccompiler::BpfProgram>) -> Reporter {
             break;
         }
     }
-    let status = if got == 4 {
-        i32::from_ne_bytes(b)
+    (got == 4).then(|| i32::from_ne_bytes(b))
+}
+
+/// Waits for `child` and returns the exit code that stands for how it ended: its own exit
+/// status, or 128+n (with a line on stderr) when signal n killed it.
+fn child_status(child: libc::pid_t) -> i32 {
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    while unsafe { libc::waitpid(child, &mut status, 0) } < 0
+        && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+    {}
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else if libc::WIFSIGNALED(status) {
+        eprintln!(
+            "minipc: the VM process was killed by signal {}",
+            libc::WTERMSIG(status)
+        );
+        code::SIGNAL_BASE + libc::WTERMSIG(status)
     } else {
-        // The child died without reporting: it may have left the terminal raw.
-        if let Some(t) = &terminal {
-            // SAFETY: `t` was read from fd 0 before the fork.
-            unsafe { libc::tcsetattr(0, libc::TCSANOW, t) };
-        }
-        let mut status = 0;
-        // SAFETY: waiting for our own child.
-        while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
-            && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
-        {}
-        if libc::WIFEXITED(status) {
-            libc::WEXITSTATUS(status)
-        } else if libc::WIFSIGNALED(status) {
-            eprintln!(
-                "minipc: the VM process was killed by signal {}",
-                libc::WTERMSIG(status)
-            );
-            code::SIGNAL_BASE + libc::WTERMSIG(status)
-        } else {
-            code::HOST_ERROR
-        }
-    };
-    // SAFETY: exiting without destructors; nothing of ours needs cleanup.
-    unsafe { libc::_exit(status) }
+        code::HOST_ERROR
+    }
 }
