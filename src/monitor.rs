@@ -3,10 +3,11 @@
 //! and the halt detector's tick.
 
 use std::io;
-use std::sync::mpsc::{channel, Receiver};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use kvm_ioctls::VcpuFd;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::lock;
@@ -107,12 +108,81 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
             "no KVM vCPU statistics: halts are checked every {FALLBACK_PERIOD:?}"
         ));
     }
+    let reboot_on_reset = opts.reboot;
+    let stdin_open = opts.stdin_to_serial;
+    let handles = start_threads(machine, opts, tx, &wake)?;
+
+    // Its fields are evaluated in the order written: the two clock readings come before the
+    // timers are locked for their descriptors.
+    VmmLoop {
+        machine,
+        reboot_on_reset,
+        deadline,
+        sigfd,
+        handles,
+        stats,
+        rx,
+        wake,
+        stdin_open,
+        pending_input: Vec::new(),
+        backoff: Backoff::new(),
+        next_kick: Instant::now(),
+        check: None,
+        checks: 0,
+        started: Instant::now(),
+        reboots: 0,
+        timer_fds: machine.timers.iter().map(|t| lock(t).timer_fd()).collect(),
+    }
+    .run()
+}
+
+/// Starts the vCPU threads (and the RAM registrar, when some RAM is deferred), lets them run
+/// and installs this thread's filter. `tx` is dropped once the vCPUs have their clones.
+fn start_threads(
+    machine: &mut Machine,
+    opts: Options,
+    tx: Sender<VcpuMsg>,
+    wake: &Arc<EventFd>,
+) -> io::Result<Vec<VcpuHandle>> {
     // The vCPU threads have their filters (vcpu/threads.rs) and wait until this thread lets
     // them run; it installs its own right after that, before it reads anything they (or the
     // guest) send, so its install does not delay the guest's first instruction.
     let fds = std::mem::take(&mut machine.vcpus);
     let deferred = machine.deferred.take();
     let start = Arc::new(Barrier::new(fds.len() + 1));
+    let vcpus = vcpu_setups(machine, &opts, fds, &tx, wake, &start)?;
+    let handles: Vec<VcpuHandle> = opts.vcpu_threads.start(vcpus)?;
+    drop(tx);
+    // Not joined, and not waited for: it touches no guest input and may still be
+    // registering at exit, which must not delay the exit status.
+    // Its filter is compiled only here: most guests defer no RAM.
+    if let Some(d) = deferred {
+        let filter = match &opts.filters {
+            Some(_) => Some(Arc::new(
+                seccomp::compile(ThreadKind::RamRegistrar, opts.reboot)
+                    .map_err(io::Error::other)?,
+            )),
+            None => None,
+        };
+        d.spawn(filter, wake.clone())?;
+    }
+    start.wait();
+    if let Some(f) = &opts.filters {
+        seccomp::install(ThreadKind::Vmm, &f.vmm).map_err(io::Error::other)?;
+    }
+    Ok(handles)
+}
+
+/// What each vCPU thread runs with: its share of the machine, its channel ends and, with
+/// `--reboot`, the state a reset restores.
+fn vcpu_setups(
+    machine: &Machine,
+    opts: &Options,
+    fds: Vec<VcpuFd>,
+    tx: &Sender<VcpuMsg>,
+    wake: &Arc<EventFd>,
+    start: &Arc<Barrier>,
+) -> io::Result<Vec<(VcpuFd, vcpu::Setup)>> {
     let last = fds.len().saturating_sub(1);
     let mut vcpus = Vec::new();
     for (id, fd) in fds.into_iter().enumerate() {
@@ -137,94 +207,151 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
         };
         vcpus.push((fd, setup));
     }
-    let handles: Vec<VcpuHandle> = opts.vcpu_threads.start(vcpus)?;
-    drop(tx);
-    // Not joined, and not waited for: it touches no guest input and may still be
-    // registering at exit, which must not delay the exit status.
-    // Its filter is compiled only here: most guests defer no RAM.
-    if let Some(d) = deferred {
-        let filter = match &opts.filters {
-            Some(_) => Some(Arc::new(
-                seccomp::compile(ThreadKind::RamRegistrar, opts.reboot)
-                    .map_err(io::Error::other)?,
-            )),
-            None => None,
-        };
-        d.spawn(filter, wake.clone())?;
-    }
-    start.wait();
-    if let Some(f) = &opts.filters {
-        seccomp::install(ThreadKind::Vmm, &f.vmm).map_err(io::Error::other)?;
+    Ok(vcpus)
+}
+
+/// The slots of the wake eventfd and the signalfd in every poll.
+const WAKE_SLOT: usize = 0;
+const SIGNAL_SLOT: usize = 1;
+
+/// The VMM thread's loop and what it keeps from one iteration to the next.
+struct VmmLoop<'a> {
+    machine: &'a Machine,
+    /// A guest reset restarts the guest (`--reboot`).
+    reboot_on_reset: bool,
+    deadline: Option<Instant>,
+    sigfd: libc::c_int,
+    handles: Vec<VcpuHandle>,
+    /// KVM's per-vCPU blocking statistics; None where KVM has none.
+    stats: Option<Vec<BlockingStat>>,
+    rx: Receiver<VcpuMsg>,
+    wake: Arc<EventFd>,
+    /// Stdin is read into the UART and has not ended.
+    stdin_open: bool,
+    /// What was read from stdin and the UART has not taken yet.
+    pending_input: Vec<u8>,
+    backoff: Backoff,
+    /// When the halt detector may kick next.
+    next_kick: Instant,
+    /// The halt check in flight.
+    check: Option<HaltCheck>,
+    /// How many halt checks went out: the last one's number.
+    checks: u64,
+    started: Instant,
+    reboots: u64,
+    timer_fds: Vec<libc::c_int>,
+}
+
+/// One poll's descriptors and where each kind sits among them.
+struct PollSet {
+    fds: Vec<libc::pollfd>,
+    first_timer: usize,
+    /// The serial output's slot, when it is polled.
+    out_slot: Option<usize>,
+    /// Stdin's slot; past the end when it is not polled.
+    stdin_slot: usize,
+}
+
+/// What a wake of the eventfd led to.
+enum Woken {
+    /// The guest runs on.
+    Running,
+    /// The guest was reset and restarted: the iteration ends here.
+    Rebooted,
+    Ended(Outcome),
+}
+
+/// An outcome without a register dump.
+fn ended(reason: ExitReason) -> Outcome {
+    Outcome { reason, dump: None }
+}
+
+impl VmmLoop<'_> {
+    /// Runs iterations until the VM ends.
+    fn run(mut self) -> io::Result<Outcome> {
+        loop {
+            if let Some(o) = self.step()? {
+                return Ok(o);
+            }
+        }
     }
 
-    let mut stdin_open = opts.stdin_to_serial;
-    let mut pending_input: Vec<u8> = Vec::new();
-    let mut backoff = Backoff::new();
-    let mut next_kick = Instant::now();
-    let mut check: Option<HaltCheck> = None;
-    let mut checks = 0u64;
-    let started = Instant::now();
-    let mut reboots = 0u64;
-    let timer_fds: Vec<libc::c_int> = machine.timers.iter().map(|t| lock(t).timer_fd()).collect();
-
-    loop {
+    /// One iteration: the deadline, the halt detector's tick, one ppoll and what it reported.
+    /// Some(outcome) when the VM ended.
+    fn step(&mut self) -> io::Result<Option<Outcome>> {
         let now = Instant::now();
-        if let Some(d) = deadline {
+        if let Some(d) = self.deadline {
             if now >= d {
-                return Ok(Outcome {
-                    reason: ExitReason::Timeout,
-                    dump: None,
-                });
+                return Ok(Some(ended(ExitReason::Timeout)));
             }
         }
-
-        // The halt detector's tick.
-        if check.is_none() && now >= next_kick {
-            let all_blocking = match &stats {
-                Some(s) => s.iter().all(BlockingStat::blocking),
-                None => true,
-            };
-            if all_blocking {
-                checks += 1;
-                for h in &handles {
-                    h.check_halt(checks);
-                }
-                check = Some(HaltCheck {
-                    number: checks,
-                    answers: vec![None; handles.len()],
-                });
-            } else if stats.is_none() {
-                next_kick = now + FALLBACK_PERIOD;
-            }
+        self.halt_check(now);
+        let wait = self.wait(now);
+        let mut set = self.poll_fds();
+        if !ppoll(&mut set.fds, wait)? {
+            return Ok(None);
         }
+        self.handle_ready(&set)
+    }
 
+    /// The halt detector's tick: when no check is in flight and the next kick is due, asks
+    /// every vCPU whether it is halted, if KVM's statistics say that all of them block (and
+    /// always when there are no statistics).
+    fn halt_check(&mut self, now: Instant) {
+        if self.check.is_some() || now < self.next_kick {
+            return;
+        }
+        let all_blocking = match &self.stats {
+            Some(s) => s.iter().all(BlockingStat::blocking),
+            None => true,
+        };
+        if all_blocking {
+            self.checks += 1;
+            for h in &self.handles {
+                h.check_halt(self.checks);
+            }
+            self.check = Some(HaltCheck {
+                number: self.checks,
+                answers: vec![None; self.handles.len()],
+            });
+        } else if self.stats.is_none() {
+            self.next_kick = now + FALLBACK_PERIOD;
+        }
+    }
+
+    /// How long the poll may wait: never past the deadline.
+    fn wait(&self, now: Instant) -> Duration {
         // Sample on the tick; but while the last check's backoff runs (an idle guest), no
         // kick may happen anyway, so sleep until it ends.
-        let tick = halt::tick(now - started);
-        let wait = if check.is_none() {
-            next_kick.saturating_duration_since(now).max(tick)
+        let tick = halt::tick(now - self.started);
+        let wait = if self.check.is_none() {
+            self.next_kick.saturating_duration_since(now).max(tick)
         } else {
             tick
         };
-        let wait = match deadline {
+        match self.deadline {
             Some(d) => wait.min(d.saturating_duration_since(now)),
             None => wait,
-        };
+        }
+    }
 
+    /// The descriptors to poll: the wake eventfd, the signalfd, the timers, the serial output
+    /// while some is pending, and stdin while the UART can take what is read.
+    fn poll_fds(&self) -> PollSet {
         let mut fds = vec![
             libc::pollfd {
-                fd: std::os::fd::AsRawFd::as_raw_fd(&*wake),
+                fd: std::os::fd::AsRawFd::as_raw_fd(&*self.wake),
                 events: libc::POLLIN,
                 revents: 0,
             },
             libc::pollfd {
-                fd: sigfd,
+                fd: self.sigfd,
                 events: libc::POLLIN,
                 revents: 0,
             },
         ];
         let first_timer = fds.len();
-        for fd in &timer_fds {
+        for fd in &self.timer_fds {
             fds.push(libc::pollfd {
                 fd: *fd,
                 events: libc::POLLIN,
@@ -234,7 +361,7 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
         // The guest's output, while some waits for the descriptor to take it.
         let out_slot = fds.len();
         let out_fd = {
-            let serial = lock(&machine.serial);
+            let serial = lock(&self.machine.serial);
             serial
                 .output_pending()
                 .then(|| serial.output_fd())
@@ -249,104 +376,146 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
         }
         let stdin_slot = fds.len();
         // Only read stdin when the UART can take what we read.
-        if stdin_open && pending_input.is_empty() {
+        if self.stdin_open && self.pending_input.is_empty() {
             fds.push(libc::pollfd {
                 fd: 0,
                 events: libc::POLLIN,
                 revents: 0,
             });
         }
-        let ts = libc::timespec {
-            tv_sec: wait.as_secs() as libc::time_t,
-            tv_nsec: wait.subsec_nanos() as libc::c_long,
-        };
-        // SAFETY: `fds` is a valid array of pollfd and `ts` a valid timespec for the call.
-        let n = unsafe {
-            libc::ppoll(
-                fds.as_mut_ptr(),
-                fds.len() as libc::nfds_t,
-                &ts,
-                std::ptr::null(),
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-            continue;
+        PollSet {
+            fds,
+            first_timer,
+            out_slot: out_fd.map(|_| out_slot),
+            stdin_slot,
         }
+    }
 
-        if fds[1].revents & libc::POLLIN != 0 {
-            if let Some(sig) = read_signal(sigfd) {
-                return Ok(Outcome {
-                    reason: ExitReason::Signal(sig),
-                    dump: None,
-                });
+    /// Handles what the poll reported, in order: a stop signal, the wake eventfd, the halt
+    /// check's answers, the timers, stdin, the serial output, and the input the UART can take.
+    /// Some(outcome) when the VM ended.
+    fn handle_ready(&mut self, set: &PollSet) -> io::Result<Option<Outcome>> {
+        if set.fds[SIGNAL_SLOT].revents & libc::POLLIN != 0 {
+            if let Some(sig) = read_signal(self.sigfd) {
+                return Ok(Some(ended(ExitReason::Signal(sig))));
             }
         }
-        if fds[0].revents & libc::POLLIN != 0 {
-            let _ = wake.read();
-            if let Some(f) = machine.ram.failure() {
-                return Ok(Outcome {
-                    reason: ExitReason::HostError(f.to_string()),
-                    dump: None,
-                });
-            }
-            if let Some(o) = drain(&rx, &mut check) {
-                if o.reason == ExitReason::Reset && opts.reboot {
-                    reboots += 1;
-                    log::info(format_args!(
-                        "guest reset: restarting it (reboot {reboots})"
-                    ));
-                    reboot(machine, &handles, &rx)?;
-                    check = None;
-                    backoff = Backoff::new();
-                    next_kick = Instant::now();
-                    continue;
-                }
-                return Ok(o);
+        if set.fds[WAKE_SLOT].revents & libc::POLLIN != 0 {
+            match self.on_wake()? {
+                Woken::Running => {}
+                Woken::Rebooted => return Ok(None),
+                Woken::Ended(o) => return Ok(Some(o)),
             }
         }
-        if let Some(c) = &check {
-            if c.answers.iter().all(Option::is_some) {
-                if c.answers.iter().all(|a| *a == Some(true)) {
-                    return Ok(Outcome {
-                        reason: ExitReason::Halted,
-                        dump: None,
-                    });
-                }
-                backoff.alive();
-                next_kick = Instant::now() + backoff.next_kick_after;
-                check = None;
-            }
+        if let Some(o) = self.check_answers() {
+            return Ok(Some(o));
         }
-        for (i, t) in machine.timers.iter().enumerate() {
-            if fds[first_timer + i].revents & libc::POLLIN != 0 {
+        for (i, t) in self.machine.timers.iter().enumerate() {
+            if set.fds[set.first_timer + i].revents & libc::POLLIN != 0 {
                 lock(t).expire();
             }
         }
-        if let Some(p) = fds.get(stdin_slot) {
-            if p.revents & (libc::POLLIN | libc::POLLHUP) != 0 {
-                stdin_open = read_stdin(&mut pending_input);
-            } else if p.revents & (libc::POLLNVAL | libc::POLLERR) != 0 {
-                stdin_open = false;
+        self.read_ready_stdin(set);
+        if let Some(slot) = set.out_slot {
+            if set.fds[slot].revents != 0 {
+                // Writable, or failed (POLLERR, POLLHUP: the write says which).
+                lock(&self.machine.serial).write_out();
             }
         }
-        if out_fd.is_some() && fds[out_slot].revents != 0 {
-            // Writable, or failed (POLLERR, POLLHUP: the write says which).
-            lock(&machine.serial).write_out();
+        self.serve_stdin();
+        Ok(None)
+    }
+
+    /// The wake eventfd fired: a RAM registration failure ends the VM; otherwise the vCPUs'
+    /// messages are handled, and a guest reset restarts the guest with `--reboot`.
+    fn on_wake(&mut self) -> io::Result<Woken> {
+        let _ = self.wake.read();
+        if let Some(f) = self.machine.ram.failure() {
+            return Ok(Woken::Ended(ended(ExitReason::HostError(f.to_string()))));
         }
-        if !pending_input.is_empty() {
-            let mut serial = lock(&machine.serial);
-            let room = serial.input_room();
-            let take = room.min(pending_input.len());
-            if take > 0 {
-                let n = serial.enqueue_input(&pending_input[..take]);
-                pending_input.drain(..n);
+        let Some(o) = drain(&self.rx, &mut self.check) else {
+            return Ok(Woken::Running);
+        };
+        if o.reason == ExitReason::Reset && self.reboot_on_reset {
+            self.reboots += 1;
+            log::info(format_args!(
+                "guest reset: restarting it (reboot {})",
+                self.reboots
+            ));
+            reboot(self.machine, &self.handles, &self.rx)?;
+            self.check = None;
+            self.backoff = Backoff::new();
+            self.next_kick = Instant::now();
+            return Ok(Woken::Rebooted);
+        }
+        Ok(Woken::Ended(o))
+    }
+
+    /// Once every vCPU answered the check in flight: all halted ends the VM; otherwise the
+    /// backoff grows and the next kick waits for it.
+    fn check_answers(&mut self) -> Option<Outcome> {
+        let c = self.check.as_ref()?;
+        if !c.answers.iter().all(Option::is_some) {
+            return None;
+        }
+        if c.answers.iter().all(|a| *a == Some(true)) {
+            return Some(ended(ExitReason::Halted));
+        }
+        self.backoff.alive();
+        self.next_kick = Instant::now() + self.backoff.next_kick_after;
+        self.check = None;
+        None
+    }
+
+    /// Reads stdin when the poll says it has something (or hung up); end of file, an error or
+    /// an invalid descriptor closes it.
+    fn read_ready_stdin(&mut self, set: &PollSet) {
+        if let Some(p) = set.fds.get(set.stdin_slot) {
+            if p.revents & (libc::POLLIN | libc::POLLHUP) != 0 {
+                self.stdin_open = read_stdin(&mut self.pending_input);
+            } else if p.revents & (libc::POLLNVAL | libc::POLLERR) != 0 {
+                self.stdin_open = false;
             }
         }
     }
+
+    /// Hands the UART as much of the pending input as it has room for.
+    fn serve_stdin(&mut self) {
+        if !self.pending_input.is_empty() {
+            let mut serial = lock(&self.machine.serial);
+            let room = serial.input_room();
+            let take = room.min(self.pending_input.len());
+            if take > 0 {
+                let n = serial.enqueue_input(&self.pending_input[..take]);
+                self.pending_input.drain(..n);
+            }
+        }
+    }
+}
+
+/// Waits up to `wait` for the descriptors in `fds`; false when a signal interrupted the wait.
+fn ppoll(fds: &mut [libc::pollfd], wait: Duration) -> io::Result<bool> {
+    let ts = libc::timespec {
+        tv_sec: wait.as_secs() as libc::time_t,
+        tv_nsec: wait.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `fds` is a valid array of pollfd and `ts` a valid timespec for the call.
+    let n = unsafe {
+        libc::ppoll(
+            fds.as_mut_ptr(),
+            fds.len() as libc::nfds_t,
+            &ts,
+            std::ptr::null(),
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 /// Restarts the guest: every vCPU back to its reset state, then the platform, then run.
