@@ -144,13 +144,16 @@ fn start_threads(
     tx: Sender<VcpuMsg>,
     wake: &Arc<EventFd>,
 ) -> io::Result<Vec<VcpuHandle>> {
-    // The vCPU threads have their filters (vcpu/threads.rs) and wait until this thread lets
-    // them run; it installs its own right after that, before it reads anything they (or the
-    // guest) send, so its install does not delay the guest's first instruction.
+    // vCPU 0's thread has its filter (vcpu/threads.rs) and waits until this thread lets it
+    // run; this thread installs its own right after that, before it reads anything the
+    // vCPUs (or the guest) send, so its install does not delay the guest's first
+    // instruction. Each AP's thread has its filter before its AP first runs.
     let fds = std::mem::take(&mut machine.vcpus);
+    let cpuids = std::mem::take(&mut machine.pending_cpuid);
     let deferred = machine.deferred.take();
-    let start = Arc::new(Barrier::new(fds.len() + 1));
-    let vcpus = vcpu_setups(machine, &opts, fds, &tx, wake, &start)?;
+    // This thread and vCPU 0's: the APs run as soon as each is set up (vcpu/threads.rs).
+    let start = Arc::new(Barrier::new(2));
+    let vcpus = vcpu_setups(machine, &opts, fds, cpuids, &tx, wake, &start)?;
     let handles: Vec<VcpuHandle> = opts.vcpu_threads.start(vcpus)?;
     drop(tx);
     // Not joined, and not waited for: it touches no guest input and may still be
@@ -179,13 +182,15 @@ fn vcpu_setups(
     machine: &Machine,
     opts: &Options,
     fds: Vec<VcpuFd>,
+    cpuids: Vec<Option<kvm_bindings::CpuId>>,
     tx: &Sender<VcpuMsg>,
     wake: &Arc<EventFd>,
     start: &Arc<Barrier>,
 ) -> io::Result<Vec<(VcpuFd, vcpu::Setup)>> {
     let last = fds.len().saturating_sub(1);
     let mut vcpus = Vec::new();
-    for (id, fd) in fds.into_iter().enumerate() {
+    let cpuids = cpuids.into_iter().chain(std::iter::repeat_with(|| None));
+    for ((id, fd), cpuid) in fds.into_iter().enumerate().zip(cpuids) {
         let reset_state = if opts.reboot {
             Some(vcpu::ResetState::capture(&fd).map_err(io::Error::other)?)
         } else {
@@ -197,7 +202,8 @@ fn vcpu_setups(
             mmio: machine.mmio.clone(),
             tx: tx.clone(),
             wake: wake.clone(),
-            start: start.clone(),
+            start: (id == 0).then(|| start.clone()),
+            cpuid,
             test_forbidden_syscall: opts.test_forbidden_syscall && id == last,
             reset_state,
             bios: machine.bios.clone(),

@@ -19,9 +19,10 @@ pub enum ThreadKind {
     Vmm,
     /// A vCPU thread (vcpu/).
     Vcpu,
-    /// The first vCPU thread while it creates the others (vcpu/threads.rs): the vCPU list
-    /// and what creating a thread takes (`SPAWN`). Every vCPU thread then stacks the
-    /// spawn guard (`compile_spawn_guard`) on it, which leaves exactly the vCPU list.
+    /// The first vCPU threads while they create the others and set the APs' CPUIDs
+    /// (vcpu/threads.rs): the vCPU list and what that takes (`SPAWN`). Every vCPU thread
+    /// then stacks the spawn guard (`compile_spawn_guard`) on it, which leaves exactly the
+    /// vCPU list.
     VcpuSpawner,
     /// The thread that registers RAM above 16 MiB while the guest runs (vm/slots.rs,
     /// `DeferredRam`).
@@ -50,6 +51,8 @@ pub const KVM_SET_MP_STATE: u64 = iow(0x99, std::mem::size_of::<kvm_mp_state>())
 pub const KVM_SET_MSRS: u64 = iow(0x89, std::mem::size_of::<kvm_bindings::kvm_msrs>());
 pub const KVM_SET_VCPU_EVENTS: u64 =
     iow(0xA0, std::mem::size_of::<kvm_bindings::kvm_vcpu_events>());
+/// An AP's CPUID, set by its own thread (vcpu/threads.rs).
+pub const KVM_SET_CPUID2: u64 = iow(0x90, std::mem::size_of::<kvm_bindings::kvm_cpuid2>());
 pub const KVM_SET_IRQCHIP: u64 = ior(0x63, std::mem::size_of::<kvm_bindings::kvm_irqchip>());
 /// PAM changes (shadow.rs) remap the BIOS shadow segments from the vCPU that wrote them.
 pub const KVM_SET_USER_MEMORY_REGION: u64 = iow(
@@ -211,9 +214,15 @@ pub const VCPU: &[Allowed] = &[
 /// What creating a thread takes beyond the vCPU list: in the creating thread `clone3` (its
 /// stack's `mmap`/`mprotect` are common), in the new thread glibc's and Rust's start
 /// (`rseq`, `set_robust_list`, the thread's name, its malloc arena, its signal stack), and
-/// stacking the guard (`no_new_privs`, `seccomp`: a filter can only add restrictions).
-/// Allowed to the vCPU spawner only, forbidden again by the spawn guard.
+/// stacking the guard (`no_new_privs`, `seccomp`: a filter can only add restrictions); and
+/// an AP's CPUID, which its thread sets before the guard. Allowed to the vCPU spawner only,
+/// forbidden again by the spawn guard.
 pub const SPAWN: &[Allowed] = &[
+    Allowed {
+        nr: libc::SYS_ioctl,
+        name: "ioctl",
+        args: Args::Ioctl(&[KVM_SET_CPUID2]),
+    },
     any(libc::SYS_clone3, "clone3"),
     any(libc::SYS_seccomp, "seccomp"),
     any(libc::SYS_rseq, "rseq"),
@@ -396,8 +405,21 @@ pub fn to_bpf(
 /// length and with how far syscall numbers go into it), and the spawner's filter is
 /// inherited, not installed again, by each new thread.
 pub fn spawn_guard() -> Result<BpfProgram, String> {
-    let map: BTreeMap<i64, Vec<SeccompRule>> = SPAWN.iter().map(|a| (a.nr, vec![])).collect();
-    to_bpf(map, SeccompAction::Allow, SeccompAction::Trap)
+    to_bpf(
+        spawn_guard_rules()?,
+        SeccompAction::Allow,
+        SeccompAction::Trap,
+    )
+}
+
+/// The spawn guard's rules: what `SPAWN` adds, with its arguments (an ioctl traps only for
+/// the requests listed, not for the vCPU list's).
+pub fn spawn_guard_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, String> {
+    let mut map: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for a in SPAWN {
+        map.entry(a.nr).or_default().extend(rules_for(a)?);
+    }
+    Ok(map)
 }
 
 /// Every thread kind.

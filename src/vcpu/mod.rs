@@ -14,8 +14,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use kvm_bindings::{
@@ -98,9 +97,26 @@ pub enum VcpuMsg {
     ResetDone { id: u32, ok: bool },
 }
 
+/// A vCPU thread, as the monitor reaches it.
+pub struct ThreadRef {
+    thread: std::thread::Thread,
+    pthread: libc::pthread_t,
+}
+
+impl ThreadRef {
+    fn current() -> ThreadRef {
+        ThreadRef {
+            thread: std::thread::current(),
+            // SAFETY: pthread_self has no preconditions.
+            pthread: unsafe { libc::pthread_self() },
+        }
+    }
+}
+
 /// The monitor's handle on a vCPU thread.
 pub struct VcpuHandle {
-    pub thread: JoinHandle<()>,
+    /// Set by the thread when it starts (an AP's thread may start after the guest does).
+    thread: Arc<OnceLock<ThreadRef>>,
     run: *mut kvm_run,
     mailbox: Arc<Mailbox>,
 }
@@ -114,7 +130,9 @@ impl VcpuHandle {
     /// Lets a vCPU waiting after a reset run again.
     pub fn release(&self) {
         self.mailbox.post(req::RUN);
-        self.thread.thread().unpark();
+        if let Some(t) = self.thread.get() {
+            t.thread.unpark();
+        }
     }
 
     /// Asks the vCPU for its `HaltState`, as the answer to halt check number `check`.
@@ -129,14 +147,20 @@ impl VcpuHandle {
     }
 
     /// Posts `bits` and makes the vCPU leave KVM_RUN (or its wait after a stop) to serve them.
+    /// A thread not started yet finds `immediate_exit` set at its first KVM_RUN.
     fn kick(&self, bits: u8) {
         self.mailbox.post(bits);
-        self.thread.thread().unpark();
         // SAFETY: see the Send impl; immediate_exit is a byte KVM reads on entry to KVM_RUN.
         unsafe { std::ptr::addr_of_mut!((*self.run).immediate_exit).write_volatile(1) };
-        use std::os::unix::thread::JoinHandleExt;
-        // SAFETY: the thread is alive (it never returns) and the signal has a handler.
-        unsafe { libc::pthread_kill(self.thread.as_pthread_t(), kick_signal()) };
+        // The store above before the load below (the thread, for its part, passes a SeqCst
+        // store in `Pause::enter` between making itself known and entering KVM_RUN): either
+        // the thread is known here, or its KVM_RUN sees immediate_exit.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if let Some(t) = self.thread.get() {
+            t.thread.unpark();
+            // SAFETY: the thread is alive (it never returns) and the signal has a handler.
+            unsafe { libc::pthread_kill(t.pthread, kick_signal()) };
+        }
     }
 }
 

@@ -1,5 +1,5 @@
 //! The vCPU threads: the first started before the machine is built, the others by it, with
-//! one full seccomp install for all of them.
+//! one full seccomp install for all of them; vCPU 0 runs while the APs are still being set up.
 //!
 //! A thread's start and its filter (about 100 and 150 µs here) would otherwise come between
 //! the last KVM call and the guest's first instruction. So `prestart` starts the first vCPU
@@ -10,24 +10,30 @@
 //! Installing a filter costs the kernel about 4 µs per BPF instruction here (it runs the
 //! filter over every syscall number to cache its verdicts): some 200 µs for the vCPU
 //! filter. So with more than one vCPU, the first vCPU thread installs the vCPU filter
-//! widened by what creating a thread takes (`ThreadKind::VcpuSpawner`) and starts the other
-//! vCPU threads, which inherit it. Every vCPU thread, the first one included, then stacks
-//! the short spawn guard (`seccomp::compile_spawn_guard`), which forbids those additions
-//! again: each ends with exactly the vCPU list. A single vCPU installs the vCPU filter
-//! itself. (Starting all threads before the build was slower with many vCPUs: their starts
-//! competed with KVM's vCPU creation for the CPUs and the address space.)
+//! widened by what creating a thread and setting an AP's CPUID take
+//! (`ThreadKind::VcpuSpawner`), and the other vCPU threads inherit it. Every vCPU thread, the
+//! first one included, then stacks the short spawn guard (`seccomp::compile_spawn_guard`),
+//! which forbids those additions again: each ends with exactly the vCPU list, before its
+//! vCPU first runs. A single vCPU installs the vCPU filter itself.
+//!
+//! The APs do not hold vCPU 0 back. Every vCPU exists in KVM before vCPU 0 runs (an INIT or
+//! SIPI the guest sends waits in the AP's LAPIC until the AP runs), but an AP's thread start,
+//! its CPUID (about 0.2 ms of KVM's time each here, see `vm::create_vcpus`) and its spawn
+//! guard come after: the first thread starts one AP thread and runs vCPU 0; that AP thread
+//! starts the others, and each sets its own AP up and runs it. A monitor's request posted
+//! before an AP's thread runs is not lost: `immediate_exit` is already set in its `kvm_run`,
+//! so its first `KVM_RUN` returns at once to serve it.
 
-use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
-use std::sync::{Arc, Barrier};
-use std::thread::JoinHandle;
+use std::sync::mpsc::{sync_channel, Receiver, Sender, SyncSender};
+use std::sync::{Arc, Barrier, OnceLock};
 
-use kvm_bindings::{kvm_run, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS};
+use kvm_bindings::{kvm_run, CpuId, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS};
 use kvm_ioctls::VcpuFd;
 use seccompiler::BpfProgram;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{Mailbox, ResetState, Vcpu, VcpuHandle, VcpuMsg};
+use super::{Mailbox, ResetState, ThreadRef, Vcpu, VcpuHandle, VcpuMsg};
 use crate::bios::Bios;
 use crate::bus::Bus;
 use crate::exit::ExitReason;
@@ -42,8 +48,11 @@ pub struct Setup {
     pub mmio: Arc<Bus>,
     pub tx: Sender<VcpuMsg>,
     pub wake: Arc<EventFd>,
-    /// Released once every thread's filter is in place.
-    pub start: Arc<Barrier>,
+    /// vCPU 0's: released once its filter and the monitor's are in place. None for an AP,
+    /// which runs as soon as its own filter is.
+    pub start: Option<Arc<Barrier>>,
+    /// The CPUID the thread sets before the vCPU first runs (an AP's); None if set.
+    pub cpuid: Option<CpuId>,
     /// Test builds: make a forbidden syscall after the filter is on.
     pub test_forbidden_syscall: bool,
     /// The state a reboot restores; None without `--reboot`.
@@ -69,18 +78,18 @@ pub struct VcpuFilters {
 /// A vCPU handed to its thread.
 struct Prepared {
     vcpu: Vcpu,
-    start: Arc<Barrier>,
+    /// The CPUID this thread sets before the vCPU first runs; None when the build set it.
+    cpuid: Option<CpuId>,
+    /// vCPU 0's start, common with the monitor; None for an AP.
+    start: Option<Arc<Barrier>>,
     test_forbidden: bool,
+    /// Where this thread makes itself known to the monitor's handle.
+    thread: Arc<OnceLock<ThreadRef>>,
 }
-
-/// What the first thread reports for each other thread it starts.
-type Started = Result<JoinHandle<()>, String>;
 
 /// The first vCPU thread, filtered, waiting for the vCPUs.
 pub struct Prestarted {
-    thread: JoinHandle<()>,
     to: SyncSender<Vec<Prepared>>,
-    others: Receiver<Started>,
     count: usize,
 }
 
@@ -89,17 +98,11 @@ pub struct Prestarted {
 pub fn prestart(cpus: usize, filters: Option<Arc<VcpuFilters>>) -> std::io::Result<Prestarted> {
     size_fd_table(cpus);
     let (to, rx) = sync_channel::<Vec<Prepared>>(1);
-    let (report, others) = channel::<Started>();
-    let thread = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("vcpu0".into())
         .stack_size(STACK)
-        .spawn(move || first_thread(rx, report, filters, cpus))?;
-    Ok(Prestarted {
-        thread,
-        to,
-        others,
-        count: cpus,
-    })
+        .spawn(move || first_thread(rx, filters, cpus))?;
+    Ok(Prestarted { to, count: cpus })
 }
 
 const STACK: usize = 256 * 1024;
@@ -129,14 +132,9 @@ fn size_fd_table(cpus: usize) {
     }
 }
 
-/// The first vCPU thread: its filter, then, once the vCPUs come, the other threads, the spawn
-/// guard and its own vCPU.
-fn first_thread(
-    rx: Receiver<Vec<Prepared>>,
-    report: Sender<Started>,
-    filters: Option<Arc<VcpuFilters>>,
-    cpus: usize,
-) {
+/// The first vCPU thread: its filter, then, once the vCPUs come, the first AP's thread (which
+/// starts the others), the spawn guard and vCPU 0.
+fn first_thread(rx: Receiver<Vec<Prepared>>, filters: Option<Arc<VcpuFilters>>, cpus: usize) {
     let spawn = filters
         .as_deref()
         .and_then(|f| f.spawn.as_ref())
@@ -156,54 +154,95 @@ fn first_thread(
         },
     };
     let own = vcpus.remove(0);
+    own.register();
     if let Err(e) = filtered {
-        let _ = report.send(Err(e.clone()));
         fail(own, e);
     }
-    for p in vcpus {
-        let guard = spawn.map(|s| s.1.clone());
-        let started = std::thread::Builder::new()
-            .name(format!("vcpu{}", p.vcpu.id))
-            .stack_size(STACK)
-            .spawn(move || {
-                let filtered = match &guard {
-                    Some(g) => install(ThreadKind::Vcpu, g),
-                    None => Ok(()),
-                };
-                run(p, filtered)
-            })
-            .map_err(|e| format!("cannot start a vCPU thread: {e}"));
-        let failed = started.as_ref().err().cloned();
-        let _ = report.send(started);
-        if let Some(e) = failed {
+    let guard = spawn.map(|s| s.1.clone());
+    if !vcpus.is_empty() {
+        let aps = guard.clone();
+        if let Err(e) = start_thread(vcpus[0].vcpu.id, move || ap_threads(vcpus, aps)) {
             fail(own, e);
         }
     }
-    drop(report);
-    let filtered = match spawn {
-        Some((_, guard)) => install(ThreadKind::Vcpu, guard),
+    let filtered = match &guard {
+        Some(g) => install(ThreadKind::Vcpu, g),
         None => Ok(()),
     };
     run(own, filtered)
+}
+
+/// The first AP's thread: the APs' CPUIDs and the other APs' threads, then its own AP. The
+/// CPUIDs are set here one after the other, not by each AP's thread: on a host with few CPUs,
+/// dozens of threads in KVM at once would hold vCPU 0 and the monitor back.
+fn ap_threads(mut aps: Vec<Prepared>, guard: Option<BpfProgram>) {
+    let own = aps.remove(0);
+    own.register();
+    let own = with_cpuid(own);
+    for p in aps {
+        let p = with_cpuid(p);
+        let g = guard.clone();
+        if let Err(e) = start_thread(p.vcpu.id, move || {
+            p.register();
+            ap(p, g.as_ref())
+        }) {
+            fail(own, e);
+        }
+    }
+    ap(own, guard.as_ref())
+}
+
+/// The AP with the CPUID the build left for it set; on failure, the VM ends from here (and
+/// this thread stops, every vCPU still alive).
+fn with_cpuid(mut p: Prepared) -> Prepared {
+    if let Some(c) = p.cpuid.take() {
+        if let Err(e) = p.vcpu.fd.set_cpuid2(&c) {
+            let why = format!("vCPU {}: cannot set its CPUID: {e}", p.vcpu.id);
+            fail(p, why);
+        }
+    }
+    p
+}
+
+fn start_thread(id: u32, f: impl FnOnce() + Send + 'static) -> Result<(), String> {
+    std::thread::Builder::new()
+        .name(format!("vcpu{id}"))
+        .stack_size(STACK)
+        .spawn(f)
+        .map(drop)
+        .map_err(|e| format!("cannot start a vCPU thread: {e}"))
+}
+
+/// An AP's thread, registered, its CPUID set, with the spawner's filter (if any): the spawn
+/// guard, then the AP's run.
+fn ap(p: Prepared, guard: Option<&BpfProgram>) {
+    let filtered = match guard {
+        Some(g) => install(ThreadKind::Vcpu, g),
+        None => Ok(()),
+    };
+    run(p, filtered)
 }
 
 fn install(kind: ThreadKind, f: &BpfProgram) -> Result<(), String> {
     seccomp::install(kind, f).map_err(|e| e.to_string())
 }
 
-/// Ends the VM from this vCPU: a host error, reported once every thread may go.
+/// Ends the VM from this vCPU: a host error, reported once vCPU 0 and the monitor have
+/// started (an AP waits for no one).
 fn fail(p: Prepared, why: String) -> ! {
     p.vcpu.send(VcpuMsg::Exit {
         id: p.vcpu.id,
         reason: ExitReason::HostError(why),
         dump: None,
     });
-    p.start.wait();
+    if let Some(start) = &p.start {
+        start.wait();
+    }
     p.vcpu.park_forever()
 }
 
-/// A filtered vCPU thread's life (`filtered`: its filter is in place): registration, the
-/// common start, the run loop.
+/// A filtered vCPU thread's life (`filtered`: its filter is in place): registration with the
+/// pause, vCPU 0's start with the monitor, the run loop.
 fn run(p: Prepared, filtered: Result<(), String>) {
     if let Err(e) = filtered {
         fail(p, e);
@@ -212,9 +251,12 @@ fn run(p: Prepared, filtered: Result<(), String>) {
         vcpu,
         start,
         test_forbidden,
+        ..
     } = p;
     vcpu.pause.register(vcpu.id as usize, vcpu.run);
-    start.wait();
+    if let Some(start) = start {
+        start.wait();
+    }
     if test_forbidden {
         // SAFETY: no arguments and no effect; each is simply not allowed to a vCPU thread.
         // A lone vCPU tries getppid; otherwise the last vCPU tries gettid, which its
@@ -230,9 +272,18 @@ fn run(p: Prepared, filtered: Result<(), String>) {
     vcpu.run_loop()
 }
 
+impl Prepared {
+    /// Makes the calling thread the one the monitor's handle kicks.
+    fn register(&self) {
+        let _ = self.thread.set(ThreadRef::current());
+    }
+}
+
 impl Prestarted {
     /// Hands the vCPUs (in id order, as many as `prestart` was told) to the first thread,
-    /// which starts the others; they all then wait on their `start` barrier.
+    /// which runs vCPU 0 once it passes its `start` barrier and has the APs' threads started.
+    /// The handles are returned at once: an AP's thread makes itself known to its handle
+    /// when it starts.
     pub fn start(self, vcpus: Vec<(VcpuFd, Setup)>) -> std::io::Result<Vec<VcpuHandle>> {
         if vcpus.len() != self.count || vcpus.is_empty() {
             return Err(std::io::Error::other(format!(
@@ -241,7 +292,7 @@ impl Prestarted {
                 self.count
             )));
         }
-        let mut reach = Vec::with_capacity(vcpus.len());
+        let mut handles = Vec::with_capacity(vcpus.len());
         let mut prepared = Vec::with_capacity(vcpus.len());
         for (mut fd, setup) in vcpus {
             let run = fd.get_kvm_run() as *mut kvm_run;
@@ -249,7 +300,12 @@ impl Prestarted {
             let valid = unsafe { (*run).kvm_valid_regs };
             let sync = u64::from(KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS);
             let mailbox = Arc::new(Mailbox::default());
-            reach.push((run as usize, mailbox.clone()));
+            let thread = Arc::new(OnceLock::new());
+            handles.push(VcpuHandle {
+                thread: thread.clone(),
+                run,
+                mailbox: mailbox.clone(),
+            });
             prepared.push(Prepared {
                 vcpu: Vcpu {
                     id: setup.id,
@@ -267,29 +323,15 @@ impl Prestarted {
                     mem: setup.mem,
                     sync_regs: valid & sync == sync,
                 },
+                cpuid: setup.cpuid,
                 start: setup.start,
                 test_forbidden: setup.test_forbidden_syscall,
+                thread,
             });
         }
         if self.to.send(prepared).is_err() {
             return Err(std::io::Error::other("the first vCPU thread ended early"));
         }
-        let mut threads = vec![self.thread];
-        for _ in 1..self.count {
-            match self.others.recv() {
-                Ok(Ok(t)) => threads.push(t),
-                Ok(Err(e)) => return Err(std::io::Error::other(e)),
-                Err(_) => return Err(std::io::Error::other("the vCPU threads did not start")),
-            }
-        }
-        Ok(threads
-            .into_iter()
-            .zip(reach)
-            .map(|(thread, (run, mailbox))| VcpuHandle {
-                thread,
-                run: run as *mut kvm_run,
-                mailbox,
-            })
-            .collect())
+        Ok(handles)
     }
 }

@@ -76,6 +76,9 @@ pub struct Machine {
     /// Devices driven by timers, polled by the monitor.
     pub timers: Vec<Arc<Mutex<dyn Expire>>>,
     pub vcpus: Vec<VcpuFd>,
+    /// By vCPU id: the CPUID that vCPU's thread sets before its first run (vcpu/threads.rs);
+    /// None where the build set it.
+    pub pending_cpuid: Vec<Option<CpuId>>,
     /// The BIOS services for the firmware's handlers.
     pub bios: Arc<crate::bios::Bios>,
     /// The interrupt controllers as created, restored on a reboot.
@@ -194,7 +197,7 @@ pub fn build(
         None
     }
     .unzip();
-    let vcpus = timed(&mut phases.vcpus, || vcpu_stage(&mem.vm, &cpuid, cfg))?;
+    let (vcpus, pending_cpuid) = timed(&mut phases.vcpus, || vcpu_stage(&mem.vm, &cpuid, cfg))?;
 
     Ok(Machine {
         teardown: Teardown::new(mem.vm.clone()).ok(),
@@ -208,6 +211,7 @@ pub fn build(
         serial: dev.serial,
         timers: dev.timers,
         vcpus,
+        pending_cpuid,
         bios: dev.bios,
         chips_at_reset,
         boot_at_reset,
@@ -380,9 +384,12 @@ fn reset_state(
     Ok((capture_chips(vm)?, boot))
 }
 
-/// The vCPUs; with `--x-count-instructions`, vCPU 0 single-steps.
-fn vcpu_stage(vm: &VmFd, cpuid: &CpuId, cfg: &VmConfig) -> Result<Vec<VcpuFd>, VmError> {
-    let vcpus = create_vcpus(vm, cpuid, cfg.cpus)?;
+/// The vCPUs, and the CPUID each one's thread sets; with `--x-count-instructions`, vCPU 0
+/// single-steps.
+fn vcpu_stage(vm: &VmFd, cpuid: &CpuId, cfg: &VmConfig) -> Result<NewVcpus, VmError> {
+    // With `--reboot`, each vCPU's reset state is read before the guest runs (monitor.rs),
+    // and the state KVM reports depends on the CPUID: so every vCPU has it before.
+    let (vcpus, pending) = create_vcpus(vm, cpuid, cfg.cpus, !cfg.reboot)?;
     if cfg.count_instructions {
         // Every instruction of vCPU 0 exits (KVM_EXIT_DEBUG); the vCPU thread counts them.
         let dbg = kvm_bindings::kvm_guest_debug {
@@ -393,8 +400,11 @@ fn vcpu_stage(vm: &VmFd, cpuid: &CpuId, cfg: &VmConfig) -> Result<Vec<VcpuFd>, V
             .set_guest_debug(&dbg)
             .map_err(kvm_err("single-step vCPU 0"))?;
     }
-    Ok(vcpus)
+    Ok((vcpus, pending))
 }
+
+/// The vCPUs, and by vCPU id the CPUID left for its thread to set.
+type NewVcpus = (Vec<VcpuFd>, Vec<Option<CpuId>>);
 
 /// KVM and the VM: the capabilities minipc needs, the TSS and identity map, the CPUID the
 /// host supports.
@@ -445,9 +455,14 @@ fn no_halt_polling(vm: &VmFd) {
 const SYNC_REGS: u32 = kvm_bindings::KVM_SYNC_X86_REGS | kvm_bindings::KVM_SYNC_X86_SREGS;
 
 /// The vCPUs at the architectural reset state; the in-kernel LAPIC holds the APs until
-/// SIPI.
-fn create_vcpus(vm: &VmFd, cpuid: &CpuId, cpus: u32) -> Result<Vec<VcpuFd>, VmError> {
+/// SIPI. With `aps_later`, only vCPU 0 gets its CPUID here: each AP's is returned for its own
+/// thread to set before that AP first runs (vcpu/threads.rs). Setting a CPUID costs KVM about
+/// 0.2 ms per vCPU here, more than creating the vCPU, and nothing needs it before the vCPU
+/// runs: an INIT or SIPI the guest sends meanwhile waits in the AP's LAPIC, which must exist
+/// (and does) before vCPU 0 runs.
+fn create_vcpus(vm: &VmFd, cpuid: &CpuId, cpus: u32, aps_later: bool) -> Result<NewVcpus, VmError> {
     let mut vcpus = Vec::with_capacity(cpus as usize);
+    let mut pending = Vec::with_capacity(cpus as usize);
     // KVM copies the registers into kvm_run at each exit and takes them back from there:
     // a BIOS service call then needs no register ioctl (vcpu/mod.rs, `bios_call`).
     let sync = SYNC_REGS as i32;
@@ -460,10 +475,15 @@ fn create_vcpus(vm: &VmFd, cpuid: &CpuId, cpus: u32) -> Result<Vec<VcpuFd>, VmEr
         }
         let mut c = cpuid.clone();
         set_topology(&mut c, id, cpus);
-        vcpu.set_cpuid2(&c).map_err(kvm_err("set CPUID"))?;
+        if id > 0 && aps_later {
+            pending.push(Some(c));
+        } else {
+            vcpu.set_cpuid2(&c).map_err(kvm_err("set CPUID"))?;
+            pending.push(None);
+        }
         vcpus.push(vcpu);
     }
-    Ok(vcpus)
+    Ok((vcpus, pending))
 }
 
 /// Fills in the topology the guest sees in CPUID, consistent with the MADT: one package of
