@@ -41,7 +41,7 @@ pub fn tick(age: Duration) -> Duration {
 /// The first wait after a kick that found the guest alive; it doubles up to `MAX_BACKOFF`.
 pub const MIN_BACKOFF: Duration = Duration::from_millis(1);
 pub const MAX_BACKOFF: Duration = Duration::from_millis(500);
-/// Without a statistics fd (older kernels), vCPUs are kicked on this period instead.
+/// Without a statistics fd (older kernels), vCPUs are kicked at least this often instead.
 pub const FALLBACK_PERIOD: Duration = Duration::from_millis(20);
 
 /// One vCPU's `blocking` statistic.
@@ -130,6 +130,17 @@ impl Backoff {
     pub fn alive(&mut self) {
         self.next_kick_after = (self.next_kick_after * 2).clamp(MIN_BACKOFF, MAX_BACKOFF);
     }
+
+    /// How long after a check that found the guest alive the next kick may come. Without
+    /// statistics every vCPU counts as blocking, so each kick is a real check: at most
+    /// `FALLBACK_PERIOD` apart, or a halt would go unnoticed for up to `MAX_BACKOFF`.
+    pub fn wait(&self, stats: bool) -> Duration {
+        if stats {
+            self.next_kick_after
+        } else {
+            self.next_kick_after.min(FALLBACK_PERIOD)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -171,5 +182,11 @@ mod tests {
             b.alive();
         }
         assert_eq!(b.next_kick_after, MAX_BACKOFF);
+        assert_eq!(b.wait(true), MAX_BACKOFF);
+        // Without statistics, the kicks never drift further apart than the fallback period.
+        assert_eq!(b.wait(false), FALLBACK_PERIOD);
+        let mut young = Backoff::new();
+        young.alive();
+        assert_eq!(young.wait(false), MIN_BACKOFF);
     }
 }

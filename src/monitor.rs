@@ -105,7 +105,7 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
     let stats = BlockingStat::open_all(&machine.vcpus);
     if stats.is_none() {
         log::info(format_args!(
-            "no KVM vCPU statistics: halts are checked every {FALLBACK_PERIOD:?}"
+            "no KVM vCPU statistics: halts are checked at least every {FALLBACK_PERIOD:?}"
         ));
     }
     let reboot_on_reset = opts.reboot;
@@ -320,8 +320,6 @@ impl VmmLoop<'_> {
                 number: self.checks,
                 answers: vec![None; self.handles.len()],
             });
-        } else if self.stats.is_none() {
-            self.next_kick = now + FALLBACK_PERIOD;
         }
     }
 
@@ -468,7 +466,7 @@ impl VmmLoop<'_> {
             return Some(ended(ExitReason::Halted));
         }
         self.backoff.alive();
-        self.next_kick = Instant::now() + self.backoff.next_kick_after;
+        self.next_kick = Instant::now() + self.backoff.wait(self.stats.is_some());
         self.check = None;
         None
     }
