@@ -197,6 +197,21 @@ impl MemoryLayout {
         v
     }
 
+    /// The KVM memory slots of the RAM: `slot_pieces` when some RAM is registered late
+    /// (`defer`), else one slot per RAM region (each slot costs KVM an RCU grace period).
+    pub fn slots(&self, defer: bool) -> Vec<SlotPiece> {
+        if defer {
+            return self.slot_pieces();
+        }
+        self.ram_regions()
+            .into_iter()
+            .map(|region| SlotPiece {
+                region,
+                deferrable: false,
+            })
+            .collect()
+    }
+
     /// The RAM above `EAGER_RAM_END`, in bytes: what may be registered late.
     pub fn deferrable_ram(&self) -> u64 {
         self.slot_pieces()
@@ -415,6 +430,18 @@ mod tests {
                     assert!(end <= EAGER_RAM_END);
                 }
             }
+        }
+        // Registered all at once, the RAM takes one slot per region: below 640 KiB, and
+        // above 1 MiB (and above 4 GiB).
+        for (size, slots) in [(256 * MIB, 2), (4 * GIB, 3), (64 * GIB, 3)] {
+            let l = MemoryLayout::new(size).unwrap();
+            let s = l.slots(false);
+            assert_eq!(s.len(), slots, "{size:#x}");
+            assert!(s
+                .iter()
+                .zip(l.ram_regions())
+                .all(|(p, r)| p.region == r && !p.deferrable));
+            assert_eq!(l.slots(true).len(), l.slot_pieces().len());
         }
         // Small guests have nothing to defer; 64 GiB defers all but the first 16 MiB.
         let l = MemoryLayout::new(16 * MIB).unwrap();

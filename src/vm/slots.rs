@@ -142,7 +142,7 @@ pub(super) fn register_memory(
 ) -> Result<RegisteredMemory, VmError> {
     let mut slot = 0u32;
     let mut late = Vec::new();
-    for piece in layout.slot_pieces() {
+    for piece in layout.slots(defer) {
         let r = piece.region;
         let region = guest_mem
             .find_region(r.start)
@@ -161,7 +161,7 @@ pub(super) fn register_memory(
             size: r.size,
             host: host as u64,
         };
-        if defer && piece.deferrable {
+        if piece.deferrable {
             late.push(s);
         } else {
             set_slot(vm, s.slot, s.guest, s.size, s.host, 0)?;
