@@ -167,7 +167,9 @@ fn start_threads(
             )),
             None => None,
         };
-        d.spawn(filter, wake.clone())?;
+        d.spawn(filter, wake.clone()).map_err(|e| {
+            io::Error::other(format!("cannot start the RAM registering thread: {e}"))
+        })?;
     }
     start.wait();
     if let Some(f) = &opts.filters {

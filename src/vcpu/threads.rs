@@ -160,8 +160,10 @@ fn first_thread(rx: Receiver<Vec<Prepared>>, filters: Option<Arc<VcpuFilters>>, 
     }
     let guard = spawn.map(|s| s.1.clone());
     if !vcpus.is_empty() {
-        let aps = guard.clone();
-        if let Err(e) = start_thread(vcpus[0].vcpu.id, move || ap_threads(vcpus, aps)) {
+        let first_ap = vcpus[0].vcpu.id;
+        if let Err(e) = start_thread(first_ap, (vcpus, guard.clone()), |(aps, g)| {
+            ap_threads(aps, g)
+        }) {
             fail(own, e);
         }
     }
@@ -181,8 +183,7 @@ fn ap_threads(mut aps: Vec<Prepared>, guard: Option<BpfProgram>) {
     let own = with_cpuid(own);
     for p in aps {
         let p = with_cpuid(p);
-        let g = guard.clone();
-        if let Err(e) = start_thread(p.vcpu.id, move || {
+        if let Err(e) = start_thread(p.vcpu.id, (p, guard.clone()), |(p, g)| {
             p.register();
             ap(p, g.as_ref())
         }) {
@@ -204,11 +205,20 @@ fn with_cpuid(mut p: Prepared) -> Prepared {
     p
 }
 
-fn start_thread(id: u32, f: impl FnOnce() + Send + 'static) -> Result<(), String> {
+/// Starts vCPU `id`'s thread, which runs `f(vcpus)`. When the thread cannot start (the
+/// host's thread or memory limits), `vcpus` is not dropped but kept until the process exits:
+/// a vCPU's descriptor and its `kvm_run` mapping, to which the monitor may still write,
+/// must outlive every handle on it (and a filtered thread may not close descriptors).
+fn start_thread<T: Send + 'static>(
+    id: u32,
+    vcpus: T,
+    f: impl FnOnce(T) + Send + 'static,
+) -> Result<(), String> {
+    let vcpus = std::mem::ManuallyDrop::new(vcpus);
     std::thread::Builder::new()
         .name(format!("vcpu{id}"))
         .stack_size(STACK)
-        .spawn(f)
+        .spawn(move || f(std::mem::ManuallyDrop::into_inner(vcpus)))
         .map(drop)
         .map_err(|e| format!("cannot start a vCPU thread: {e}"))
 }
