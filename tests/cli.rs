@@ -223,3 +223,42 @@ fn closed_standard_descriptors_are_reopened_on_dev_null() {
     }
     assert_eq!(std::fs::read_to_string(out).unwrap(), "bench guest\r\n");
 }
+
+#[test]
+fn too_few_descriptors_end_the_vm_with_a_host_error_that_says_why() {
+    if !kvm_available() {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let rom = guest("bench", &[]);
+    // 16 descriptors: enough to start, not for 16 vCPUs (each has one, and its statistics).
+    let mut cmd = std::process::Command::new(MINIPC);
+    cmd.args([
+        "--firmware",
+        path_str(&rom),
+        "--cpus",
+        "16",
+        "--timeout",
+        "10",
+    ])
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped());
+    // SAFETY: setrlimit only acts on this child, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 16,
+                rlim_max: 16,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let o = cmd.output().expect("run minipc");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(6), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("Too many open files"), "{stderr}");
+}

@@ -37,7 +37,7 @@ pub use slots::{DeferredRam, RomMapping};
 pub enum VmError {
     #[error("cannot open /dev/kvm: {0} (is KVM enabled and are you in the kvm group?)")]
     OpenKvm(kvm_ioctls::Error),
-    #[error("KVM API: {0}")]
+    #[error("KVM API: {0}: {1}")]
     Kvm(&'static str, #[source] kvm_ioctls::Error),
     #[error("/dev/kvm does not answer as KVM (API version {0}, expected 12)")]
     NotKvm(i32),
@@ -569,6 +569,13 @@ mod tests {
         assert_eq!((s[2].eax, s[2].ebx, s[2].ecx), (3, 6, 0x201));
         assert_eq!(s[3].eax >> 26, 5);
         assert_eq!(s[3].eax & 0x03FF_FFFF, 0x0000_4121);
+    }
+
+    #[test]
+    fn kvm_errors_name_the_call_and_the_errno() {
+        let e = kvm_err("create vCPU")(kvm_ioctls::Error::new(libc::EMFILE)).to_string();
+        assert!(e.starts_with("KVM API: create vCPU: "), "{e}");
+        assert!(e.contains("Too many open files"), "{e}");
     }
 
     #[test]
