@@ -259,12 +259,12 @@ fn run(cfg: &VmConfig, start: Instant, filters: Option<Filters>) -> (i32, Option
     );
     machine.bios.flush_disk();
     // What the guest printed goes out, unless the reader stalls for a second.
-    let lost = devices::serial::Serial::finish_output(&machine.serial, OUTPUT_STALL);
+    let output = devices::serial::Serial::finish_output(&machine.serial, OUTPUT_STALL);
     terminal::restore();
 
     // The last lines on stderr, written so that a reader who stopped reading stderr cannot
     // hold the exit: what does not go out within OUTPUT_STALL is dropped.
-    let last = last_lines(cfg, &outcome, lost, &mut phases, &machine);
+    let last = last_lines(cfg, &outcome, &output, &mut phases, &machine);
     log::write_stderr_bounded(last.as_bytes(), OUTPUT_STALL);
     // The machine is deliberately not dropped: vCPU threads may still be inside KVM_RUN. The
     // process exits without destructors (see supervisor.rs).
@@ -273,19 +273,26 @@ fn run(cfg: &VmConfig, start: Instant, filters: Option<Filters>) -> (i32, Option
     (outcome.reason.exit_code(), teardown)
 }
 
-/// The last lines for stderr: the serial bytes `lost`, how the VM ended (a normal end only
+/// The last lines for stderr: the serial bytes lost (and why, when the output failed), how
+/// the VM ended (a normal end only
 /// at log level info, a reset always, anything else with its exit code), the register dump
 /// of a crash, and with --stats the phases as JSON, completed from the machine's RAM gate.
 fn last_lines(
     cfg: &VmConfig,
     outcome: &monitor::Outcome,
-    lost: u64,
+    output: &devices::serial::OutputEnd,
     phases: &mut Phases,
     machine: &vm::Machine,
 ) -> String {
     let mut last = String::new();
-    if lost > 0 {
-        last += &format!("minipc: serial output: {lost} bytes lost (the reader did not keep up)\n");
+    let lost = output.lost;
+    match &output.failure {
+        Some(why) => last += &format!("minipc: serial output failed: {why}; {lost} bytes lost\n"),
+        None if lost > 0 => {
+            last +=
+                &format!("minipc: serial output: {lost} bytes lost (the reader did not keep up)\n")
+        }
+        None => {}
     }
     let reason = &outcome.reason;
     let exit_code = reason.exit_code();

@@ -273,3 +273,37 @@ fn a_stalled_reader_of_stderr_does_not_hold_the_exit() {
         start.elapsed()
     );
 }
+
+#[test]
+fn an_output_that_fails_is_reported_and_the_guest_still_decides_the_exit_code() {
+    if !kvm_available() {
+        return;
+    }
+    let g = guest("lines", &[("LINES", 50)]);
+    let full = || File::options().write(true).open("/dev/full").unwrap();
+    // The file named by --serial, then stdout: both a full disk.
+    let runs = [
+        spawn_to(
+            &["--firmware", path_str(&g), "--serial", "file:/dev/full"],
+            Stdio::null(),
+        ),
+        spawn_to(&["--firmware", path_str(&g)], Stdio::from(full())),
+    ];
+    for (i, child) in runs.into_iter().enumerate() {
+        let (code, err) = wait_within(child, Duration::from_secs(20), "/dev/full");
+        // lines.s leaves through debug-exit with 0x21 once it has sent everything: the
+        // output's failure is the VMM's to report, the exit code the guest's.
+        assert_eq!(code, (0x21 << 1) | 1, "run {i}: {err}");
+        assert!(
+            err.contains("serial output failed: No space left on device"),
+            "run {i}: {err}"
+        );
+        let lost: u64 = err
+            .split("; ")
+            .nth(1)
+            .and_then(|s| s.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("run {i}: no count: {err}"));
+        assert!(lost >= 50, "run {i}: {lost} bytes lost: {err}");
+    }
+}

@@ -198,8 +198,12 @@ pub struct SerialOut {
     notified: bool,
     /// The VM is ending: the guest's further bytes are not kept.
     closed: bool,
-    /// Bytes lost to a reader that did not keep up: written while the UART read busy.
+    /// Bytes lost to a reader that did not keep up (written while the UART read busy), or
+    /// to an output that failed.
     lost: u64,
+    /// Why the output failed, other than its reader going away (a full disk, an I/O error):
+    /// reported at exit, with what it cost.
+    failure: Option<io::Error>,
 }
 
 impl SerialOut {
@@ -225,6 +229,7 @@ impl SerialOut {
             notified: false,
             closed: false,
             lost: 0,
+            failure: None,
         }
     }
 
@@ -259,8 +264,16 @@ impl SerialOut {
                     self.buf.drain(..n);
                     total += n;
                 }
-                Err(e) => {
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
                     log::debug(format_args!("serial: output failed: {e}; output dropped"));
+                    self.out = None;
+                }
+                Err(e) => {
+                    // Not a reader that went away: what the guest sends from here on is
+                    // lost, and counted.
+                    self.lost += self.buf.len() as u64;
+                    self.buf.clear();
+                    self.failure = Some(e);
                     self.out = None;
                 }
             }
@@ -286,16 +299,28 @@ impl SerialOut {
         self._sink = Sink::Null;
     }
 
-    /// Bytes a live reader never got: written while the UART read busy, or still buffered.
+    /// Bytes a live reader never got: written while the UART read busy, or still buffered,
+    /// or sent after the output failed.
     pub fn lost(&self) -> u64 {
         self.lost + self.buf.len() as u64
+    }
+
+    /// Why the output failed, if it did for another reason than its reader going away.
+    pub fn failure(&self) -> Option<&io::Error> {
+        self.failure.as_ref()
     }
 }
 
 impl Write for SerialOut {
     /// Called by the UART with each byte the guest sends.
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        if self.out.is_none() || self.closed {
+        if self.closed {
+            return Ok(data.len());
+        }
+        if self.out.is_none() {
+            if self.failure.is_some() {
+                self.lost += data.len() as u64;
+            }
             return Ok(data.len());
         }
         let room = OUT_CAPACITY - self.buf.len().min(OUT_CAPACITY);
@@ -321,6 +346,14 @@ impl Write for SerialOut {
 
 pub struct Serial {
     uart: Uart<IrqTrigger, NoEvents, SerialOut>,
+}
+
+/// How the serial output ended (`Serial::finish_output`).
+pub struct OutputEnd {
+    /// Bytes the guest sent that were never written.
+    pub lost: u64,
+    /// Why the output failed, if it did for another reason than its reader going away.
+    pub failure: Option<String>,
 }
 
 impl Serial {
@@ -380,8 +413,9 @@ impl Serial {
 
     /// At exit: stops taking the guest's output, writes out what is buffered while the
     /// reader makes progress (giving up after `stall` without any), puts the descriptor's
-    /// flags back and closes it. Returns the bytes that were not written.
-    pub fn finish_output(serial: &Mutex<Serial>, stall: Duration) -> u64 {
+    /// flags back and closes it. Returns the bytes that were not written, and why the
+    /// output failed if it did (other than by its reader going away).
+    pub fn finish_output(serial: &Mutex<Serial>, stall: Duration) -> OutputEnd {
         let mut last_progress = Instant::now();
         loop {
             let fd = {
@@ -417,9 +451,12 @@ impl Serial {
         }
         let mut s = lock(serial);
         let out = s.uart.writer_mut();
-        let lost = out.lost();
+        let end = OutputEnd {
+            lost: out.lost(),
+            failure: out.failure().map(|e| e.to_string()),
+        };
         out.shut();
-        lost
+        end
     }
 
     /// The next input byte, left in the FIFO (the BIOS keyboard's peek).
@@ -633,7 +670,7 @@ mod tests {
             serial.lock().unwrap().write(0, &[b'a' + (i % 26) as u8]);
         }
         let t = Instant::now();
-        let lost = Serial::finish_output(&serial, Duration::from_millis(200));
+        let lost = Serial::finish_output(&serial, Duration::from_millis(200)).lost;
         assert!(t.elapsed() >= Duration::from_millis(200));
         assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
         assert_eq!(lost, 10_000 - 4096);
@@ -662,7 +699,7 @@ mod tests {
             }
             all
         });
-        let lost = Serial::finish_output(&serial, Duration::from_millis(500));
+        let lost = Serial::finish_output(&serial, Duration::from_millis(500)).lost;
         assert_eq!(lost, 0);
         drop(serial);
         let all = slow.join().unwrap();
