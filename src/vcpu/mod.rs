@@ -15,7 +15,7 @@
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use kvm_bindings::{
     kvm_regs, kvm_run, kvm_sregs, KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED,
@@ -277,7 +277,12 @@ struct Vcpu {
     mem: GuestMemoryMmap,
     /// KVM keeps the registers in kvm_run (vm/mod.rs, `create_vcpus`).
     sync_regs: bool,
+    /// Since when, and how many times in a row, KVM_RUN refused to run (`refused`).
+    refused: Option<(Instant, u32)>,
 }
+
+/// How long KVM_RUN may refuse to run (EAGAIN) in a row before the VM ends with a host error.
+const REFUSED_FOR: Duration = Duration::from_secs(1);
 
 // SAFETY: the raw kvm_run pointer belongs to the VcpuFd moved along with it.
 unsafe impl Send for Vcpu {}
@@ -364,6 +369,9 @@ impl Vcpu {
         while !self.pause.enter(id) {}
         let exit = self.fd.run();
         self.pause.leave(id);
+        if !matches!(&exit, Err(e) if e.errno() == libc::EAGAIN) {
+            self.refused = None;
+        }
         match exit {
             Ok(VcpuExit::IoIn(port, data)) => read_port(&self.pio, port, data, io_size(run)),
             Ok(VcpuExit::IoOut(port, data)) if is_service_port(&self.bios, port) => {
@@ -390,7 +398,8 @@ impl Vcpu {
                 ExitReason::UnhandledExit(format!("{other:?}")),
                 Some(self.dump()),
             ),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => self.interrupted(),
+            Err(e) if e.errno() == libc::EINTR => self.interrupted(),
+            Err(e) if e.errno() == libc::EAGAIN => self.refused(e),
             Err(e) => Step::Stop(
                 ExitReason::HostError(format!("KVM_RUN on vCPU {}: {e}", self.id)),
                 None,
@@ -444,6 +453,31 @@ impl Vcpu {
     fn interrupted(&mut self) -> Step {
         self.serve_requests();
         Step::Continue
+    }
+
+    /// KVM_RUN failed with EAGAIN: KVM could not get something it needs from the host right
+    /// now. (Measured here: the thread KVM starts at a VM's first run, which a cgroup's
+    /// `pids.max` can refuse; KVM then refuses every run.) A few in a row are retried at
+    /// once, then 1 ms apart; refused for `REFUSED_FOR` in a row, the VM ends with a host
+    /// error rather than spinning until `--timeout`.
+    fn refused(&mut self, e: kvm_ioctls::Error) -> Step {
+        let now = Instant::now();
+        let (since, times) = self.refused.get_or_insert((now, 0));
+        *times += 1;
+        if now.duration_since(*since) >= REFUSED_FOR {
+            return Step::Stop(
+                ExitReason::HostError(format!(
+                    "KVM_RUN on vCPU {}: {e}, {} times in {REFUSED_FOR:?} (the host refuses \
+                     KVM something it needs, such as a thread: a cgroup's pids.max?)",
+                    self.id, times
+                )),
+                None,
+            );
+        }
+        if *times > 10 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.interrupted()
     }
 
     /// KVM_EXIT_INTERNAL_ERROR; `ram_was_open`: every RAM slot existed when the run began.

@@ -332,6 +332,7 @@ impl Prestarted {
                     ram: setup.ram,
                     mem: setup.mem,
                     sync_regs: valid & sync == sync,
+                    refused: None,
                 },
                 cpuid: setup.cpuid,
                 start: setup.start,
