@@ -6,8 +6,9 @@ Each case is run N times (default 30) after 3 warm-up runs; the figures are the 
 the launch started is gone (minipc's VM process outlives the exit status while KVM tears the
 VM down: the script is a child subreaper, so that process is reparented to it and reaped
 here), the median CPU time of all those processes (user + system, from wait4), and the median
-peak RSS of the process that runs the VM: minipc reports its own (`--stats`, getrusage),
-QEMU's is taken with /usr/bin/time in 5 extra runs. Ratios are against minipc running the same
+peak RSS of each process, in 5 extra runs: of the process that runs the VM (minipc reports
+its own with `--stats`, getrusage; QEMU's is taken with /usr/bin/time) and of minipc's
+supervisor (its VmHWM, read from /proc while it lives). Ratios are against minipc running the same
 guest, measured in the same run, because these machines are shared and noisy. A pause between
 runs lets the previous VM's teardown finish first.
 
@@ -122,22 +123,55 @@ def run_once(cmd):
     return wall, p.returncode, err.decode(errors="replace"), gone, cpu
 
 
+def run_watching_hwm(cmd):
+    """Runs cmd once, reading the started process's peak RSS (VmHWM, KiB) from /proc while
+    it lives; returns (its stderr, that peak). Only reads made once the process runs the
+    command's own binary count: before its exec, the process shows this script's memory.
+    For minipc that process is the supervisor, which after the fork only waits: its peak is
+    reached before the VM runs. (wait4's ru_maxrss would not do: Linux carries a process's
+    peak across exec, so it would report this script's 15 MiB.)"""
+    name = os.path.basename(cmd[0])[:15]
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE)
+    hwm = 0
+    path = f"/proc/{p.pid}/status"
+    while p.poll() is None:
+        try:
+            with open(path) as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            break
+        if fields.get("Name", "").strip() == name and "VmHWM" in fields:
+            hwm = max(hwm, int(fields["VmHWM"].split()[0]))
+    err = p.stderr.read()
+    p.wait()
+    while True:
+        try:
+            os.wait4(-1, 0)
+        except ChildProcessError:
+            break
+    return err.decode(errors="replace"), hwm
+
+
 def peak_rss_mib(cmd, own_stats):
-    """Median peak RSS of the VM process over 5 runs, in MiB."""
-    vals = []
+    """Median peak RSS over 5 runs, in MiB: of the process that runs the VM, and of the
+    others (minipc's supervisor; QEMU has no other)."""
+    vals, others = [], []
     for _ in range(5):
         if own_stats:
-            _, _, err, _, _ = run_once(cmd + ["--stats"])
+            err, supervisor = run_watching_hwm(cmd + ["--stats"])
             m = re.search(r'"peak_rss_kib":(\d+)', err)
             vals.append(int(m.group(1)) / 1024)
+            others.append(supervisor / 1024)
         else:
             with tempfile.NamedTemporaryFile("r") as f:
                 subprocess.run(["/usr/bin/time", "-f", "%M", "-o", f.name] + cmd,
                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
                 vals.append(int(f.read().split()[-1]) / 1024)
+            others.append(0.0)
         time.sleep(PAUSE)
-    return statistics.median(vals)
+    return statistics.median(vals), statistics.median(others)
 
 
 def summary(walls, gones, cpus):
@@ -174,7 +208,8 @@ def measure(cases, n):
     results = []
     for (name, cmd, _, kind), smp in zip(cases, samples):
         r = summary(*smp)
-        r["rss_mib"] = peak_rss_mib(cmd, own_stats=not os.path.basename(cmd[0]).startswith("qemu"))
+        r["rss_mib"], r["other_rss_mib"] = peak_rss_mib(
+            cmd, own_stats=not os.path.basename(cmd[0]).startswith("qemu"))
         results.append((name, kind, r))
     return results
 
@@ -223,11 +258,13 @@ def main():
     results = measure(cases, args.n)
     base = next(r for name, kind, r in results if kind == "rom")
     print(f"{'case':57} {'median ms':>10} {'p90 ms':>8} {'gone ms':>8} {'CPU ms':>7} "
-          f"{'peak RSS MiB':>13} {'time x':>7} {'RSS x':>6}")
+          f"{'peak RSS MiB':>13} {'others MiB':>10} {'time x':>7} {'RSS x':>6}")
     for name, kind, r in results:
         print(f"{name:57} {r['median_ms']:10.2f} {r['p90_ms']:8.2f} {r['gone_ms']:8.2f} "
-              f"{r['cpu_ms']:7.2f} {r['rss_mib']:13.1f} "
+              f"{r['cpu_ms']:7.2f} {r['rss_mib']:13.1f} {r['other_rss_mib']:10.1f} "
               f"{r['median_ms'] / base['median_ms']:7.2f} {r['rss_mib'] / base['rss_mib']:6.2f}")
+    print("(peak RSS: the process that runs the VM; others: minipc's supervisor, which waits "
+          "for the exit code)")
     print(f"(n={args.n} runs each; ratios against minipc running the same bare-metal ROM; "
           f"{os.cpu_count()} CPUs, {os.uname().release})")
 
