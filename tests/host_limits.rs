@@ -76,8 +76,11 @@ impl PidsCgroup {
         }
     }
 
-    /// Runs minipc with `args` inside the cgroup.
-    fn run(&self, args: &[&str]) -> (Option<i32>, String) {
+    /// Runs minipc with `args` inside the cgroup once no task of an earlier run is left
+    /// there, with `pids.max` at `max`: its exit code, stdout and stderr.
+    fn run(&self, max: u32, args: &[&str]) -> (Option<i32>, String, String) {
+        self.wait_empty();
+        self.set_max(max);
         let out = Command::new("sh")
             .arg("-c")
             .arg(format!(
@@ -91,6 +94,7 @@ impl PidsCgroup {
             .unwrap();
         (
             out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     }
@@ -112,19 +116,18 @@ fn threads_the_host_refuses_end_the_vm_with_a_host_error() {
         return;
     };
     let g = guest("smp", &[]);
+    let smp16 = [
+        "--firmware",
+        path_str(&g),
+        "--cpus",
+        "16",
+        "--timeout",
+        "20",
+    ];
     // From no room for a second task to none for the last APs' threads: with 16 vCPUs the
     // VMM needs 19 tasks here (README, "pids.max").
     for max in [1, 2, 3, 4, 6, 8, 12, 16] {
-        cg.wait_empty();
-        cg.set_max(max);
-        let (code, err) = cg.run(&[
-            "--firmware",
-            path_str(&g),
-            "--cpus",
-            "16",
-            "--timeout",
-            "20",
-        ]);
+        let (code, _, err) = cg.run(max, &smp16);
         assert_eq!(code, Some(6), "pids.max {max}: {err}");
         assert!(err.contains("cannot start"), "pids.max {max}: {err}");
         assert!(!err.contains("forbidden syscall"), "pids.max {max}: {err}");
@@ -132,16 +135,15 @@ fn threads_the_host_refuses_end_the_vm_with_a_host_error() {
     // The RAM registering thread (RAM above 16 MiB registered while the guest runs): with
     // one vCPU it is the fourth task, after the supervisor, the VM process and vCPU 0's
     // thread, which starts before the machine is built.
-    cg.wait_empty();
-    cg.set_max(3);
-    let (code, err) = cg.run(&[
+    let args = [
         "--firmware",
         path_str(&g),
         "--mem",
         "64G",
         "--timeout",
         "20",
-    ]);
+    ];
+    let (code, _, err) = cg.run(3, &args);
     assert_eq!(code, Some(6), "pids.max 3, --mem 64G: {err}");
     assert!(
         err.contains("cannot start the RAM registering thread"),
@@ -151,25 +153,15 @@ fn threads_the_host_refuses_end_the_vm_with_a_host_error() {
     // run on newer kernels (counted in the VMM's cgroup): KVM_RUN then fails with EAGAIN
     // every time. The VM ends with a host error instead of spinning until --timeout; where
     // the kernel starts no such thread, the guest simply runs.
-    cg.wait_empty();
-    cg.set_max(3);
     let started = Instant::now();
-    let (code, err) = cg.run(&["--firmware", path_str(&g), "--timeout", "20"]);
+    let (code, _, err) = cg.run(3, &["--firmware", path_str(&g), "--timeout", "20"]);
     assert!(
         code == Some(0) || (code == Some(6) && err.contains("KVM_RUN on vCPU 0")),
         "pids.max 3, one vCPU: {code:?}: {err}"
     );
     assert!(started.elapsed() < Duration::from_secs(10), "{err}");
     // With room enough, the same guest runs: every AP comes up.
-    cg.wait_empty();
-    cg.set_max(64);
-    let (code, err) = cg.run(&[
-        "--firmware",
-        path_str(&g),
-        "--cpus",
-        "16",
-        "--timeout",
-        "20",
-    ]);
+    let (code, out, err) = cg.run(64, &smp16);
     assert_eq!(code, Some(0), "pids.max 64: {err}");
+    assert!(out.contains("aps 0f ids 0000fffe"), "pids.max 64: {out}");
 }
