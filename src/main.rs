@@ -274,9 +274,9 @@ fn run(cfg: &VmConfig, start: Instant, filters: Option<Filters>) -> (i32, Option
 }
 
 /// The last lines for stderr: the serial bytes lost (and why, when the output failed), how
-/// the VM ended (a normal end only
-/// at log level info, a reset always, anything else with its exit code), the register dump
-/// of a crash, and with --stats the phases as JSON, completed from the machine's RAM gate.
+/// the VM ended (a normal end only at log level info, a reset always, anything else with its
+/// exit code), the register dump of a crash, and with --stats the phases as JSON, completed
+/// from the machine's RAM gate.
 fn last_lines(
     cfg: &VmConfig,
     outcome: &monitor::Outcome,

@@ -191,8 +191,7 @@ fn vcpu_setups(
 ) -> io::Result<Vec<(VcpuFd, vcpu::Setup)>> {
     let last = fds.len().saturating_sub(1);
     let mut vcpus = Vec::new();
-    let cpuids = cpuids.into_iter().chain(std::iter::repeat_with(|| None));
-    for ((id, fd), cpuid) in fds.into_iter().enumerate().zip(cpuids) {
+    for (id, (fd, cpuid)) in fds.into_iter().zip(cpuids).enumerate() {
         let reset_state = if opts.reboot {
             Some(vcpu::ResetState::capture(&fd).map_err(io::Error::other)?)
         } else {

@@ -154,7 +154,6 @@ fn first_thread(rx: Receiver<Vec<Prepared>>, filters: Option<Arc<VcpuFilters>>, 
         },
     };
     let own = vcpus.remove(0);
-    own.register();
     if let Err(e) = filtered {
         fail(own, e);
     }
@@ -178,15 +177,10 @@ fn first_thread(rx: Receiver<Vec<Prepared>>, filters: Option<Arc<VcpuFilters>>, 
 /// CPUIDs are set here one after the other, not by each AP's thread: on a host with few CPUs,
 /// dozens of threads in KVM at once would hold vCPU 0 and the monitor back.
 fn ap_threads(mut aps: Vec<Prepared>, guard: Option<BpfProgram>) {
-    let own = aps.remove(0);
-    own.register();
-    let own = with_cpuid(own);
+    let own = with_cpuid(aps.remove(0));
     for p in aps {
         let p = with_cpuid(p);
-        if let Err(e) = start_thread(p.vcpu.id, (p, guard.clone()), |(p, g)| {
-            p.register();
-            ap(p, g.as_ref())
-        }) {
+        if let Err(e) = start_thread(p.vcpu.id, (p, guard.clone()), |(p, g)| ap(p, g.as_ref())) {
             fail(own, e);
         }
     }
@@ -223,7 +217,7 @@ fn start_thread<T: Send + 'static>(
         .map_err(|e| format!("cannot start a vCPU thread: {e}"))
 }
 
-/// An AP's thread, registered, its CPUID set, with the spawner's filter (if any): the spawn
+/// An AP's thread, its CPUID set, with the spawner's filter (if any): the spawn
 /// guard, then the AP's run.
 fn ap(p: Prepared, guard: Option<&BpfProgram>) {
     let filtered = match guard {
@@ -251,12 +245,14 @@ fn fail(p: Prepared, why: String) -> ! {
     p.vcpu.park_forever()
 }
 
-/// A filtered vCPU thread's life (`filtered`: its filter is in place): registration with the
-/// pause, vCPU 0's start with the monitor, the run loop.
+/// A filtered vCPU thread's life (`filtered`: its filter is in place): the monitor's handle
+/// and the pause learn the thread, vCPU 0 starts with the monitor, the run loop.
 fn run(p: Prepared, filtered: Result<(), String>) {
     if let Err(e) = filtered {
         fail(p, e);
     }
+    // From here the monitor's kicks reach this thread (before, they wait in immediate_exit).
+    let _ = p.thread.set(ThreadRef::current());
     let Prepared {
         vcpu,
         start,
@@ -280,13 +276,6 @@ fn run(p: Prepared, filtered: Result<(), String>) {
         }
     }
     vcpu.run_loop()
-}
-
-impl Prepared {
-    /// Makes the calling thread the one the monitor's handle kicks.
-    fn register(&self) {
-        let _ = self.thread.set(ThreadRef::current());
-    }
 }
 
 impl Prestarted {
