@@ -28,13 +28,14 @@ fn seccomp_filters(out: &Path) {
             .map(|i| format!("({}, {}, {}, {}),", i.code, i.jt, i.jf, i.k))
             .collect()
     };
+    let libc = lists::Libc::from_target_env(&env::var("CARGO_CFG_TARGET_ENV").unwrap_or_default());
     let mut text = String::from(
         "/// The filters compiled by build.rs: (thread kind, --reboot, instructions).\n\
          static PREBUILT: &[Prebuilt] = &[\n",
     );
     for kind in lists::KINDS {
         for reboot in [false, true] {
-            let p = lists::compile_list(kind, reboot)
+            let p = lists::compile_list(kind, reboot, libc)
                 .unwrap_or_else(|e| panic!("the {kind:?} seccomp filter: {e}"));
             text.push_str(&format!(
                 "    (ThreadKind::{kind:?}, {reboot}, &[{}]),\n",
@@ -42,10 +43,12 @@ fn seccomp_filters(out: &Path) {
             ));
         }
     }
-    let guard = lists::spawn_guard().unwrap_or_else(|e| panic!("the spawn guard: {e}"));
+    let guard = lists::spawn_guard(libc).unwrap_or_else(|e| panic!("the spawn guard: {e}"));
     text.push_str(&format!(
         "];\n/// The spawn guard compiled by build.rs.\n\
-         static PREBUILT_SPAWN_GUARD: &[Insn] = &[{}];\n",
+         static PREBUILT_SPAWN_GUARD: &[Insn] = &[{}];\n\
+         /// The C library the filters were compiled for.\n\
+         const BUILT_FOR: Libc = Libc::{libc:?};\n",
         insns(&guard)
     ));
     fs::write(out.join("seccomp_filters.rs"), text).expect("write seccomp_filters.rs");

@@ -16,11 +16,10 @@ import subprocess
 import sys
 import tempfile
 
+import cargo_build
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GUESTS = os.path.join(ROOT, "tests", "guests")
-TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-RELEASE = os.path.join(TARGET, "x86_64-unknown-linux-gnu", "release", "minipc")
-DEBUG = os.path.join(TARGET, "x86_64-unknown-linux-gnu", "debug", "minipc")
 
 
 def sh(*cmd):
@@ -52,8 +51,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", type=int, default=20)
     a = ap.parse_args()
-    sh("cargo", "build", "--release", "--quiet", "--manifest-path", os.path.join(ROOT, "Cargo.toml"))
-    sh("cargo", "build", "--quiet", "--manifest-path", os.path.join(ROOT, "Cargo.toml"))
+    release = cargo_build.minipc()
+    debug = cargo_build.minipc(release=False)
     with tempfile.TemporaryDirectory() as tmp:
         bz = build(tmp, "bzimage", "bzimage", 64, [], True)
         vm = build(tmp, "vmlinux", "vmlinux", 64, [("PVH", 1)], False)
@@ -71,9 +70,9 @@ def main():
         print(f"| boot path | hand-off us | first exit us | exit decision us | firmware instructions |")
         print("|---|---|---|---|---|")
         for name, args in cases:
-            runs = [stats(RELEASE, args) for _ in range(a.n)]
+            runs = [stats(release, args) for _ in range(a.n)]
             med = lambda k: statistics.median(r[k] for r in runs)
-            insns = stats(DEBUG, [*args, "--x-count-instructions"]).get("firmware_instructions")
+            insns = stats(debug, [*args, "--x-count-instructions"]).get("firmware_instructions")
             print(f"| {name} | {med('handoff_us'):.0f} | {med('first_exit_us'):.0f} | "
                   f"{med('total_us'):.0f} | {insns} |")
     print(f"\n(n={a.n} each, release build; {os.cpu_count()} CPUs, {os.uname().release})")

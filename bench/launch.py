@@ -36,6 +36,8 @@ import tempfile
 import threading
 import time
 
+import cargo_build
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GUESTS = os.path.join(ROOT, "tests", "guests")
 
@@ -228,10 +230,7 @@ def main():
     if args.minipc:
         minipc = os.path.abspath(args.minipc)
     else:
-        sh("cargo", "build", "--release", "--quiet", "--manifest-path",
-           os.path.join(ROOT, "Cargo.toml"))
-        target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-        minipc = os.path.join(target, "x86_64-unknown-linux-gnu", "release", "minipc")
+        minipc = cargo_build.minipc()
     tmp = tempfile.mkdtemp(prefix="minipc-bench-")
     rom = build_guest(tmp, "bench", 64 * 1024)
 

@@ -26,6 +26,8 @@ import sys
 import tempfile
 import time
 
+import cargo_build
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GUESTS = os.path.join(ROOT, "tests", "guests")
 MARK_VAR = "MINIPC_LOAD_BENCH"
@@ -178,10 +180,7 @@ def main():
     if args.binary:
         binary = os.path.abspath(args.binary)
     else:
-        sh("cargo", "build", "--release", "--quiet", "--manifest-path",
-           os.path.join(ROOT, "Cargo.toml"))
-        target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-        binary = os.path.join(target, "x86_64-unknown-linux-gnu", "release", "minipc")
+        binary = cargo_build.minipc()
     if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         sys.exit("bench: prctl(PR_SET_CHILD_SUBREAPER) failed")
     tmp = tempfile.mkdtemp(prefix="minipc-load-")

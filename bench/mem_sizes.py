@@ -17,6 +17,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cargo_build  # noqa: E402
 import launch  # noqa: E402
 
 
@@ -28,8 +29,7 @@ def main():
     ap.add_argument("--mem", action="append", help="RAM sizes (default 256M and 64G)")
     args = ap.parse_args()
     launch.become_subreaper()
-    binaries = args.minipc or [os.path.join(launch.ROOT, "target", "x86_64-unknown-linux-gnu",
-                                            "release", "minipc")]
+    binaries = args.minipc or [cargo_build.minipc()]
     sizes = args.mem or ["256M", "64G"]
     tmp = tempfile.mkdtemp(prefix="minipc-mem-")
     rom = launch.build_guest(tmp, "bench", 64 * 1024)

@@ -75,7 +75,7 @@ impl BlockingStat {
 /// The vCPU's binary statistics file.
 fn stats_fd(vcpu: &VcpuFd) -> Option<File> {
     // SAFETY: KVM_GET_STATS_FD takes no argument and returns a new fd or -1.
-    let fd = unsafe { libc::ioctl(vcpu.as_raw_fd(), KVM_GET_STATS_FD, 0) };
+    let fd = unsafe { libc::ioctl(vcpu.as_raw_fd(), KVM_GET_STATS_FD as _, 0) };
     if fd < 0 {
         return None;
     }

@@ -51,7 +51,7 @@ pub fn write_stderr_bounded(text: &[u8], limit: std::time::Duration) -> bool {
     while !rest.is_empty() {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         let ts = libc::timespec {
-            tv_sec: left.as_secs() as libc::time_t,
+            tv_sec: left.as_secs() as _,
             tv_nsec: left.subsec_nanos() as libc::c_long,
         };
         let mut p = libc::pollfd {

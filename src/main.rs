@@ -43,6 +43,8 @@ use stats::Phases;
 /// glibc's malloc arenas the process may have. Without a limit, glibc sizes it from the
 /// online CPUs, read from /sys when a thread needs the ninth arena: under a vCPU thread's
 /// seccomp filter (vcpu/threads.rs). The VMM's threads allocate little after the start.
+/// (musl's malloc has no arenas.)
+#[cfg(target_env = "gnu")]
 const MALLOC_ARENAS: libc::c_int = 4;
 
 /// The process's entry, called by glibc's start code. std's runtime start is left out: of
@@ -50,13 +52,25 @@ const MALLOC_ARENAS: libc::c_int = 4;
 /// handler, which reads the main thread's stack from /proc/self/maps and gives this thread
 /// and every thread std starts an alternate signal stack (a mapping, a guard page and
 /// `sigaltstack`, each thread, 64 vCPU threads included). Without it a stack overflow is a
-/// plain SIGSEGV. Command-line arguments still come from std (it reads them at load time).
+/// plain SIGSEGV. The command-line arguments are taken from `argv` here: std reads them at
+/// load time only on glibc (musl passes nothing to initialisers).
+///
+/// # Safety
+/// Called by the C runtime only, with `argv` holding `argc` valid C strings.
 #[cfg(not(test))]
 #[no_mangle]
-pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+pub unsafe extern "C" fn main(argc: libc::c_int, argv: *const *const libc::c_char) -> libc::c_int {
     entry();
+    use std::os::unix::ffi::OsStrExt;
+    let raw = (1..usize::try_from(argc).unwrap_or(0)).map(|i| {
+        // SAFETY: the C runtime passes argc pointers to NUL-terminated strings in argv,
+        // alive for the whole process.
+        let arg = unsafe { std::ffi::CStr::from_ptr(*argv.add(i)) };
+        std::ffi::OsStr::from_bytes(arg.to_bytes()).to_owned()
+    });
+    let args = cli_args(raw).unwrap_or_else(|e| config_error(&e));
     // A panic aborts in release builds; in others it ends with std's code for a panic.
-    match std::panic::catch_unwind(minipc) {
+    match std::panic::catch_unwind(|| minipc(args)) {
         Ok(()) => 0,
         Err(_) => 101,
     }
@@ -87,14 +101,26 @@ fn entry() {
 /// Unit-test builds have the test harness's entry; this keeps `minipc` a used function there.
 #[cfg(test)]
 fn main() {
-    minipc()
+    minipc(Vec::new())
 }
 
-fn minipc() {
+/// The arguments as text; one that is not UTF-8 is named in the error.
+fn cli_args(raw: impl Iterator<Item = std::ffi::OsString>) -> Result<Vec<String>, String> {
+    raw.enumerate()
+        .map(|(i, a)| {
+            a.into_string()
+                .map_err(|a| format!("argument {} is not valid UTF-8: {:?}", i + 1, a))
+        })
+        .collect()
+}
+
+fn minipc(args: Vec<String>) {
     let start = Instant::now();
     // SAFETY: mallopt only sets a malloc parameter; no other thread exists yet.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS) };
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS)
+    };
     if let Some(l) = std::env::var("MINIPC_LOG")
         .ok()
         .as_deref()
@@ -314,4 +340,23 @@ fn last_lines(
         last += &format!("{}\n", phases.json(reason, exit_code));
     }
     last
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cli_args;
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+
+    #[test]
+    fn arguments_that_are_not_utf8_are_named() {
+        let ok = cli_args(["--cpus", "2"].into_iter().map(OsString::from));
+        assert_eq!(ok, Ok(vec!["--cpus".to_string(), "2".to_string()]));
+        let bad = [
+            OsString::from("--firmware"),
+            OsString::from_vec(vec![0xff, b'x']),
+        ];
+        let e = cli_args(bad.into_iter()).unwrap_err();
+        assert_eq!(e, r#"argument 2 is not valid UTF-8: "\xFFx""#);
+    }
 }

@@ -501,7 +501,7 @@ impl VmmLoop<'_> {
 /// Waits up to `wait` for the descriptors in `fds`; false when a signal interrupted the wait.
 fn ppoll(fds: &mut [libc::pollfd], wait: Duration) -> io::Result<bool> {
     let ts = libc::timespec {
-        tv_sec: wait.as_secs() as libc::time_t,
+        tv_sec: wait.as_secs() as _,
         tv_nsec: wait.subsec_nanos() as libc::c_long,
     };
     // SAFETY: `fds` is a valid array of pollfd and `ts` a valid timespec for the call.

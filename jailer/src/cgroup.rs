@@ -22,8 +22,8 @@ pub const ROOT: &str = "/sys/fs/cgroup";
 /// The directory under a hierarchy's root that holds one leaf per jail.
 const PARENT: &str = "minipc";
 /// `statfs` magic of a cgroup2 and of a cgroup (v1) file system.
-const CGROUP2_SUPER_MAGIC: libc::c_long = 0x6367_7270;
-const CGROUP_SUPER_MAGIC: libc::c_long = 0x0027_e0eb;
+const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
+const CGROUP_SUPER_MAGIC: u64 = 0x0027_e0eb;
 /// Where the mounts are listed.
 const MOUNTINFO: &str = "/proc/self/mountinfo";
 /// Controllers of cgroup v2 whose files a `--cgroup` key may name.
@@ -355,13 +355,15 @@ fn unescape(s: &str) -> String {
 }
 
 /// The file system type at `path` (its `statfs` magic), if it can be read.
-fn fs_magic(path: &Path) -> Option<libc::c_long> {
+fn fs_magic(path: &Path) -> Option<u64> {
     let c = crate::sys::cpath(path).ok()?;
     // SAFETY: statfs is plain data; zeroed is a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: `c` is a NUL-terminated path and `st` a valid out-pointer.
     let ret = unsafe { libc::statfs(c.as_ptr(), &mut st) };
-    (ret == 0).then_some(st.f_type)
+    // f_type is signed in glibc, unsigned in musl.
+    #[allow(clippy::unnecessary_cast)]
+    (ret == 0).then_some(st.f_type as u64)
 }
 
 /// Whether a cgroup2 file system is mounted at `root`.

@@ -11,7 +11,7 @@ use crate::jail::OLD_ROOT;
 use crate::sys::{check, check_long, cpath};
 
 /// `statfs` magic of nsfs, the file system of /proc/PID/ns/* and bind-mounted namespaces.
-const NSFS_MAGIC: libc::c_long = 0x6e73_6673;
+const NSFS_MAGIC: u64 = 0x6e73_6673;
 
 /// Makes the next child of the calling process PID 1 of a new PID namespace (the
 /// caller's own PID namespace does not change).
@@ -37,14 +37,17 @@ pub fn is_namespace_file(file: &File) -> bool {
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: a valid descriptor and a valid out-pointer.
     let ret = unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) };
-    ret == 0 && st.f_type == NSFS_MAGIC
+    // f_type is signed in glibc, unsigned in musl.
+    #[allow(clippy::unnecessary_cast)]
+    let magic = st.f_type as u64;
+    ret == 0 && magic == NSFS_MAGIC
 }
 
 /// Whether `file` refers to a network namespace.
 pub fn is_net_namespace(file: &File) -> bool {
     // SAFETY: NS_GET_NSTYPE takes no argument and is only issued on an nsfs file.
     is_namespace_file(file)
-        && unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE) } == libc::CLONE_NEWNET
+        && unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) } == libc::CLONE_NEWNET
 }
 
 /// Joins the network namespace `file` refers to.

@@ -74,7 +74,13 @@ impl Limits {
     }
 }
 
-fn set_one(resource: libc::__rlimit_resource_t, value: u64) -> io::Result<()> {
+/// The resource argument of getrlimit/setrlimit: glibc's own type, an int in musl.
+#[cfg(target_env = "gnu")]
+type Resource = libc::__rlimit_resource_t;
+#[cfg(not(target_env = "gnu"))]
+type Resource = libc::c_int;
+
+fn set_one(resource: Resource, value: u64) -> io::Result<()> {
     let lim = libc::rlimit {
         rlim_cur: value,
         rlim_max: value,

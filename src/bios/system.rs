@@ -124,7 +124,7 @@ fn wait(d: Duration) {
         return;
     }
     let ts = libc::timespec {
-        tv_sec: d.as_secs() as libc::time_t,
+        tv_sec: d.as_secs() as _,
         tv_nsec: d.subsec_nanos() as libc::c_long,
     };
     // SAFETY: a relative sleep on the monotonic clock with a valid timespec and no remainder

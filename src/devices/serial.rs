@@ -443,7 +443,7 @@ impl Serial {
                 revents: 0,
             };
             let ts = libc::timespec {
-                tv_sec: left.as_secs() as libc::time_t,
+                tv_sec: left.as_secs() as _,
                 tv_nsec: left.subsec_nanos() as libc::c_long,
             };
             // SAFETY: one valid pollfd and a valid timespec.

@@ -20,7 +20,7 @@ pub enum ThreadKind {
     /// A vCPU thread (vcpu/).
     Vcpu,
     /// The first vCPU threads while they create the others and set the APs' CPUIDs
-    /// (vcpu/threads.rs): the vCPU list and what that takes (`SPAWN`). Every vCPU thread
+    /// (vcpu/threads.rs): the vCPU list and what that takes (`spawn_list`). Every vCPU thread
     /// then stacks the spawn guard (`compile_spawn_guard`) on it, which leaves exactly the
     /// vCPU list.
     VcpuSpawner,
@@ -80,6 +80,8 @@ pub enum Args {
     Fcntl(&'static [u64]),
     /// `prctl` with one of these options.
     Prctl(&'static [u64]),
+    /// `clone` of a thread (CLONE_THREAD set), not of a process.
+    CloneThread,
 }
 
 /// One allowed syscall; `name` is what the reviewed lists (and the README) show.
@@ -158,7 +160,7 @@ pub const VMM: &[Allowed] = &[
     any(libc::SYS_read, "read"),
     any(libc::SYS_pread64, "pread64"),
     any(libc::SYS_close, "close"),
-    any(libc::SYS_tgkill, "tgkill"),
+    // Kicks (pthread_kill, with `thread_kill`).
     any(libc::SYS_getpid, "getpid"),
     any(libc::SYS_gettid, "gettid"),
     any(libc::SYS_timerfd_settime, "timerfd_settime"),
@@ -198,9 +200,9 @@ pub const VCPU: &[Allowed] = &[
     any(libc::SYS_pread64, "pread64"),
     any(libc::SYS_pwrite64, "pwrite64"),
     any(libc::SYS_clock_nanosleep, "clock_nanosleep"),
-    // A PAM write kicks the other vCPUs out of KVM_RUN (pause.rs): pthread_kill.
+    // A PAM write kicks the other vCPUs out of KVM_RUN (pause.rs): pthread_kill, with
+    // `thread_kill`.
     any(libc::SYS_getpid, "getpid"),
-    any(libc::SYS_tgkill, "tgkill"),
     // Restoring the terminal from the SIGSYS handler: glibc's tcsetattr reads the settings
     // back after setting them.
     Allowed {
@@ -211,22 +213,19 @@ pub const VCPU: &[Allowed] = &[
     any(libc::SYS_timerfd_settime, "timerfd_settime"),
 ];
 
-/// What creating a thread takes beyond the vCPU list: in the creating thread `clone3` (its
-/// stack's `mmap`/`mprotect` are common), in the new thread glibc's and Rust's start
-/// (`rseq`, `set_robust_list`, the thread's name, its malloc arena, its signal stack), and
-/// stacking the guard (`no_new_privs`, `seccomp`: a filter can only add restrictions); and
-/// an AP's CPUID, which its thread sets before the guard. Allowed to the vCPU spawner only,
-/// forbidden again by the spawn guard.
-pub const SPAWN: &[Allowed] = &[
+/// What creating a thread takes beyond the vCPU list: in the creating thread the C library's
+/// thread creation (`thread_start`; its stack's `mmap`/`mprotect` are common), in the new
+/// thread Rust's start (the thread's name, `sched_getaffinity`, `gettid`), and stacking the
+/// guard (`no_new_privs`, `seccomp`: a filter can only add restrictions); and an AP's CPUID,
+/// which its thread sets before the guard. Allowed to the vCPU spawner only, forbidden again
+/// by the spawn guard.
+const SPAWN: &[Allowed] = &[
     Allowed {
         nr: libc::SYS_ioctl,
         name: "ioctl",
         args: Args::Ioctl(&[KVM_SET_CPUID2]),
     },
-    any(libc::SYS_clone3, "clone3"),
     any(libc::SYS_seccomp, "seccomp"),
-    any(libc::SYS_rseq, "rseq"),
-    any(libc::SYS_set_robust_list, "set_robust_list"),
     Allowed {
         nr: libc::SYS_prctl,
         name: "prctl",
@@ -235,6 +234,65 @@ pub const SPAWN: &[Allowed] = &[
     any(libc::SYS_sched_getaffinity, "sched_getaffinity"),
     any(libc::SYS_gettid, "gettid"),
 ];
+
+/// The C library the VMM is linked with: the few calls its threads make differently.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Libc {
+    Glibc,
+    Musl,
+}
+
+impl Libc {
+    /// From Rust's `target_env` (build.rs reads it from `CARGO_CFG_TARGET_ENV`).
+    pub fn from_target_env(env: &str) -> Libc {
+        if env == "musl" {
+            Libc::Musl
+        } else {
+            Libc::Glibc
+        }
+    }
+
+    /// `pthread_kill`: glibc's `tgkill` (after `getpid`, listed), musl's `tkill`.
+    pub const fn thread_kill(self) -> Allowed {
+        match self {
+            Libc::Glibc => any(libc::SYS_tgkill, "tgkill"),
+            Libc::Musl => any(libc::SYS_tkill, "tkill"),
+        }
+    }
+
+    /// `pthread_create` in the creating thread and the new thread's first calls: glibc's
+    /// `clone3`, `rseq` and `set_robust_list`; musl's `clone`, for threads only.
+    pub const fn thread_start(self) -> &'static [Allowed] {
+        const GLIBC: &[Allowed] = &[
+            any(libc::SYS_clone3, "clone3"),
+            any(libc::SYS_rseq, "rseq"),
+            any(libc::SYS_set_robust_list, "set_robust_list"),
+        ];
+        const MUSL: &[Allowed] = &[Allowed {
+            nr: libc::SYS_clone,
+            name: "clone",
+            args: Args::CloneThread,
+        }];
+        match self {
+            Libc::Glibc => GLIBC,
+            Libc::Musl => MUSL,
+        }
+    }
+
+    /// A thread's end, beyond `rt_sigprocmask` and `exit`: glibc releases the stack's pages
+    /// (`madvise`), a detached musl thread unmaps its own stack (`munmap`).
+    pub const fn thread_end(self) -> Allowed {
+        match self {
+            Libc::Glibc => any(libc::SYS_madvise, "madvise"),
+            Libc::Musl => any(libc::SYS_munmap, "munmap"),
+        }
+    }
+}
+
+/// What the vCPU spawner may do beyond the vCPU list, and the spawn guard takes back.
+pub fn spawn_list(libc: Libc) -> Vec<Allowed> {
+    SPAWN.iter().chain(libc.thread_start()).copied().collect()
+}
 
 /// The RAM registering thread (vm/slots.rs, `DeferredRam`): its own list, without
 /// `COMMON`, since it allocates nothing once sandboxed. Found by running it under this
@@ -257,11 +315,10 @@ pub const RAM_REGISTRAR: &[Allowed] = &[
     any(libc::SYS_clock_gettime, "clock_gettime"),
     // The eventfd that tells the monitor of a failure; the SIGSYS handler's report.
     any(libc::SYS_write, "write"),
-    // Leaving the thread: glibc blocks signals and releases the stack's pages
-    // (rt_sigprocmask, madvise), then exit; exit_group for the SIGSYS handler. (Threads
-    // have no alternate signal stack to take down: main.rs, `main`.)
+    // Leaving the thread: the C library blocks signals, releases the stack (`thread_end`),
+    // then exit; exit_group for the SIGSYS handler. (Threads have no alternate signal stack
+    // to take down: main.rs, `main`.)
     any(libc::SYS_rt_sigprocmask, "rt_sigprocmask"),
-    any(libc::SYS_madvise, "madvise"),
     any(libc::SYS_exit, "exit"),
     any(libc::SYS_exit_group, "exit_group"),
 ];
@@ -289,7 +346,7 @@ pub const VMM_REBOOT: &[Allowed] = &[Allowed {
 
 /// Every syscall a thread kind may make, common ones first (the RAM registering thread has
 /// its own short list instead); `reboot` adds what restoring the reset state needs.
-pub fn allowed(kind: ThreadKind, reboot: bool) -> Vec<Allowed> {
+pub fn allowed(kind: ThreadKind, reboot: bool, libc: Libc) -> Vec<Allowed> {
     let (common, own, extra) = match kind {
         ThreadKind::Supervisor => (COMMON, SUPERVISOR, &[][..]),
         ThreadKind::Vmm => (COMMON, VMM, VMM_REBOOT),
@@ -297,18 +354,17 @@ pub fn allowed(kind: ThreadKind, reboot: bool) -> Vec<Allowed> {
         ThreadKind::RamRegistrar => (&[][..], RAM_REGISTRAR, &[][..]),
     };
     let extra = if reboot { extra } else { &[] };
-    let spawn = if kind == ThreadKind::VcpuSpawner {
-        SPAWN
-    } else {
-        &[]
-    };
-    common
-        .iter()
-        .chain(own)
-        .chain(extra)
-        .chain(spawn)
-        .copied()
-        .collect()
+    let mut list: Vec<Allowed> = common.iter().chain(own).chain(extra).copied().collect();
+    match kind {
+        ThreadKind::Supervisor => {}
+        ThreadKind::Vmm | ThreadKind::Vcpu => list.push(libc.thread_kill()),
+        ThreadKind::VcpuSpawner => {
+            list.push(libc.thread_kill());
+            list.extend(spawn_list(libc));
+        }
+        ThreadKind::RamRegistrar => list.push(libc.thread_end()),
+    }
+    list
 }
 
 pub fn cond(
@@ -350,6 +406,12 @@ pub fn rules_for(a: &Allowed) -> Result<Vec<SeccompRule>, String> {
             .collect::<Result<_, _>>()?,
         Args::Prctl(options) => one_of(0, options)?,
         Args::Fcntl(cmds) => one_of(1, cmds)?,
+        Args::CloneThread => vec![rule(vec![cond(
+            0,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::MaskedEq(libc::CLONE_THREAD as u64),
+            libc::CLONE_THREAD as u64,
+        )?])?],
         Args::NoExec => vec![rule(vec![cond(
             2,
             SeccompCmpArgLen::Dword,
@@ -360,19 +422,23 @@ pub fn rules_for(a: &Allowed) -> Result<Vec<SeccompRule>, String> {
 }
 
 /// Compiles the filter of a thread kind.
-pub fn compile_list(kind: ThreadKind, reboot: bool) -> Result<BpfProgram, String> {
+pub fn compile_list(kind: ThreadKind, reboot: bool, libc: Libc) -> Result<BpfProgram, String> {
     // Listed syscalls whose rules match are allowed; anything else traps.
     to_bpf(
-        rules(kind, reboot)?,
+        rules(kind, reboot, libc)?,
         SeccompAction::Trap,
         SeccompAction::Allow,
     )
 }
 
 /// The rules of a thread kind's filter, by syscall number.
-pub fn rules(kind: ThreadKind, reboot: bool) -> Result<BTreeMap<i64, Vec<SeccompRule>>, String> {
+pub fn rules(
+    kind: ThreadKind,
+    reboot: bool,
+    libc: Libc,
+) -> Result<BTreeMap<i64, Vec<SeccompRule>>, String> {
     let mut map: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    let list = allowed(kind, reboot);
+    let list = allowed(kind, reboot, libc);
     for a in &list {
         // A syscall allowed with any arguments keeps no conditions (an empty rule list).
         let rules = if list
@@ -400,23 +466,23 @@ pub fn to_bpf(
 }
 
 /// The spawn guard, stacked on the vCPU spawner's filter in every vCPU thread: it traps the
-/// `SPAWN` syscalls and lets the rest through to the filter below, so what remains is the
+/// `spawn_list` syscalls and lets the rest through to the filter below, so what remains is the
 /// vCPU list. It is short, hence cheap to install (the kernel's cost grows with a filter's
 /// length and with how far syscall numbers go into it), and the spawner's filter is
 /// inherited, not installed again, by each new thread.
-pub fn spawn_guard() -> Result<BpfProgram, String> {
+pub fn spawn_guard(libc: Libc) -> Result<BpfProgram, String> {
     to_bpf(
-        spawn_guard_rules()?,
+        spawn_guard_rules(libc)?,
         SeccompAction::Allow,
         SeccompAction::Trap,
     )
 }
 
-/// The spawn guard's rules: what `SPAWN` adds, with its arguments (an ioctl traps only for
-/// the requests listed, not for the vCPU list's).
-pub fn spawn_guard_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, String> {
+/// The spawn guard's rules: what `spawn_list` adds, with its arguments (an ioctl traps only
+/// for the requests listed, not for the vCPU list's).
+pub fn spawn_guard_rules(libc: Libc) -> Result<BTreeMap<i64, Vec<SeccompRule>>, String> {
     let mut map: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    for a in SPAWN {
+    for a in &spawn_list(libc) {
         map.entry(a.nr).or_default().extend(rules_for(a)?);
     }
     Ok(map)

@@ -16,7 +16,15 @@ mod lists;
 #[cfg_attr(not(test), allow(dead_code))]
 mod tree;
 
-pub use lists::{allowed, ThreadKind};
+pub use lists::{Allowed, Libc, ThreadKind};
+
+/// The C library this build links with (build.rs, from the build target).
+pub const LIBC: Libc = BUILT_FOR;
+
+/// Every syscall a thread kind may make in this build (lists.rs).
+pub fn allowed(kind: ThreadKind, reboot: bool) -> Vec<Allowed> {
+    lists::allowed(kind, reboot, LIBC)
+}
 
 /// A BPF instruction as build.rs writes it: code, jt, jf, k.
 type Insn = (u16, u8, u8, u32);
@@ -37,7 +45,7 @@ pub fn compile(kind: ThreadKind, reboot: bool) -> Result<BpfProgram, SeccompErro
 }
 
 /// The spawn guard (lists.rs, `spawn_guard`), stacked on the vCPU spawner's filter in every
-/// vCPU thread: it traps the `SPAWN` syscalls and lets the rest through to the filter below,
+/// vCPU thread: it traps the `spawn_list` syscalls and lets the rest through to the filter below,
 /// so what remains is the vCPU list. It is short, hence cheap to install, and the spawner's
 /// filter is inherited, not installed again, by each new thread.
 pub fn compile_spawn_guard() -> Result<BpfProgram, SeccompError> {
@@ -130,7 +138,12 @@ pub fn install_sigsys_handler() -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::lists::*;
+    use super::lists::{
+        compile_list, rules, spawn_guard, spawn_guard_rules, spawn_list, Args, KINDS,
+        KVM_GET_MP_STATE, KVM_GET_REGS, KVM_GET_SREGS, KVM_IOEVENTFD, KVM_RUN, KVM_SET_CPUID2,
+        KVM_SET_FPU, KVM_SET_IRQCHIP, KVM_SET_LAPIC, KVM_SET_MP_STATE, KVM_SET_REGS, KVM_SET_SREGS,
+        KVM_SET_USER_MEMORY_REGION,
+    };
     use super::*;
     use seccompiler::{SeccompAction, SeccompRule};
     use std::collections::BTreeMap;
@@ -163,6 +176,11 @@ mod tests {
             "sched_yield",
             "write",
         ];
+        // pthread_kill, and a thread's end in the RAM registering thread (lists.rs, `Libc`).
+        let (kill, end) = match LIBC {
+            Libc::Glibc => ("tgkill", "madvise"),
+            Libc::Musl => ("tkill", "munmap"),
+        };
         let with = |extra: &[&'static str]| {
             let mut v: Vec<&str> = common.iter().chain(extra).copied().collect();
             v.sort();
@@ -184,7 +202,7 @@ mod tests {
                 "ppoll",
                 "pread64",
                 "read",
-                "tgkill",
+                kill,
                 "timerfd_settime"
             ])
         );
@@ -196,28 +214,39 @@ mod tests {
                 "ioctl",
                 "pread64",
                 "pwrite64",
-                "tgkill",
+                kill,
                 "timerfd_settime"
             ])
         );
         // Not the common list: no brk, mmap, mprotect, mremap, sched_yield, fcntl.
-        assert_eq!(
-            names(ThreadKind::RamRegistrar),
-            [
-                "clock_gettime",
-                "exit",
-                "exit_group",
-                "futex",
-                "ioctl",
-                "madvise",
-                "rt_sigprocmask",
-                "write"
-            ]
-        );
+        let mut ram = vec![
+            "clock_gettime",
+            "exit",
+            "exit_group",
+            "futex",
+            "ioctl",
+            end,
+            "rt_sigprocmask",
+            "write",
+        ];
+        ram.sort();
+        assert_eq!(names(ThreadKind::RamRegistrar), ram);
         assert_eq!(
             ioctls(ThreadKind::RamRegistrar, true),
             [KVM_SET_USER_MEMORY_REGION]
         );
+    }
+
+    #[test]
+    fn the_filters_are_built_for_this_c_library() {
+        let env = if cfg!(target_env = "musl") {
+            "musl"
+        } else {
+            "gnu"
+        };
+        assert_eq!(LIBC, Libc::from_target_env(env));
+        assert_eq!(Libc::from_target_env("musl"), Libc::Musl);
+        assert_eq!(Libc::from_target_env("gnu"), Libc::Glibc);
     }
 
     #[test]
@@ -315,7 +344,7 @@ mod tests {
             let vcpu = compile(ThreadKind::Vcpu, reboot).unwrap();
             let spawner = compile(ThreadKind::VcpuSpawner, reboot).unwrap();
             let mut list = allowed(ThreadKind::VcpuSpawner, reboot);
-            list.extend_from_slice(SPAWN);
+            list.extend(spawn_list(LIBC));
             let arg_sets = argument_sets(&list);
             let mut widened = 0;
             for nr in 0..=470 {
@@ -332,7 +361,7 @@ mod tests {
                 }
             }
             // The spawner does allow more (clone3, SET_CPUID2, ...), which the guard takes back.
-            assert!(widened >= SPAWN.len(), "{widened}");
+            assert!(widened >= spawn_list(LIBC).len(), "{widened}");
         }
         // An AP's CPUID is the spawner's alone: a vCPU thread cannot change it.
         assert!(!ioctls(ThreadKind::Vcpu, true).contains(&KVM_SET_CPUID2));
@@ -350,12 +379,12 @@ mod tests {
             for reboot in [false, true] {
                 assert_eq!(
                     compile(kind, reboot).unwrap(),
-                    compile_list(kind, reboot).unwrap(),
+                    compile_list(kind, reboot, LIBC).unwrap(),
                     "{kind:?} reboot={reboot}"
                 );
             }
         }
-        assert_eq!(compile_spawn_guard().unwrap(), spawn_guard().unwrap());
+        assert_eq!(compile_spawn_guard().unwrap(), spawn_guard(LIBC).unwrap());
     }
 
     /// Argument sets that reach every rule of `list`, matching and not.
@@ -378,6 +407,17 @@ mod tests {
                     v.iter().for_each(|v| at(1, *v))
                 }
                 Args::Prctl(v) => v.iter().for_each(|v| at(0, *v)),
+                Args::CloneThread => {
+                    // A thread, a thread with more flags, a process.
+                    let thread = (libc::CLONE_VM | libc::CLONE_THREAD) as u64;
+                    for flags in [
+                        thread,
+                        thread | libc::CLONE_SETTLS as u64,
+                        libc::SIGCHLD as u64,
+                    ] {
+                        at(0, flags);
+                    }
+                }
                 Args::NoExec => {
                     for prot in [
                         libc::PROT_READ,
@@ -411,10 +451,10 @@ mod tests {
         let mut filters = vec![];
         for kind in KINDS {
             for reboot in [false, true] {
-                let rules = rules(kind, reboot).unwrap();
+                let rules = rules(kind, reboot, LIBC).unwrap();
                 let mut list = allowed(kind, reboot);
                 if kind == ThreadKind::Vcpu {
-                    list.extend_from_slice(SPAWN);
+                    list.extend(spawn_list(LIBC));
                 }
                 filters.push((
                     format!("{kind:?} reboot={reboot}"),
@@ -424,12 +464,12 @@ mod tests {
                 ));
             }
         }
-        let guard = spawn_guard_rules().unwrap();
+        let guard = spawn_guard_rules(LIBC).unwrap();
         filters.push((
             "spawn guard".into(),
             linear(guard, SeccompAction::Allow, SeccompAction::Trap),
             compile_spawn_guard().unwrap(),
-            SPAWN.to_vec(),
+            spawn_list(LIBC),
         ));
         filters
     }

@@ -103,6 +103,12 @@ pub struct ThreadRef {
     pthread: libc::pthread_t,
 }
 
+// SAFETY: a pthread_t is an opaque id (a pointer on musl, an integer on glibc); it is only
+// passed to pthread_kill, which any thread may call with any live thread's id.
+unsafe impl Send for ThreadRef {}
+// SAFETY: as for Send; the id is never written after the thread sets it.
+unsafe impl Sync for ThreadRef {}
+
 impl ThreadRef {
     fn current() -> ThreadRef {
         ThreadRef {

@@ -575,7 +575,8 @@ mod tests {
     fn kvm_errors_name_the_call_and_the_errno() {
         let e = kvm_err("create vCPU")(kvm_ioctls::Error::new(libc::EMFILE)).to_string();
         assert!(e.starts_with("KVM API: create vCPU: "), "{e}");
-        assert!(e.contains("Too many open files"), "{e}");
+        let text = std::io::Error::from_raw_os_error(libc::EMFILE).to_string();
+        assert!(e.ends_with(&text), "{e}");
     }
 
     #[test]

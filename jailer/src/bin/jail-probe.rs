@@ -14,7 +14,13 @@ fn status_field(status: &str, key: &str) -> String {
         .unwrap_or_else(|| "unknown".to_string())
 }
 
-fn rlimit(resource: libc::__rlimit_resource_t) -> (u64, u64) {
+/// The resource argument of getrlimit/setrlimit: glibc's own type, an int in musl.
+#[cfg(target_env = "gnu")]
+type Resource = libc::__rlimit_resource_t;
+#[cfg(not(target_env = "gnu"))]
+type Resource = libc::c_int;
+
+fn rlimit(resource: Resource) -> (u64, u64) {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

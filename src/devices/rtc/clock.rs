@@ -43,7 +43,7 @@ impl Clock for HostClock {
 
 /// The host time zone's offset from UTC at `secs`, in seconds (0 if unknown).
 fn utc_offset(secs: i64) -> i64 {
-    let t = secs as libc::time_t;
+    let t = secs as _;
     // SAFETY: `libc::tm` is plain integers and a nullable pointer; all-zero is a valid value.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     // SAFETY: both pointers refer to live locals for the duration of the call; localtime_r is
