@@ -135,6 +135,9 @@ pub struct VmConfig {
     pub ram_delay: Duration,
     /// Debug builds only: that thread's last registration fails (`--x-ram-fail`).
     pub ram_fail: bool,
+    /// Debug builds only: the thread that sets the APs up waits this long before each AP
+    /// after the first (`--x-ap-delay-ms`), so tests run the guest ahead of its APs.
+    pub ap_delay: Duration,
     pub log_level: Option<Level>,
 }
 
@@ -160,6 +163,7 @@ impl Default for VmConfig {
             test_forbidden_syscall: false,
             count_instructions: false,
             ram_delay: Duration::ZERO,
+            ap_delay: Duration::ZERO,
             ram_fail: false,
             log_level: None,
         }
@@ -210,10 +214,10 @@ pub enum ConfigError {
     BadDisk(String),
     #[error("--module: '{0}' has no file name")]
     BadModule(String),
-    /// Debug builds only (`--x-ram-delay-ms`).
+    /// Debug builds only (`--x-ram-delay-ms`, `--x-ap-delay-ms`).
     #[cfg_attr(not(debug_assertions), allow(dead_code))]
-    #[error("--x-ram-delay-ms: '{0}' is not a number of milliseconds up to 60000")]
-    BadRamDelay(String),
+    #[error("{0}: '{1}' is not a number of milliseconds up to 60000")]
+    BadTestDelay(&'static str, String),
 }
 
 /// What an option does with the configuration.
@@ -429,17 +433,25 @@ fn test_option(name: &str) -> Option<Opt> {
         "--x-test-forbidden-syscall" => Opt::Flag(|cfg| cfg.test_forbidden_syscall = true),
         "--x-count-instructions" => Opt::Flag(|cfg| cfg.count_instructions = true),
         "--x-ram-delay-ms" => Opt::Value(|cfg, v| {
-            let ms = v
-                .parse::<u64>()
-                .ok()
-                .filter(|ms| *ms <= 60_000)
-                .ok_or(ConfigError::BadRamDelay(v))?;
-            cfg.ram_delay = Duration::from_millis(ms);
+            cfg.ram_delay = Duration::from_millis(test_delay_ms("--x-ram-delay-ms", v)?);
             Ok(())
         }),
         "--x-ram-fail" => Opt::Flag(|cfg| cfg.ram_fail = true),
+        "--x-ap-delay-ms" => Opt::Value(|cfg, v| {
+            cfg.ap_delay = Duration::from_millis(test_delay_ms("--x-ap-delay-ms", v)?);
+            Ok(())
+        }),
         _ => return None,
     })
+}
+
+/// A test delay: whole milliseconds up to a minute.
+#[cfg(debug_assertions)]
+fn test_delay_ms(name: &'static str, v: String) -> Result<u64, ConfigError> {
+    v.parse::<u64>()
+        .ok()
+        .filter(|ms| *ms <= 60_000)
+        .ok_or(ConfigError::BadTestDelay(name, v))
 }
 
 /// Release builds have no test options: there, `--x-...` is an unknown option.
@@ -624,6 +636,11 @@ mod tests {
     #[test]
     fn ram_test_options_in_debug_builds() {
         let c = run(&["--x-ram-delay-ms", "200", "--x-ram-fail"]).unwrap();
+        assert_eq!(
+            run(&["--x-ap-delay-ms", "300"]).unwrap().ap_delay,
+            Duration::from_millis(300)
+        );
+        assert!(run(&["--x-ap-delay-ms", "60001"]).is_err());
         assert_eq!(c.ram_delay, Duration::from_millis(200));
         assert!(c.ram_fail);
         let c = run(&[]).unwrap();
@@ -881,7 +898,7 @@ mod tests {
         );
         assert_eq!(
             err(&["--x-ram-delay-ms", "60001"]),
-            ConfigError::BadRamDelay("60001".into())
+            ConfigError::BadTestDelay("--x-ram-delay-ms", "60001".into())
         );
         assert_eq!(
             err(&["--x-ram-delay-ms"]),

@@ -54,8 +54,8 @@ const MALLOC_ARENAS: libc::c_int = 4;
 #[global_allocator]
 static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
 
-/// The process's entry, called by the C library's start code. std's runtime start is left out: of
-/// what it does, minipc needs only what `entry` does; the rest is its stack-overflow
+/// The process's entry, called by the C library's start code. std's runtime start is left
+/// out: of what it does, minipc needs only what `entry` does; the rest is its stack-overflow
 /// handler, which reads the main thread's stack from /proc/self/maps and gives this thread
 /// and every thread std starts an alternate signal stack (a mapping, a guard page and
 /// `sigaltstack`, each thread, 64 vCPU threads included). Without it a stack overflow is a
@@ -287,6 +287,7 @@ fn run(cfg: &VmConfig, start: Instant, filters: Option<Filters>) -> (i32, Option
             filters,
             vcpu_threads,
             test_forbidden_syscall: cfg.test_forbidden_syscall,
+            ap_delay: cfg.ap_delay,
             reboot: cfg.reboot,
         },
     );

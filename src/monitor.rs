@@ -80,6 +80,8 @@ pub struct Options {
     /// The vCPU threads, started and filtered while the machine was built.
     pub vcpu_threads: vcpu::Prestarted,
     pub test_forbidden_syscall: bool,
+    /// Test builds: the wait before each AP's set-up (`--x-ap-delay-ms`).
+    pub ap_delay: Duration,
     /// A guest reset restarts the guest instead of ending the VM.
     pub reboot: bool,
 }
@@ -206,6 +208,7 @@ fn vcpu_setups(
             start: (id == 0).then(|| start.clone()),
             cpuid,
             test_forbidden_syscall: opts.test_forbidden_syscall && id == last,
+            ap_delay: opts.ap_delay,
             reset_state,
             bios: machine.bios.clone(),
             pause: machine.pause.clone(),
@@ -308,8 +311,13 @@ impl VmmLoop<'_> {
         if self.check.is_some() || now < self.next_kick {
             return;
         }
+        // An AP without its thread yet is held by the thread that sets the APs up, which
+        // answers for it (vcpu/threads.rs, `ap_threads`).
         let all_blocking = match &self.stats {
-            Some(s) => s.iter().all(BlockingStat::blocking),
+            Some(s) => s
+                .iter()
+                .zip(&self.handles)
+                .all(|(s, h)| !h.started() || s.blocking()),
             None => true,
         };
         if all_blocking {

@@ -137,6 +137,58 @@ fn init_sipi_sipi_brings_up_every_ap_and_the_vm_still_halts() {
     }
 }
 
+/// The APs are set up one after the other while the guest runs. A guest that halts at once
+/// (and never wakes them) ends then, not once the last AP is set up: the thread that sets
+/// them up answers the halt check for the APs it still holds. Here each AP after the first
+/// waits 500 ms before its set-up: 3 s for the six of them.
+#[test]
+fn a_guest_that_halts_ends_before_its_aps_are_all_set_up() {
+    if !kvm_available() {
+        return;
+    }
+    let g = guest("hello", &[]);
+    let t = std::time::Instant::now();
+    let r = minipc(&[
+        "--firmware",
+        path_str(&g),
+        "--cpus",
+        "8",
+        "--x-ap-delay-ms",
+        "500",
+        "--stats",
+        "--timeout",
+        "30",
+    ]);
+    let took = t.elapsed();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.reason().as_deref(), Some("halted"));
+    assert!(took < std::time::Duration::from_millis(2500), "{took:?}");
+}
+
+/// An AP that the guest woke before its set-up is alive though its thread has not started:
+/// the answer for it comes from its state in KVM (the pending SIPI), so the VM goes on when
+/// the BSP halts, and the AP, once set up, ends the guest through debug-exit.
+#[test]
+fn an_ap_woken_before_its_set_up_keeps_the_guest_alive() {
+    if !kvm_available() {
+        return;
+    }
+    let g = guest("smp", &[("EXIT_CODE", 0x21)]);
+    for cpus in ["2", "4"] {
+        let r = minipc(&[
+            "--firmware",
+            path_str(&g),
+            "--cpus",
+            cpus,
+            "--x-ap-delay-ms",
+            "300",
+            "--timeout",
+            "30",
+        ]);
+        assert_eq!(r.code, (0x21 << 1) | 1, "--cpus {cpus}: {}", r.stderr);
+    }
+}
+
 #[test]
 fn pci_bus_0_holds_exactly_the_pc_chipset() {
     if !kvm_available() {

@@ -147,6 +147,11 @@ impl VcpuHandle {
         self.kick(req::CHECK_HALT);
     }
 
+    /// Whether the vCPU's thread has started (an AP's may start after the guest does).
+    pub fn started(&self) -> bool {
+        self.thread.get().is_some()
+    }
+
     /// Asks the vCPU to go back to its reset state and report `ResetDone` (`--reboot`).
     pub fn reset(&self) {
         self.kick(req::RESET);
@@ -627,6 +632,21 @@ impl Vcpu {
             return true;
         }
         false
+    }
+
+    /// Answers a pending halt check, and only that, for an AP whose thread has not started
+    /// (vcpu/threads.rs, `ap_threads`): its state is read here, by the thread that holds it.
+    /// Other requests stay pending for the AP's own thread.
+    pub(super) fn answer_halt_check(&self) {
+        if self.mailbox.take(req::CHECK_HALT) != 0 {
+            let check = self.mailbox.check.load(Ordering::SeqCst);
+            let dead = self.is_dead();
+            self.send(VcpuMsg::HaltState {
+                id: self.id,
+                check,
+                dead,
+            });
+        }
     }
 
     /// Halted with interrupts off, or an AP still waiting for INIT/SIPI.

@@ -40,6 +40,7 @@ use crate::exit::ExitReason;
 use crate::pause::Pause;
 use crate::ram_gate::RamGate;
 use crate::seccomp::{self, ThreadKind};
+use std::time::Duration;
 
 /// What a vCPU thread runs with, once the machine is built.
 pub struct Setup {
@@ -55,6 +56,9 @@ pub struct Setup {
     pub cpuid: Option<CpuId>,
     /// Test builds: make a forbidden syscall after the filter is on.
     pub test_forbidden_syscall: bool,
+    /// Test builds: how long the thread that sets the APs up waits before this AP's CPUID
+    /// (`--x-ap-delay-ms`), so that a guest certainly runs ahead of its APs' set-up.
+    pub ap_delay: Duration,
     /// The state a reboot restores; None without `--reboot`.
     pub reset_state: Option<ResetState>,
     /// The BIOS services the firmware calls through its service ports.
@@ -83,6 +87,7 @@ struct Prepared {
     /// vCPU 0's start, common with the monitor; None for an AP.
     start: Option<Arc<Barrier>>,
     test_forbidden: bool,
+    ap_delay: Duration,
     /// Where this thread makes itself known to the monitor's handle.
     thread: Arc<OnceLock<ThreadRef>>,
 }
@@ -176,9 +181,21 @@ fn first_thread(rx: Receiver<Vec<Prepared>>, filters: Option<Arc<VcpuFilters>>, 
 /// The first AP's thread: the APs' CPUIDs and the other APs' threads, then its own AP. The
 /// CPUIDs are set here one after the other, not by each AP's thread: on a host with few CPUs,
 /// dozens of threads in KVM at once would hold vCPU 0 and the monitor back.
+///
+/// Meanwhile this thread answers the halt checks of the APs it still holds, so that a guest
+/// that halts before every AP has its thread (one that never wakes them) ends at once,
+/// rather than when the last AP is set up.
 fn ap_threads(mut aps: Vec<Prepared>, guard: Option<BpfProgram>) {
     let own = with_cpuid(aps.remove(0));
-    for p in aps {
+    // Held APs, the next one last.
+    aps.reverse();
+    while let Some(p) = aps.pop() {
+        if !p.ap_delay.is_zero() {
+            std::thread::sleep(p.ap_delay);
+        }
+        own.vcpu.answer_halt_check();
+        p.vcpu.answer_halt_check();
+        aps.iter().for_each(|h| h.vcpu.answer_halt_check());
         let p = with_cpuid(p);
         if let Err(e) = start_thread(p.vcpu.id, (p, guard.clone()), |(p, g)| ap(p, g.as_ref())) {
             fail(own, e);
@@ -326,6 +343,7 @@ impl Prestarted {
                 cpuid: setup.cpuid,
                 start: setup.start,
                 test_forbidden: setup.test_forbidden_syscall,
+                ap_delay: setup.ap_delay,
                 thread,
             });
         }

@@ -3,6 +3,8 @@
 # for the count fw_cfg announces (or gives up), prints
 #   aps NN ids XXXXXXXX
 # in hex, and halts too.
+# With --defsym EXIT_CODE=N the BSP halts with interrupts off right after the SIPIs, and the
+# first AP to run leaves through debug-exit with N: the guest lives on in its APs.
         .include "common.inc"
         .include "pmode.inc"
         .set    COUNT, 0x7000           # word: APs that came up
@@ -44,6 +46,10 @@ pm_start:
         mov     dword ptr [0xFEE00300], 0x000C4500      # INIT, all but self
         mov     dword ptr [0xFEE00300], 0x000C4608      # SIPI, vector 0x08
         mov     dword ptr [0xFEE00300], 0x000C4608      # SIPI again
+        .ifdef  EXIT_CODE
+4:      hlt
+        jmp     4b
+        .endif
         mov     ecx, 2000000
 1:      mov     ax, [COUNT]
         cmp     ax, [0x7020]
@@ -101,6 +107,9 @@ trampoline:
         shr     ebx, 24
         lock bts dword ptr [IDS], ebx
         lock inc word ptr [COUNT]
+        .ifdef  EXIT_CODE
+        exit    EXIT_CODE
+        .endif
 1:      hlt
         jmp     1b
 trampoline_end:
