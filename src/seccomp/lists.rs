@@ -51,7 +51,7 @@ pub const KVM_SET_MP_STATE: u64 = iow(0x99, std::mem::size_of::<kvm_mp_state>())
 pub const KVM_SET_MSRS: u64 = iow(0x89, std::mem::size_of::<kvm_bindings::kvm_msrs>());
 pub const KVM_SET_VCPU_EVENTS: u64 =
     iow(0xA0, std::mem::size_of::<kvm_bindings::kvm_vcpu_events>());
-/// An AP's CPUID, set by its own thread (vcpu/threads.rs).
+/// An AP's CPUID, set by the thread that sets the APs up (vcpu/threads.rs).
 pub const KVM_SET_CPUID2: u64 = iow(0x90, std::mem::size_of::<kvm_bindings::kvm_cpuid2>());
 pub const KVM_SET_IRQCHIP: u64 = ior(0x63, std::mem::size_of::<kvm_bindings::kvm_irqchip>());
 /// PAM changes (shadow.rs) remap the BIOS shadow segments from the vCPU that wrote them.
@@ -217,8 +217,8 @@ pub const VCPU: &[Allowed] = &[
 /// thread creation (`thread_start`; its stack's `mmap`/`mprotect` are common), in the new
 /// thread Rust's start (the thread's name, `sched_getaffinity`, `gettid`), and stacking the
 /// guard (`no_new_privs`, `seccomp`: a filter can only add restrictions); and an AP's CPUID,
-/// which its thread sets before the guard. Allowed to the vCPU spawner only, forbidden again
-/// by the spawn guard.
+/// which the thread that sets the APs up sets before the AP's thread starts. Allowed to the
+/// vCPU spawner only, forbidden again by the spawn guard.
 const SPAWN: &[Allowed] = &[
     Allowed {
         nr: libc::SYS_ioctl,

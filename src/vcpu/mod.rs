@@ -618,13 +618,7 @@ impl Vcpu {
         self.fd.set_kvm_immediate_exit(0);
         let bits = self.mailbox.take_all();
         if bits & req::CHECK_HALT != 0 {
-            let check = self.mailbox.check.load(Ordering::SeqCst);
-            let dead = self.is_dead();
-            self.send(VcpuMsg::HaltState {
-                id: self.id,
-                check,
-                dead,
-            });
+            self.answer_halt_state();
         }
         // A RUN without a RESET before it has nothing to release (never posted so).
         if bits & req::RESET != 0 {
@@ -639,14 +633,19 @@ impl Vcpu {
     /// Other requests stay pending for the AP's own thread.
     pub(super) fn answer_halt_check(&self) {
         if self.mailbox.take(req::CHECK_HALT) != 0 {
-            let check = self.mailbox.check.load(Ordering::SeqCst);
-            let dead = self.is_dead();
-            self.send(VcpuMsg::HaltState {
-                id: self.id,
-                check,
-                dead,
-            });
+            self.answer_halt_state();
         }
+    }
+
+    /// The answer to the latest halt check: whether this vCPU is dead.
+    fn answer_halt_state(&self) {
+        let check = self.mailbox.check.load(Ordering::SeqCst);
+        let dead = self.is_dead();
+        self.send(VcpuMsg::HaltState {
+            id: self.id,
+            check,
+            dead,
+        });
     }
 
     /// Halted with interrupts off, or an AP still waiting for INIT/SIPI.
