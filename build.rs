@@ -93,8 +93,9 @@ fn syscall_names(out: &Path) {
 }
 
 /// Firmware symbols the VMM needs, as offsets in segment F000: each service handler's `out`
-/// (a port write is a service call only from there), the ROM tables services return, and
-/// what the interrupt vector table points at (src/bios/ivt.rs).
+/// (a port write is a service call only from there), the ROM tables services return, what
+/// the interrupt vector table points at (src/bios/ivt.rs), and where the firmware halts for
+/// good (`--x-count-instructions`, src/vcpu/mod.rs).
 const SYMBOLS: &[&str] = &[
     "default_isr",
     "irq_master_isr",
@@ -112,6 +113,7 @@ const SYMBOLS: &[&str] = &[
     "print_out",
     "floppy_dpt",
     "system_config",
+    "halt_forever",
 ];
 
 /// Writes `firmware_symbols.rs`: one `u16` constant per name in SYMBOLS, read from the

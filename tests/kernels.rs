@@ -457,6 +457,31 @@ fn reboot_loads_the_kernel_and_modules_again() {
     );
 }
 
+/// Single-stepped, KVM does not halt the vCPU at HLT, so the demo's final `cli; hlt` loop
+/// would be stepped until the timeout: the firmware's own halt ends the count.
+#[test]
+fn the_demo_counted_ends_at_its_halt() {
+    if !kvm_available() {
+        return;
+    }
+    let r = minipc(&["--x-count-instructions", "--stats", "--timeout", "30"]);
+    assert_eq!(
+        (r.code, r.reason().as_deref()),
+        (0, Some("halted")),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stdout.contains("demo done"), "{}", r.stdout);
+    let stats = r.stats().expect("stats");
+    let n: u64 = stats
+        .split("\"firmware_instructions\":")
+        .nth(1)
+        .and_then(|s| s.split([',', '}']).next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no instruction count: {stats}"));
+    assert!((100..5000).contains(&n), "{n} instructions");
+}
+
 #[test]
 fn the_firmware_hands_off_within_2000_instructions() {
     if !kvm_available() {

@@ -18,7 +18,7 @@ pub const HANDOFF_CODES: std::ops::RangeInclusive<u8> = 0xB0..=0xBF;
 pub static HANDOFF: OnceLock<Instant> = OnceLock::new();
 /// Instructions vCPU 0 ran, when it is single-stepped (`--x-count-instructions`).
 pub static STEPS: AtomicU64 = AtomicU64::new(0);
-/// STEPS at the hand-off.
+/// STEPS at the hand-off, or where the embedded firmware halts for good (vcpu/mod.rs).
 pub static STEPS_AT_HANDOFF: OnceLock<u64> = OnceLock::new();
 
 #[derive(Default)]

@@ -266,12 +266,6 @@ fn mmio_write(mmio: &Bus, ram: &RamGate, mem: &GuestMemoryMmap, addr: u64, data:
     }
 }
 
-/// KVM_EXIT_DEBUG while single-stepping (`--x-count-instructions`): one exit per instruction.
-fn count_instruction() -> Step {
-    crate::devices::post_code::STEPS.fetch_add(1, Ordering::Relaxed);
-    Step::Continue
-}
-
 struct Vcpu {
     id: u32,
     fd: VcpuFd,
@@ -404,7 +398,7 @@ impl Vcpu {
             Ok(VcpuExit::FailEntry(reason, cpu)) => self.fail_entry(reason, cpu),
             Ok(VcpuExit::SystemEvent(kind, _)) => self.system_event(kind),
             Ok(VcpuExit::Intr) => self.interrupted(),
-            Ok(VcpuExit::Debug(_)) => count_instruction(),
+            Ok(VcpuExit::Debug(_)) => self.count_instruction(),
             Ok(other) => Step::Stop(
                 ExitReason::UnhandledExit(format!("{other:?}")),
                 Some(self.dump()),
@@ -565,6 +559,29 @@ impl Vcpu {
             Ok(()) => Some(Step::Continue),
             Err(e) => fail(self.id, e),
         }
+    }
+
+    /// KVM_EXIT_DEBUG while single-stepping (`--x-count-instructions`): one exit per
+    /// instruction. KVM does not halt a single-stepped vCPU (its HLT ends with the step), so
+    /// the embedded firmware's `cli; hlt` loop (`halt_forever`, after the demo or a fatal
+    /// error) would be stepped for ever: reaching its HLT ends the run as a halt.
+    fn count_instruction(&self) -> Step {
+        crate::devices::post_code::STEPS.fetch_add(1, Ordering::Relaxed);
+        let Ok((regs, sregs)) = self.caller_registers() else {
+            return Step::Continue;
+        };
+        // cli at halt_forever, hlt after it (one byte each).
+        let hlt = u64::from(bios::symbols::HALT_FOREVER) + 1;
+        if self.bios.embedded()
+            && sregs.cr0 & 1 == 0
+            && sregs.cs.base == 0xF_0000
+            && regs.rip == hlt
+        {
+            let steps = crate::devices::post_code::STEPS.load(Ordering::Relaxed);
+            let _ = crate::devices::post_code::STEPS_AT_HANDOFF.set(steps);
+            return Step::Stop(ExitReason::Halted, None);
+        }
+        Step::Continue
     }
 
     /// The general registers as the last KVM_RUN left them: from kvm_run when KVM keeps them
