@@ -472,13 +472,9 @@ fn the_demo_counted_ends_at_its_halt() {
         r.stderr
     );
     assert!(r.stdout.contains("demo done"), "{}", r.stdout);
-    let stats = r.stats().expect("stats");
-    let n: u64 = stats
-        .split("\"firmware_instructions\":")
-        .nth(1)
-        .and_then(|s| s.split([',', '}']).next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no instruction count: {stats}"));
+    let n = r
+        .stat("firmware_instructions")
+        .unwrap_or_else(|| panic!("no instruction count: {}", r.stderr));
     assert!((100..5000).contains(&n), "{n} instructions");
 }
 
@@ -498,11 +494,8 @@ fn the_firmware_hands_off_within_2000_instructions() {
         let stats = r
             .stats()
             .unwrap_or_else(|| panic!("no stats: {}", r.stderr));
-        let n: u64 = stats
-            .split("\"firmware_instructions\":")
-            .nth(1)
-            .and_then(|s| s.split([',', '}']).next())
-            .and_then(|s| s.parse().ok())
+        let n = r
+            .stat("firmware_instructions")
             .unwrap_or_else(|| panic!("no instruction count: {stats}"));
         assert!(
             (20..2000).contains(&n),

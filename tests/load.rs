@@ -178,15 +178,6 @@ impl Memory {
     }
 }
 
-/// The VM process's peak RSS from its `--stats` line.
-fn peak_rss_kib(stderr: &str) -> Option<u64> {
-    let rest = stderr.split("\"peak_rss_kib\":").nth(1)?;
-    rest.split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
-}
-
 /// What tests/guests/load.s prints for ID, waiting or not.
 fn load_output(id: u16) -> String {
     format!("load {id:04x} start\r\nload {id:04x} done\r\n")
@@ -236,7 +227,8 @@ fn a_thousand_launches_in_a_row_exit_right_and_leave_nothing_behind() {
             want,
             "launch {launches}: {err}"
         );
-        let rss = peak_rss_kib(&err).unwrap_or_else(|| panic!("launch {launches}: {err}"));
+        let rss =
+            stat_value(&err, "peak_rss_kib").unwrap_or_else(|| panic!("launch {launches}: {err}"));
         peak_rss = peak_rss.max(rss);
         launches += 1;
         if launches % 50 == 0 {
@@ -355,7 +347,7 @@ fn sixty_four_vms_at_once_each_exit_right_and_leave_nothing_behind() {
             load_output(i as u16),
             "VM {i}: {err}"
         );
-        peak_rss = peak_rss.max(peak_rss_kib(&err).unwrap_or(0));
+        peak_rss = peak_rss.max(stat_value(&err, "peak_rss_kib").unwrap_or(0));
         first_done = first_done.min(done.duration_since(start));
     }
     eprintln!(

@@ -126,11 +126,24 @@ impl Run {
             .lines()
             .find(|l| l.starts_with("{\"exit_reason\""))
     }
+    /// A number in the `--stats` line.
+    pub fn stat(&self, key: &str) -> Option<u64> {
+        stat_value(self.stats()?, key)
+    }
     pub fn reason(&self) -> Option<String> {
         let s = self.stats()?;
         let rest = s.strip_prefix("{\"exit_reason\":\"")?;
         Some(rest[..rest.find('"')?].to_string())
     }
+}
+
+/// The number after `"key":` in a `--stats` line (or text that holds one).
+pub fn stat_value(stats: &str, key: &str) -> Option<u64> {
+    let rest = stats.split(&format!("\"{key}\":")).nth(1)?;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn finish(out: Output, start: Instant) -> Run {
