@@ -11,6 +11,7 @@ use kvm_ioctls::VcpuFd;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::lock;
+use crate::devices::serial::PARTIAL_DELAY;
 use crate::exit::ExitReason;
 use crate::halt::{self, Backoff, BlockingStat, FALLBACK_PERIOD};
 use crate::log;
@@ -129,6 +130,7 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
         pending_input: Vec::new(),
         backoff: Backoff::new(),
         next_kick: Instant::now(),
+        partial_due: None,
         check: None,
         checks: 0,
         started: Instant::now(),
@@ -243,6 +245,8 @@ struct VmmLoop<'a> {
     backoff: Backoff,
     /// When the halt detector may kick next.
     next_kick: Instant,
+    /// When the partial line waiting in the serial output is written out.
+    partial_due: Option<Instant>,
     /// The halt check in flight.
     check: Option<HaltCheck>,
     /// How many halt checks went out: the last one's number.
@@ -296,12 +300,47 @@ impl VmmLoop<'_> {
             }
         }
         self.halt_check(now);
-        let wait = self.wait(now);
-        let mut set = self.poll_fds();
-        if !ppoll(&mut set.fds, wait)? {
-            return Ok(None);
+        let mut wait = self.wait(now);
+        if let Some(due) = self.partial_due {
+            wait = wait.min(due.saturating_duration_since(now));
         }
-        self.handle_ready(&set)
+        let mut set = self.poll_fds();
+        if ppoll(&mut set.fds, wait)? {
+            if let Some(o) = self.handle_ready(&set)? {
+                return Ok(Some(o));
+            }
+        }
+        self.serve_output(&set);
+        Ok(None)
+    }
+
+    /// Writes the guest's output out when it is due: a complete line at once, a partial line
+    /// `PARTIAL_DELAY` after the monitor learnt of it, and what a full descriptor did not take
+    /// when it becomes writable.
+    fn serve_output(&mut self, set: &PollSet) {
+        let mut serial = lock(&self.machine.serial);
+        if !serial.output_pending() {
+            self.partial_due = None;
+            return;
+        }
+        let now = Instant::now();
+        let due = if serial.output_blocked() {
+            // Writable, or failed (POLLERR, POLLHUP: the write says which).
+            set.out_slot.is_some_and(|slot| set.fds[slot].revents != 0)
+        } else {
+            serial.output_line_ready() || self.partial_due.is_some_and(|d| now >= d)
+        };
+        if due {
+            serial.write_out();
+        }
+        self.partial_due = if !serial.output_pending() {
+            None
+        } else if serial.output_blocked() {
+            // The poll for POLLOUT takes over.
+            None
+        } else {
+            Some(self.partial_due.unwrap_or(now + PARTIAL_DELAY))
+        };
     }
 
     /// The halt detector's tick: when no check is in flight and the next kick is due, asks
@@ -371,12 +410,11 @@ impl VmmLoop<'_> {
                 revents: 0,
             });
         }
-        // The guest's output, while some waits for the descriptor to take it.
+        // The guest's output, while some waits for a full descriptor to take it.
         let out_slot = fds.len();
         let out_fd = {
             let serial = lock(&self.machine.serial);
-            serial
-                .output_pending()
+            (serial.output_pending() && serial.output_blocked())
                 .then(|| serial.output_fd())
                 .flatten()
         };
@@ -405,7 +443,7 @@ impl VmmLoop<'_> {
     }
 
     /// Handles what the poll reported, in order: a stop signal, the wake eventfd, the halt
-    /// check's answers, the timers, stdin, the serial output, and the input the UART can take.
+    /// check's answers, the timers, stdin, and the input the UART can take.
     /// Some(outcome) when the VM ended.
     fn handle_ready(&mut self, set: &PollSet) -> io::Result<Option<Outcome>> {
         if set.fds[SIGNAL_SLOT].revents & libc::POLLIN != 0 {
@@ -429,12 +467,6 @@ impl VmmLoop<'_> {
             }
         }
         self.read_ready_stdin(set);
-        if let Some(slot) = set.out_slot {
-            if set.fds[slot].revents != 0 {
-                // Writable, or failed (POLLERR, POLLHUP: the write says which).
-                lock(&self.machine.serial).write_out();
-            }
-        }
         self.serve_stdin();
         Ok(None)
     }

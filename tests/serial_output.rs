@@ -307,3 +307,77 @@ fn an_output_that_fails_is_reported_and_the_guest_still_decides_the_exit_code() 
         assert!(lost >= 50, "run {i}: {lost} bytes lost: {err}");
     }
 }
+
+/// Reads `child`'s stdout on a thread; each chunk comes with the moment it arrived.
+fn timed_reader(child: &mut Child) -> std::sync::mpsc::Receiver<(Instant, Vec<u8>)> {
+    let mut out = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut b = [0u8; 256];
+        while let Ok(n) = out.read(&mut b) {
+            if n == 0 || tx.send((Instant::now(), b[..n].to_vec())).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Collects output until it ends with `want`; returns when the last chunk arrived.
+fn read_until(
+    rx: &std::sync::mpsc::Receiver<(Instant, Vec<u8>)>,
+    got: &mut Vec<u8>,
+    want: &[u8],
+) -> Instant {
+    loop {
+        let (at, chunk) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("no {want:?} after 10 s: got {got:?}"));
+        got.extend_from_slice(&chunk);
+        if got.ends_with(want) {
+            return at;
+        }
+    }
+}
+
+#[test]
+fn a_partial_line_from_an_idle_guest_is_written_out_at_once() {
+    if !kvm_available() {
+        return;
+    }
+    // The guest waits in HLT with interrupts on, so the halt detector's checks find it alive
+    // and space out; its echo of each byte is a partial line, which must still reach the
+    // reader at once (an interactive shell's echo), not at the detector's next check.
+    let g = guest("prompt", &[]);
+    let mut child = Command::new(MINIPC)
+        .args(["--firmware", path_str(&g), "--timeout", "60"])
+        .process_group(0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start minipc");
+    let rx = timed_reader(&mut child);
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut got = Vec::new();
+    read_until(&rx, &mut got, b"ready\r\n> ");
+    let mut worst = Duration::ZERO;
+    // Idle long enough for the checks to reach their longest spacing, then at phases that
+    // fall at different points of it.
+    for (i, idle_ms) in [1500u64, 370, 610, 290, 830].into_iter().enumerate() {
+        std::thread::sleep(Duration::from_millis(idle_ms));
+        let c = b"abcde"[i];
+        let sent = Instant::now();
+        stdin.write_all(&[c]).expect("write stdin");
+        let at = read_until(&rx, &mut got, &[c]);
+        worst = worst.max(at.duration_since(sent));
+    }
+    stdin.write_all(b"q").expect("write stdin");
+    let (code, err) = wait_within(child, Duration::from_secs(20), "the prompt guest");
+    assert_eq!(code, 0x71 << 1 | 1, "{err}");
+    assert_eq!(got, b"ready\r\n> abcde");
+    assert!(
+        worst < Duration::from_millis(150),
+        "an echoed byte took {worst:?} to reach the reader"
+    );
+}

@@ -41,8 +41,12 @@ pub enum Sink {
 pub const OUT_CAPACITY: usize = 64 * 1024;
 /// The 16550's transmit FIFO: when THRE reads set, a driver may write this many bytes.
 const TX_FIFO: usize = 16;
-/// A complete line, or this much of one, is worth waking the monitor for.
+/// A complete line, or this much of one, is written out at once.
 const LINE_MAX: usize = 4096;
+/// How long a partial line gathers bytes before the monitor writes it out: short enough for
+/// an echo to look immediate, long enough that a guest printing byte by byte does not wake
+/// the monitor for each byte.
+pub const PARTIAL_DELAY: Duration = Duration::from_millis(1);
 /// LSR bits: transmitter holding register empty, transmitter empty.
 const LSR_OFFSET: u64 = 5;
 const LSR_THRE: u8 = 1 << 5;
@@ -182,8 +186,9 @@ impl OutFd {
 /// The vCPU thread only appends to the buffer (no I/O under the serial lock); the monitor
 /// thread writes it out from its poll loop when the descriptor is writable, without ever
 /// blocking, so a reader that stops reading cannot stop `--timeout`, signals or `--stats`.
-/// A complete line (or `LINE_MAX` bytes) wakes the monitor; a partial line (a prompt) goes
-/// out on its next tick. When the buffer cannot take a whole transmit FIFO's worth, the
+/// The first byte into an empty buffer wakes the monitor, which writes a partial line (a
+/// prompt, an echo) out `PARTIAL_DELAY` later; a complete line (or `LINE_MAX` bytes) wakes it
+/// to write at once. When the buffer cannot take a whole transmit FIFO's worth, the
 /// UART reads as busy (`Serial::read`, LSR) and a guest that polls it, or waits for the THRE
 /// interrupt, waits, as on a real serial line; nothing a waiting guest sends is lost. Bytes
 /// written while it reads busy are lost, as on a 16550 whose holding register is overrun.
@@ -193,9 +198,12 @@ pub struct SerialOut {
     /// None for `--serial none`, or once the descriptor failed (the reader went away).
     out: Option<OutFd>,
     buf: VecDeque<u8>,
-    /// Wakes the monitor when a line is complete.
+    /// Wakes the monitor when output waits.
     notify: Option<Arc<EventFd>>,
-    notified: bool,
+    /// What the monitor was told since the buffer was last empty.
+    told: Told,
+    /// The descriptor did not take the whole buffer at the last write: wait for POLLOUT.
+    blocked: bool,
     /// The VM is ending: the guest's further bytes are not kept.
     closed: bool,
     /// Bytes lost to a reader that did not keep up (written while the UART read busy), or
@@ -226,7 +234,8 @@ impl SerialOut {
             out,
             buf: VecDeque::new(),
             notify: None,
-            notified: false,
+            told: Told::Nothing,
+            blocked: false,
             closed: false,
             lost: 0,
             failure: None,
@@ -278,10 +287,21 @@ impl SerialOut {
                 }
             }
         }
-        if total > 0 {
-            self.notified = false;
+        self.blocked = !self.buf.is_empty();
+        if self.buf.is_empty() {
+            self.told = Told::Nothing;
         }
         total
+    }
+
+    /// Whether a complete line (or `LINE_MAX` bytes) waits: to be written out at once.
+    pub fn line_ready(&self) -> bool {
+        self.told == Told::Line
+    }
+
+    /// Whether the descriptor did not take everything at the last write.
+    pub fn blocked(&self) -> bool {
+        self.blocked
     }
 
     /// The VM is ending: later bytes from the guest are dropped.
@@ -330,18 +350,35 @@ impl Write for SerialOut {
         Ok(data.len())
     }
 
-    /// Called by the UART after every byte: a complete line wakes the monitor (once until
-    /// it writes something out).
+    /// Called by the UART after every byte: the first byte since the buffer was empty, and
+    /// then a complete line, wake the monitor (once each until it empties the buffer).
     fn flush(&mut self) -> io::Result<()> {
-        let line = self.buf.back() == Some(&b'\n') || self.buf.len() >= LINE_MAX;
-        if line && !self.notified {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let now = if self.buf.back() == Some(&b'\n') || self.buf.len() >= LINE_MAX {
+            Told::Line
+        } else {
+            Told::Waiting
+        };
+        if now > self.told {
             if let Some(n) = &self.notify {
-                self.notified = true;
+                self.told = now;
                 let _ = n.write(1);
             }
         }
         Ok(())
     }
+}
+
+/// What the monitor was told about the output buffer since it was last empty.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Told {
+    Nothing,
+    /// Output waits: a partial line, written out `PARTIAL_DELAY` later.
+    Waiting,
+    /// A complete line waits: written out at once.
+    Line,
 }
 
 pub struct Serial {
@@ -386,6 +423,16 @@ impl Serial {
     /// The output descriptor to poll for POLLOUT while output is pending.
     pub fn output_fd(&self) -> Option<RawFd> {
         self.uart.writer().fd()
+    }
+
+    /// Whether a complete line waits, to be written out at once.
+    pub fn output_line_ready(&self) -> bool {
+        self.uart.writer().line_ready()
+    }
+
+    /// Whether the output descriptor was full at the last write: poll it for POLLOUT.
+    pub fn output_blocked(&self) -> bool {
+        self.uart.writer().blocked()
     }
 
     /// Writes out what the output descriptor takes now, without waiting. When that makes
@@ -566,19 +613,26 @@ mod tests {
         for b in b"ab" {
             s.write(0, &[*b]);
         }
-        // No I/O from the vCPU's side, and no wake-up for a partial line.
+        // No I/O from the vCPU's side; one wake-up for the first byte of a partial line.
         assert!(s.output_pending());
+        assert!(!s.output_line_ready());
         assert_eq!(std::fs::read(&path).unwrap(), b"");
-        assert!(wake.read().is_err(), "woken for a partial line");
+        assert_eq!(wake.read().unwrap(), 1, "not woken for the first byte");
+        assert!(wake.read().is_err(), "woken for each byte");
+        // One more when the line is complete, and not again until the monitor wrote.
         s.write(0, b"\n");
         assert_eq!(wake.read().unwrap(), 1);
+        assert!(s.output_line_ready());
         s.write(0, b"c");
         s.write(0, b"\n");
         assert!(wake.read().is_err(), "woken twice before the monitor wrote");
         s.write_out();
         assert!(!s.output_pending());
+        assert!(!s.output_blocked());
         assert_eq!(std::fs::read(&path).unwrap(), b"ab\nc\n");
+        // An empty buffer again: the next byte wakes the monitor again.
         s.write(0, b">");
+        assert_eq!(wake.read().unwrap(), 1);
         s.write_out();
         assert_eq!(std::fs::read(&path).unwrap(), b"ab\nc\n>");
         let _ = std::fs::remove_file(path);
@@ -631,6 +685,8 @@ mod tests {
         assert!(sent >= OUT_CAPACITY - TX_FIFO, "{sent}");
         assert!(sent <= OUT_CAPACITY + 4096, "{sent}");
         assert_eq!(lsr(&mut s) & (LSR_THRE | LSR_TEMT), 0);
+        // The monitor now waits for the descriptor to be writable.
+        assert!(s.output_blocked());
         // Nothing lost yet: what the pipe does not hold is buffered.
         let buffered = s.uart.writer().lost();
         assert!(buffered as usize > OUT_CAPACITY - TX_FIFO, "{buffered}");
@@ -651,6 +707,7 @@ mod tests {
             .enumerate()
             .all(|(i, b)| *b == b'0' + (i % 10) as u8));
         s.write_out();
+        assert!(s.output_blocked(), "the pipe took a page: more waits");
         assert_eq!(lsr(&mut s) & (LSR_THRE | LSR_TEMT), LSR_THRE | LSR_TEMT);
         assert!(
             irq_probe.read().is_ok(),

@@ -1,0 +1,80 @@
+# An interactive guest that waits in HLT with interrupts on: prints "ready\r\n" and the
+# prompt "> " (no line end), then echoes every byte COM1 receives, without a line end, taken
+# by its receive interrupt (IRQ 4 through the 8259). "q" leaves through debug-exit (0x71).
+        .include "common.inc"
+        .set    RX_BYTE, 0x500          # the last byte received, 0 when taken
+start:
+        cli
+        xor     ax, ax
+        mov     ds, ax
+        mov     ss, ax
+        mov     sp, 0x7000
+        mov     byte ptr [RX_BYTE], 0
+        mov     word ptr [0x0C * 4], offset com_isr
+        mov     word ptr [0x0C * 4 + 2], 0xF000
+        # The 8259 pair: vectors 08h and 70h; only IRQ 4 unmasked.
+        mov     al, 0x11
+        out     0x20, al
+        out     0xA0, al
+        mov     al, 0x08
+        out     0x21, al
+        mov     al, 0x70
+        out     0xA1, al
+        mov     al, 0x04
+        out     0x21, al
+        mov     al, 0x02
+        out     0xA1, al
+        mov     al, 0x01
+        out     0x21, al
+        out     0xA1, al
+        mov     al, 0xEF
+        out     0x21, al
+        mov     al, 0xFF
+        out     0xA1, al
+        # COM1: interrupt on received data.
+        mov     dx, COM1 + 4
+        mov     al, 0x08                # MCR.OUT2
+        out     dx, al
+        mov     dx, COM1 + 1
+        mov     al, 0x01                # IER.ERBFI
+        out     dx, al
+        mov     si, offset ready
+        call    print
+1:      sti
+        hlt
+        cli
+        mov     al, [RX_BYTE]
+        test    al, al
+        jz      1b
+        mov     byte ptr [RX_BYTE], 0
+        cmp     al, 'q'
+        je      2f
+        mov     [echo], al
+        mov     dx, COM1 + 5
+3:      in      al, dx
+        test    al, 0x20
+        jz      3b
+        mov     al, [echo]
+        mov     dx, COM1
+        out     dx, al
+        jmp     1b
+2:      exit    0x71
+
+com_isr:
+        push    ax
+        push    dx
+        push    ds
+        xor     ax, ax
+        mov     ds, ax
+        mov     dx, COM1
+        in      al, dx
+        mov     [RX_BYTE], al
+        mov     al, 0x20
+        out     0x20, al
+        pop     ds
+        pop     dx
+        pop     ax
+        iret
+
+        .set    echo, 0x502
+ready:  .asciz  "ready\r\n> "
