@@ -138,6 +138,9 @@ pub struct VmConfig {
     /// Debug builds only: the thread that sets the APs up waits this long before each AP
     /// after the first (`--x-ap-delay-ms`), so tests run the guest ahead of its APs.
     pub ap_delay: Duration,
+    /// Debug builds only: in each halt check, vCPU 0 is kicked this long after the others
+    /// (`--x-kick-gap-ms`), so tests let a vCPU run between two answers.
+    pub kick_gap: Duration,
     pub log_level: Option<Level>,
 }
 
@@ -164,6 +167,7 @@ impl Default for VmConfig {
             count_instructions: false,
             ram_delay: Duration::ZERO,
             ap_delay: Duration::ZERO,
+            kick_gap: Duration::ZERO,
             ram_fail: false,
             log_level: None,
         }
@@ -214,7 +218,7 @@ pub enum ConfigError {
     BadDisk(String),
     #[error("--module: '{0}' has no file name")]
     BadModule(String),
-    /// Debug builds only (`--x-ram-delay-ms`, `--x-ap-delay-ms`).
+    /// Debug builds only (`--x-ram-delay-ms`, `--x-ap-delay-ms`, `--x-kick-gap-ms`).
     #[cfg_attr(not(debug_assertions), allow(dead_code))]
     #[error("{0}: '{1}' is not a number of milliseconds up to 60000")]
     BadTestDelay(&'static str, String),
@@ -439,6 +443,10 @@ fn test_option(name: &str) -> Option<Opt> {
         "--x-ram-fail" => Opt::Flag(|cfg| cfg.ram_fail = true),
         "--x-ap-delay-ms" => Opt::Value(|cfg, v| {
             cfg.ap_delay = Duration::from_millis(test_delay_ms("--x-ap-delay-ms", v)?);
+            Ok(())
+        }),
+        "--x-kick-gap-ms" => Opt::Value(|cfg, v| {
+            cfg.kick_gap = Duration::from_millis(test_delay_ms("--x-kick-gap-ms", v)?);
             Ok(())
         }),
         _ => return None,

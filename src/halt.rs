@@ -44,10 +44,12 @@ pub const MAX_BACKOFF: Duration = Duration::from_millis(500);
 /// Without a statistics fd (older kernels), vCPUs are kicked at least this often instead.
 pub const FALLBACK_PERIOD: Duration = Duration::from_millis(20);
 
-/// One vCPU's `blocking` statistic.
+/// One vCPU's statistics the halt detector reads: `blocking` (the vCPU waits in KVM for an
+/// event), and `exits` (how many times it left guest mode) where KVM has it.
 pub struct BlockingStat {
     file: File,
     offset: u64,
+    exits_offset: Option<u64>,
 }
 
 impl BlockingStat {
@@ -57,19 +59,41 @@ impl BlockingStat {
         let mut stats: Vec<BlockingStat> = Vec::with_capacity(vcpus.len());
         for vcpu in vcpus {
             let file = stats_fd(vcpu)?;
-            let offset = match stats.first() {
-                Some(first) => first.offset,
-                None => find_stat(&file, "blocking")?,
+            let (offset, exits_offset) = match stats.first() {
+                Some(first) => (first.offset, first.exits_offset),
+                None => (find_stat(&file, "blocking")?, find_stat(&file, "exits")),
             };
-            stats.push(BlockingStat { file, offset });
+            stats.push(BlockingStat {
+                file,
+                offset,
+                exits_offset,
+            });
         }
         Some(stats)
     }
 
     pub fn blocking(&self) -> bool {
-        let mut b = [0u8; 8];
-        matches!(self.file.read_at(&mut b, self.offset), Ok(8)) && u64::from_ne_bytes(b) != 0
+        self.read(self.offset).is_some_and(|v| v != 0)
     }
+
+    /// How many times the vCPU left guest mode; None where KVM does not count it.
+    pub fn exits(&self) -> Option<u64> {
+        self.read(self.exits_offset?)
+    }
+
+    fn read(&self, offset: u64) -> Option<u64> {
+        let mut b = [0u8; 8];
+        matches!(self.file.read_at(&mut b, offset), Ok(8)).then(|| u64::from_ne_bytes(b))
+    }
+}
+
+/// Whether every vCPU stayed out of guest mode between two readings of its `exits` (taken
+/// before a halt check's kicks and after its last answer): then the "dead" answers, read one
+/// vCPU after another, describe one moment. A vCPU that ran in between (an interrupt woke it
+/// and it woke another with an IPI, then halted again) left guest mode at least once, at its
+/// HLT or at its kick. Without the counter the answers are taken as they are.
+pub fn still_since(before: &[Option<u64>], after: &[Option<u64>]) -> bool {
+    before.len() == after.len() && before.iter().zip(after).all(|(b, a)| b == a)
 }
 
 /// The vCPU's binary statistics file.
@@ -161,6 +185,16 @@ mod tests {
         all.extend(desc("blocking", 16, 48));
         assert_eq!(parse_descriptors(&all, 64, "blocking"), Some(16));
         assert_eq!(parse_descriptors(&all, 64, "nothing"), None);
+    }
+
+    #[test]
+    fn answers_stand_only_if_no_vcpu_ran_during_the_check() {
+        assert!(still_since(&[Some(5), Some(9)], &[Some(5), Some(9)]));
+        assert!(!still_since(&[Some(5), Some(9)], &[Some(5), Some(10)]));
+        // A counter that could not be read both times stands for an unchanged one.
+        assert!(still_since(&[None, Some(9)], &[None, Some(9)]));
+        assert!(!still_since(&[None, Some(9)], &[Some(3), Some(9)]));
+        assert!(!still_since(&[Some(1)], &[Some(1), Some(1)]));
     }
 
     #[test]

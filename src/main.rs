@@ -288,6 +288,7 @@ fn run(cfg: &VmConfig, start: Instant, filters: Option<Filters>) -> (i32, Option
             vcpu_threads,
             test_forbidden_syscall: cfg.test_forbidden_syscall,
             ap_delay: cfg.ap_delay,
+            kick_gap: cfg.kick_gap,
             reboot: cfg.reboot,
         },
     );

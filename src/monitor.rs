@@ -31,6 +31,8 @@ struct HaltCheck {
     /// Its number: answers to an earlier check (abandoned by a reboot) carry another.
     number: u64,
     answers: Vec<Option<bool>>,
+    /// Each vCPU's `exits` statistic before the kicks (empty without statistics).
+    exits: Vec<Option<u64>>,
 }
 
 /// The signals that stop the VM cleanly (exit 128+n, terminal restored). The supervisor
@@ -83,6 +85,8 @@ pub struct Options {
     pub test_forbidden_syscall: bool,
     /// Test builds: the wait before each AP's set-up (`--x-ap-delay-ms`).
     pub ap_delay: Duration,
+    /// Test builds: how much later than the others vCPU 0 is kicked (`--x-kick-gap-ms`).
+    pub kick_gap: Duration,
     /// A guest reset restarts the guest instead of ending the VM.
     pub reboot: bool,
 }
@@ -112,6 +116,7 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
         ));
     }
     let reboot_on_reset = opts.reboot;
+    let kick_gap = opts.kick_gap;
     let stdin_open = opts.stdin_to_serial;
     let handles = start_threads(machine, opts, tx, &wake)?;
 
@@ -136,6 +141,7 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
         started: Instant::now(),
         reboots: 0,
         timer_fds: machine.timers.iter().map(|t| lock(t).timer_fd()).collect(),
+        kick_gap,
     }
     .run()
 }
@@ -254,6 +260,7 @@ struct VmmLoop<'a> {
     started: Instant,
     reboots: u64,
     timer_fds: Vec<libc::c_int>,
+    kick_gap: Duration,
 }
 
 /// One poll's descriptors and where each kind sits among them.
@@ -360,15 +367,33 @@ impl VmmLoop<'_> {
             None => true,
         };
         if all_blocking {
+            // Every counter is read before the first kick (see `halt::still_since`).
+            let exits = self.exits();
             self.checks += 1;
-            for h in &self.handles {
+            for h in self.handles.iter().skip(1) {
+                h.check_halt(self.checks);
+            }
+            if !self.kick_gap.is_zero() {
+                let _ = ppoll(&mut [], self.kick_gap);
+            }
+            if let Some(h) = self.handles.first() {
                 h.check_halt(self.checks);
             }
             self.check = Some(HaltCheck {
                 number: self.checks,
                 answers: vec![None; self.handles.len()],
+                exits,
             });
         }
+    }
+
+    /// Every vCPU's `exits` statistic (empty without statistics).
+    fn exits(&self) -> Vec<Option<u64>> {
+        self.stats
+            .iter()
+            .flatten()
+            .map(BlockingStat::exits)
+            .collect()
     }
 
     /// How long the poll may wait: never past the deadline.
@@ -504,7 +529,16 @@ impl VmmLoop<'_> {
             return None;
         }
         if c.answers.iter().all(|a| *a == Some(true)) {
-            return Some(ended(ExitReason::Halted));
+            if halt::still_since(&c.exits, &self.exits()) {
+                return Some(ended(ExitReason::Halted));
+            }
+            // A vCPU ran while the answers came in: ask again at the next tick.
+            log::debug(format_args!(
+                "halt check {}: a vCPU ran during it",
+                c.number
+            ));
+            self.check = None;
+            return None;
         }
         self.backoff.alive();
         self.next_kick = Instant::now() + self.backoff.wait(self.stats.is_some());

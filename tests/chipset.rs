@@ -462,3 +462,31 @@ fn pit_com1_rtc_and_sci_interrupts_reach_the_guest() {
     assert!(count("rtc") >= 3, "RTC (IRQ 8): {line}");
     assert!(count("sci") >= 1, "ACPI SCI (IRQ 9): {line}");
 }
+
+/// Halt answers are read one vCPU after another. Here the AP answers "halted with interrupts
+/// off" first; then the BSP's LAPIC timer wakes it, its handler wakes the AP with an NMI, and
+/// the BSP halts with interrupts off before its own (late) kick. Both answers say dead while
+/// the AP runs: the detector sees from KVM's `exits` counters that a vCPU ran during the
+/// check and asks again, so the guest lives on and ends itself through debug-exit.
+#[test]
+fn a_vcpu_that_runs_between_two_halt_answers_keeps_the_guest_alive() {
+    if !kvm_available() {
+        return;
+    }
+    let g = guest("halt_race", &[]);
+    let r = minipc(&[
+        "--firmware",
+        path_str(&g),
+        "--cpus",
+        "2",
+        "--x-kick-gap-ms",
+        "300",
+        "--stats",
+        "--timeout",
+        "30",
+    ]);
+    assert_eq!(r.code, (0x42 << 1) | 1, "{}", r.stderr);
+    // Without the gap, the same guest ends the same way.
+    let r = minipc(&["--firmware", path_str(&g), "--cpus", "2", "--timeout", "30"]);
+    assert_eq!(r.code, (0x42 << 1) | 1, "{}", r.stderr);
+}

@@ -101,14 +101,17 @@ fn a_forbidden_syscall_stops_the_vm_with_its_name() {
 
 /// With several vCPUs, the threads after the first inherit its wider spawner filter and stack
 /// the spawn guard on it (vcpu/threads.rs): the last vCPU tries gettid, which only the
-/// guard forbids.
+/// guard forbids. The guest spins, so it cannot end before the last AP's thread starts.
 #[test]
 fn inherited_vcpu_filters_are_as_narrow_as_the_vcpu_list() {
     if !kvm_available() {
         return;
     }
+    let g = guest("spin", &[]);
     for cpus in ["2", "3"] {
         let r = minipc(&[
+            "--firmware",
+            path_str(&g),
             "--x-test-forbidden-syscall",
             "--cpus",
             cpus,
