@@ -20,12 +20,7 @@ start:
         mov     ss, ax
         mov     sp, 0x7000
         mov     byte ptr es:[FLAG], 0
-        mov     ax, cs
-        mov     ds, ax
-        mov     si, offset trampoline
-        mov     di, TRAMPOLINE
-        mov     cx, trampoline_end - trampoline
-        rep     movsb
+        copy_code trampoline, trampoline_end, TRAMPOLINE
         xor     ax, ax
         mov     ds, ax
         mov     word ptr [TIMER_VECTOR * 4], offset bsp_timer

@@ -11,24 +11,7 @@ start:
         mov     word ptr [0x08 * 4], offset tick
         mov     word ptr [0x08 * 4 + 2], 0xF000
         # The master 8259 at vector 08h, only IRQ 0 unmasked; the slave masked.
-        mov     al, 0x11
-        out     0x20, al
-        out     0xA0, al
-        mov     al, 0x08
-        out     0x21, al
-        mov     al, 0x70
-        out     0xA1, al
-        mov     al, 0x04
-        out     0x21, al
-        mov     al, 0x02
-        out     0xA1, al
-        mov     al, 0x01
-        out     0x21, al
-        out     0xA1, al
-        mov     al, 0xFE
-        out     0x21, al
-        mov     al, 0xFF
-        out     0xA1, al
+        init_8259s 0xFE, 0xFF
         # Channel 0, LSB then MSB, mode 2, binary, divisor 65536.
         mov     al, 0x34
         out     0x43, al

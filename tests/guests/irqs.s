@@ -25,24 +25,7 @@ start:
         vector  0x70, rtc_isr
         vector  0x71, sci_isr
         # The 8259 pair: vectors 08h and 70h; IRQ 0, 2 (cascade), 4, 8, 9 unmasked.
-        mov     al, 0x11
-        out     0x20, al
-        out     0xA0, al
-        mov     al, 0x08
-        out     0x21, al
-        mov     al, 0x70
-        out     0xA1, al
-        mov     al, 0x04
-        out     0x21, al
-        mov     al, 0x02
-        out     0xA1, al
-        mov     al, 0x01
-        out     0x21, al
-        out     0xA1, al
-        mov     al, 0xEA
-        out     0x21, al
-        mov     al, 0xFC
-        out     0xA1, al
+        init_8259s 0xEA, 0xFC
         # PIT channel 0, rate generator, 100 Hz.
         mov     al, 0x34
         out     0x43, al

@@ -15,12 +15,7 @@ start:
         xor     ax, ax
         mov     es, ax
         mov     dword ptr es:[COUNTER], 0
-        mov     ax, cs
-        mov     ds, ax
-        mov     si, offset trampoline
-        mov     di, TRAMPOLINE
-        mov     cx, trampoline_end - trampoline
-        rep     movsb
+        copy_code trampoline, trampoline_end, TRAMPOLINE
         enter_pmode
         .code32
 pm_start:

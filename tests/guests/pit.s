@@ -194,24 +194,7 @@ start:
 
 # 5. IRQ 0 in mode 2 at 100 Hz, over one second of the CMOS clock. The 8259 pair at
 # vectors 08h and 70h, only IRQ 0 unmasked.
-4:      mov     al, 0x11
-        out     0x20, al
-        out     0xA0, al
-        mov     al, 0x08
-        out     0x21, al
-        mov     al, 0x70
-        out     0xA1, al
-        mov     al, 0x04
-        out     0x21, al
-        mov     al, 0x02
-        out     0xA1, al
-        mov     al, 0x01
-        out     0x21, al
-        out     0xA1, al
-        mov     al, 0xFE
-        out     0x21, al
-        mov     al, 0xFF
-        out     0xA1, al
+4:      init_8259s 0xFE, 0xFF
         mov     al, 0x34                # channel 0, LSB then MSB, mode 2
         call    pit_100hz
         call    rtc_seconds

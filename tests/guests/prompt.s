@@ -13,24 +13,7 @@ start:
         mov     word ptr [0x0C * 4], offset com_isr
         mov     word ptr [0x0C * 4 + 2], 0xF000
         # The 8259 pair: vectors 08h and 70h; only IRQ 4 unmasked.
-        mov     al, 0x11
-        out     0x20, al
-        out     0xA0, al
-        mov     al, 0x08
-        out     0x21, al
-        mov     al, 0x70
-        out     0xA1, al
-        mov     al, 0x04
-        out     0x21, al
-        mov     al, 0x02
-        out     0xA1, al
-        mov     al, 0x01
-        out     0x21, al
-        out     0xA1, al
-        mov     al, 0xEF
-        out     0x21, al
-        mov     al, 0xFF
-        out     0xA1, al
+        init_8259s 0xEF, 0xFF
         # COM1: interrupt on received data.
         mov     dx, COM1 + 4
         mov     al, 0x08                # MCR.OUT2

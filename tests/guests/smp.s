@@ -17,12 +17,7 @@ start:
         mov     word ptr es:[COUNT], 0
         mov     dword ptr es:[IDS], 0
         # The AP trampoline must be in RAM below 1 MiB: copy it.
-        mov     ax, cs
-        mov     ds, ax
-        mov     si, offset trampoline
-        mov     di, TRAMPOLINE
-        mov     cx, trampoline_end - trampoline
-        rep     movsb
+        copy_code trampoline, trampoline_end, TRAMPOLINE
         # The CPU count from fw_cfg (key 0x05, 16-bit).
         mov     dx, 0x510
         mov     ax, 0x05
