@@ -307,11 +307,12 @@ impl VmmLoop<'_> {
             }
         }
         self.halt_check(now);
+        let (poll_out, write_at) = self.output_plan(now);
         let mut wait = self.wait(now);
-        if let Some(due) = self.partial_due {
-            wait = wait.min(due.saturating_duration_since(now));
+        if let Some(at) = write_at {
+            wait = wait.min(at.saturating_duration_since(now));
         }
-        let mut set = self.poll_fds();
+        let mut set = self.poll_fds(poll_out);
         if ppoll(&mut set.fds, wait)? {
             if let Some(o) = self.handle_ready(&set)? {
                 return Ok(Some(o));
@@ -321,9 +322,28 @@ impl VmmLoop<'_> {
         Ok(None)
     }
 
+    /// What the serial output needs of the next poll: POLLOUT (while a full descriptor holds
+    /// back the rest, or when output is due on a descriptor whose writes may wait), or a wake
+    /// at the moment a partial line is due.
+    fn output_plan(&self, now: Instant) -> (bool, Option<Instant>) {
+        let serial = lock(&self.machine.serial);
+        if !serial.output_pending() {
+            return (false, None);
+        }
+        if serial.output_blocked() {
+            return (true, None);
+        }
+        let due = serial.output_line_ready() || self.partial_due.is_some_and(|d| now >= d);
+        if serial.output_may_block() && due {
+            return (true, None);
+        }
+        (false, self.partial_due)
+    }
+
     /// Writes the guest's output out when it is due: a complete line at once, a partial line
     /// `PARTIAL_DELAY` after the monitor learnt of it, and what a full descriptor did not take
-    /// when it becomes writable.
+    /// when it becomes writable. A descriptor whose writes may wait is written only when the
+    /// poll said it is writable.
     fn serve_output(&mut self, set: &PollSet) {
         let mut serial = lock(&self.machine.serial);
         if !serial.output_pending() {
@@ -331,9 +351,10 @@ impl VmmLoop<'_> {
             return;
         }
         let now = Instant::now();
-        let due = if serial.output_blocked() {
-            // Writable, or failed (POLLERR, POLLHUP: the write says which).
-            set.out_slot.is_some_and(|slot| set.fds[slot].revents != 0)
+        // Writable, or failed (POLLERR, POLLHUP: the write says which).
+        let writable = set.out_slot.is_some_and(|slot| set.fds[slot].revents != 0);
+        let due = if serial.output_blocked() || serial.output_may_block() {
+            writable
         } else {
             serial.output_line_ready() || self.partial_due.is_some_and(|d| now >= d)
         };
@@ -413,8 +434,8 @@ impl VmmLoop<'_> {
     }
 
     /// The descriptors to poll: the wake eventfd, the signalfd, the timers, the serial output
-    /// while some is pending, and stdin while the UART can take what is read.
-    fn poll_fds(&self) -> PollSet {
+    /// when `poll_out` (see `output_plan`), and stdin while the UART can take what is read.
+    fn poll_fds(&self, poll_out: bool) -> PollSet {
         let mut fds = vec![
             libc::pollfd {
                 fd: std::os::fd::AsRawFd::as_raw_fd(&*self.wake),
@@ -435,14 +456,11 @@ impl VmmLoop<'_> {
                 revents: 0,
             });
         }
-        // The guest's output, while some waits for a full descriptor to take it.
+        // The guest's output, when `output_plan` asks for POLLOUT.
         let out_slot = fds.len();
-        let out_fd = {
-            let serial = lock(&self.machine.serial);
-            (serial.output_pending() && serial.output_blocked())
-                .then(|| serial.output_fd())
-                .flatten()
-        };
+        let out_fd = poll_out
+            .then(|| lock(&self.machine.serial).output_fd())
+            .flatten();
         if let Some(fd) = out_fd {
             fds.push(libc::pollfd {
                 fd,

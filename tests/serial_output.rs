@@ -381,3 +381,69 @@ fn a_partial_line_from_an_idle_guest_is_written_out_at_once() {
         "an echoed byte took {worst:?} to reach the reader"
     );
 }
+
+/// Without /proc, a terminal on stdout cannot get a private description with O_NONBLOCK, and
+/// its shared one keeps its mode: the VMM writes it only when poll says it takes bytes, one
+/// small write at a time. A terminal nobody reads (its buffer full) then holds back the
+/// output, never `--timeout`.
+#[test]
+fn a_terminal_nobody_reads_without_proc_does_not_stop_the_timeout() {
+    if !kvm_available() {
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !precondition(
+        root,
+        "needs root to hide /proc in a private mount namespace",
+    ) {
+        return;
+    }
+    let g = guest("flood", &[]);
+    let (mut m, mut s) = (0, 0);
+    // SAFETY: openpty fills two descriptors that we then own.
+    let r = unsafe {
+        libc::openpty(
+            &mut m,
+            &mut s,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "openpty");
+    // SAFETY: fresh descriptors from openpty; the master stays open and unread.
+    let (_master, slave) = unsafe { (File::from_raw_fd(m), File::from_raw_fd(s)) };
+    let child = Command::new("unshare")
+        .args([
+            "--mount",
+            "sh",
+            "-c",
+            "mount -t tmpfs none /proc && exec \"$0\" \"$@\"",
+            MINIPC,
+            "--firmware",
+            path_str(&g),
+            "--timeout",
+            "1",
+        ])
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(slave))
+        .stderr(Stdio::piped())
+        .spawn();
+    let child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            precondition(false, &format!("cannot run unshare (util-linux): {e}"));
+            return;
+        }
+    };
+    let start = Instant::now();
+    let (code, err) = wait_within(child, Duration::from_secs(20), "a terminal nobody reads");
+    assert_eq!(code, 124, "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(6),
+        "took {:?}: {err}",
+        start.elapsed()
+    );
+}

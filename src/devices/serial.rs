@@ -63,7 +63,8 @@ const LCR_DLAB: u8 = 1 << 7;
 /// with the caller (a shell's terminal, the rest of a pipeline), so the flag is set on a
 /// private description, reopened through /proc/self/fd/1; when that is impossible (no /proc,
 /// a socket) on the shared one, and put back at exit (`Serial::finish_output`). A terminal
-/// without /proc is written as it is: poll says when it takes bytes, and writes are small.
+/// without /proc is written as it is (`may_block`): one small write each time poll says it
+/// takes bytes, never a write without that (a stopped terminal would hold it).
 struct OutFd {
     fd: RawFd,
     /// A reopened private description, closed with it.
@@ -72,6 +73,8 @@ struct OutFd {
     restore: Option<libc::c_int>,
     /// The most one write may carry (small for a blocking terminal).
     chunk: usize,
+    /// Writes may wait (a terminal without O_NONBLOCK): only one, and only after POLLOUT.
+    may_block: bool,
 }
 
 fn file_type(fd: RawFd) -> io::Result<libc::mode_t> {
@@ -110,6 +113,7 @@ impl OutFd {
             // All that is buffered: a pipe takes at most PIPE_BUF bytes atomically (all or
             // nothing), more in part, so a large write fills whatever room it has.
             chunk: usize::MAX,
+            may_block: false,
         }
     }
 
@@ -134,6 +138,7 @@ impl OutFd {
             // A terminal's mode belongs to the user's session: leave it alone.
             return Ok(OutFd {
                 chunk: 64,
+                may_block: true,
                 ..OutFd::plain(fd)
             });
         }
@@ -257,7 +262,9 @@ impl SerialOut {
         self.out.as_ref().map(|o| o.fd)
     }
 
-    /// Writes out what the descriptor takes now, never waiting. Returns the bytes written.
+    /// Writes out what the descriptor takes now, never waiting (a descriptor whose writes may
+    /// wait gets one write, which the caller makes only after POLLOUT). Returns the bytes
+    /// written.
     pub fn write_out(&mut self) -> usize {
         let mut total = 0;
         while !self.buf.is_empty() {
@@ -272,6 +279,9 @@ impl SerialOut {
                 Ok(n) => {
                     self.buf.drain(..n);
                     total += n;
+                    if out.may_block {
+                        break;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
                     log::debug(format_args!("serial: output failed: {e}; output dropped"));
@@ -302,6 +312,11 @@ impl SerialOut {
     /// Whether the descriptor did not take everything at the last write.
     pub fn blocked(&self) -> bool {
         self.blocked
+    }
+
+    /// Whether a write may wait: write only after POLLOUT.
+    pub fn may_block(&self) -> bool {
+        self.out.as_ref().is_some_and(|o| o.may_block)
     }
 
     /// The VM is ending: later bytes from the guest are dropped.
@@ -435,6 +450,11 @@ impl Serial {
         self.uart.writer().blocked()
     }
 
+    /// Whether a write to the output descriptor may wait: write only after POLLOUT.
+    pub fn output_may_block(&self) -> bool {
+        self.uart.writer().may_block()
+    }
+
     /// Writes out what the output descriptor takes now, without waiting. When that makes
     /// room in a full buffer, the guest's THRE interrupt (if enabled) fires again.
     pub fn write_out(&mut self) {
@@ -464,12 +484,14 @@ impl Serial {
     /// output failed if it did (other than by its reader going away).
     pub fn finish_output(serial: &Mutex<Serial>, stall: Duration) -> OutputEnd {
         let mut last_progress = Instant::now();
+        // A descriptor whose writes may wait is written only once poll said it takes bytes.
+        let mut writable = !lock(serial).output_may_block();
         loop {
             let fd = {
                 let mut s = lock(serial);
                 let out = s.uart.writer_mut();
                 out.close();
-                if out.write_out() > 0 {
+                if writable && out.write_out() > 0 {
                     last_progress = Instant::now();
                 }
                 if !out.pending() {
@@ -494,7 +516,9 @@ impl Serial {
                 tv_nsec: left.subsec_nanos() as libc::c_long,
             };
             // SAFETY: one valid pollfd and a valid timespec.
-            unsafe { libc::ppoll(&mut p, 1, &ts, std::ptr::null()) };
+            let r = unsafe { libc::ppoll(&mut p, 1, &ts, std::ptr::null()) };
+            // Writable, or failed (POLLERR, POLLHUP: the write says which).
+            writable = r > 0 && p.revents != 0;
         }
         let mut s = lock(serial);
         let out = s.uart.writer_mut();
