@@ -93,7 +93,7 @@ impl BlockingStat {
 /// and it woke another with an IPI, then halted again) left guest mode at least once, at its
 /// HLT or at its kick. Without the counter the answers are taken as they are.
 pub fn still_since(before: &[Option<u64>], after: &[Option<u64>]) -> bool {
-    before.len() == after.len() && before.iter().zip(after).all(|(b, a)| b == a)
+    before == after
 }
 
 /// The vCPU's binary statistics file.

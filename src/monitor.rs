@@ -11,7 +11,7 @@ use kvm_ioctls::VcpuFd;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::lock;
-use crate::devices::serial::PARTIAL_DELAY;
+use crate::devices::serial::{Serial, PARTIAL_DELAY};
 use crate::exit::ExitReason;
 use crate::halt::{self, Backoff, BlockingStat, FALLBACK_PERIOD};
 use crate::log;
@@ -333,11 +333,16 @@ impl VmmLoop<'_> {
         if serial.output_blocked() {
             return (true, None);
         }
-        let due = serial.output_line_ready() || self.partial_due.is_some_and(|d| now >= d);
-        if serial.output_may_block() && due {
+        if serial.output_may_block() && self.line_due(&serial, now) {
             return (true, None);
         }
         (false, self.partial_due)
+    }
+
+    /// Whether the pending output should go out now: a complete line, or a partial line whose
+    /// delay has passed.
+    fn line_due(&self, serial: &Serial, now: Instant) -> bool {
+        serial.output_line_ready() || self.partial_due.is_some_and(|d| now >= d)
     }
 
     /// Writes the guest's output out when it is due: a complete line at once, a partial line
@@ -356,7 +361,7 @@ impl VmmLoop<'_> {
         let due = if serial.output_blocked() || serial.output_may_block() {
             writable
         } else {
-            serial.output_line_ready() || self.partial_due.is_some_and(|d| now >= d)
+            self.line_due(&serial, now)
         };
         if due {
             serial.write_out();

@@ -400,20 +400,8 @@ fn a_terminal_nobody_reads_without_proc_does_not_stop_the_timeout() {
         return;
     }
     let g = guest("flood", &[]);
-    let (mut m, mut s) = (0, 0);
-    // SAFETY: openpty fills two descriptors that we then own.
-    let r = unsafe {
-        libc::openpty(
-            &mut m,
-            &mut s,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(r, 0, "openpty");
-    // SAFETY: fresh descriptors from openpty; the master stays open and unread.
-    let (_master, slave) = unsafe { (File::from_raw_fd(m), File::from_raw_fd(s)) };
+    // The master stays open and unread.
+    let (_master, slave) = openpty();
     let child = Command::new("unshare")
         .args([
             "--mount",

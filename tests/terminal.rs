@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -14,24 +14,10 @@ struct Pty {
 }
 
 fn pty() -> Pty {
-    let (mut m, mut s) = (0, 0);
-    // SAFETY: openpty fills two descriptors that we then own.
-    let r = unsafe {
-        libc::openpty(
-            &mut m,
-            &mut s,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(r, 0, "openpty");
-    // SAFETY: fresh descriptors from openpty.
-    unsafe {
-        Pty {
-            _master: OwnedFd::from_raw_fd(m),
-            slave: OwnedFd::from_raw_fd(s),
-        }
+    let (master, slave) = openpty();
+    Pty {
+        _master: master,
+        slave,
     }
 }
 
