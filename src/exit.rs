@@ -41,7 +41,7 @@ pub enum ExitReason {
     UnhandledExit(String),
     /// `--timeout` expired.
     Timeout,
-    /// A stop signal: SIGINT, SIGTERM, SIGHUP or SIGQUIT (monitor.rs).
+    /// A stop signal: SIGINT, SIGTERM, SIGHUP or SIGQUIT (monitor/signals.rs).
     Signal(i32),
     /// The VMM failed on the host side (an ioctl or thread start failed).
     HostError(String),

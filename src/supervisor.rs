@@ -10,7 +10,7 @@
 //!
 //! The two processes live and die together:
 //! - SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to the parent are forwarded to the child, which
-//!   stops the VM cleanly (monitor.rs) and reports 128+n. They are blocked from before the
+//!   stops the VM cleanly (monitor/signals.rs) and reports 128+n. They are blocked from before the
 //!   fork until the parent's forwarding handlers are in place, so one sent in the first
 //!   microseconds is forwarded too, never lost and never fatal to the parent alone.
 //! - The child asks for SIGTERM when its parent dies (`PR_SET_PDEATHSIG`), and then checks

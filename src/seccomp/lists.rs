@@ -15,7 +15,7 @@ use seccompiler::{
 pub enum ThreadKind {
     /// The parent process that waits for the exit code (supervisor.rs).
     Supervisor,
-    /// The VMM's main thread once the machine is built (monitor.rs).
+    /// The VMM's main thread once the machine is built (monitor/).
     Vmm,
     /// A vCPU thread (vcpu/).
     Vcpu,

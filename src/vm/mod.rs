@@ -387,7 +387,7 @@ fn reset_state(
 /// The vCPUs, and the CPUID each one's thread sets; with `--x-count-instructions`, vCPU 0
 /// single-steps.
 fn vcpu_stage(vm: &VmFd, cpuid: &CpuId, cfg: &VmConfig) -> Result<NewVcpus, VmError> {
-    // With `--reboot`, each vCPU's reset state is read before the guest runs (monitor.rs),
+    // With `--reboot`, each vCPU's reset state is read before the guest runs (monitor/),
     // and the state KVM reports depends on the CPUID: so every vCPU has it before.
     let (vcpus, pending) = create_vcpus(vm, cpuid, cfg.cpus, !cfg.reboot)?;
     if cfg.count_instructions {

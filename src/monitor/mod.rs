@@ -2,6 +2,11 @@
 //! serial port), the stop signals (SIGINT, SIGTERM, SIGHUP, SIGQUIT), the `--timeout` deadline
 //! and the halt detector's tick.
 
+mod output;
+mod signals;
+
+pub use signals::{block_stop_signals, STOP_SIGNALS};
+
 use std::io;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Barrier};
@@ -11,13 +16,14 @@ use kvm_ioctls::VcpuFd;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::lock;
-use crate::devices::serial::{Serial, PARTIAL_DELAY};
 use crate::exit::ExitReason;
 use crate::halt::{self, Backoff, BlockingStat, FALLBACK_PERIOD};
 use crate::log;
 use crate::seccomp::{self, ThreadKind};
 use crate::vcpu::{self, VcpuHandle, VcpuMsg};
 use crate::vm::Machine;
+use output::OutputSchedule;
+use signals::{read_signal, signal_fd};
 
 /// How the VM ended.
 pub struct Outcome {
@@ -33,45 +39,6 @@ struct HaltCheck {
     answers: Vec<Option<bool>>,
     /// Each vCPU's `exits` statistic before the kicks (empty without statistics).
     exits: Vec<Option<u64>>,
-}
-
-/// The signals that stop the VM cleanly (exit 128+n, terminal restored). The supervisor
-/// forwards the same ones, and the child gets SIGTERM when the supervisor dies.
-pub const STOP_SIGNALS: [libc::c_int; 4] =
-    [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
-
-/// Blocks the stop signals in the calling thread (and so in every thread it starts later):
-/// from then on they wait for the monitor's signalfd instead of killing the process. Called
-/// before the terminal goes raw, so that no stop signal can leave it raw.
-pub fn block_stop_signals() -> io::Result<libc::sigset_t> {
-    let set = crate::supervisor::signal_set(&STOP_SIGNALS);
-    // SAFETY: `set` is a valid sigset_t.
-    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if r != 0 {
-        return Err(io::Error::from_raw_os_error(r));
-    }
-    Ok(set)
-}
-
-/// Blocks the stop signals and returns a signalfd that reports them (including any that
-/// arrived since they were blocked).
-fn signal_fd() -> io::Result<libc::c_int> {
-    let set = block_stop_signals()?;
-    // SAFETY: a new signalfd for `set`.
-    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(fd)
-}
-
-fn read_signal(fd: libc::c_int) -> Option<i32> {
-    // SAFETY: signalfd_siginfo is plain data.
-    let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-    let n = std::mem::size_of::<libc::signalfd_siginfo>();
-    // SAFETY: reading at most n bytes into `info`.
-    let r = unsafe { libc::read(fd, &mut info as *mut _ as *mut libc::c_void, n) };
-    (r as usize == n).then_some(info.ssi_signo as i32)
 }
 
 /// How to run the machine.
@@ -135,7 +102,7 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
         pending_input: Vec::new(),
         backoff: Backoff::new(),
         next_kick: Instant::now(),
-        partial_due: None,
+        output: OutputSchedule::default(),
         check: None,
         checks: 0,
         started: Instant::now(),
@@ -251,8 +218,8 @@ struct VmmLoop<'a> {
     backoff: Backoff,
     /// When the halt detector may kick next.
     next_kick: Instant,
-    /// When the partial line waiting in the serial output is written out.
-    partial_due: Option<Instant>,
+    /// When the serial output is written out.
+    output: OutputSchedule,
     /// The halt check in flight.
     check: Option<HaltCheck>,
     /// How many halt checks went out: the last one's number.
@@ -307,73 +274,20 @@ impl VmmLoop<'_> {
             }
         }
         self.halt_check(now);
-        let (poll_out, write_at) = self.output_plan(now);
+        let plan = self.output.plan(&lock(&self.machine.serial), now);
         let mut wait = self.wait(now);
-        if let Some(at) = write_at {
+        if let Some(at) = plan.write_at {
             wait = wait.min(at.saturating_duration_since(now));
         }
-        let mut set = self.poll_fds(poll_out);
+        let mut set = self.poll_fds(plan.poll_out);
         if ppoll(&mut set.fds, wait)? {
             if let Some(o) = self.handle_ready(&set)? {
                 return Ok(Some(o));
             }
         }
-        self.serve_output(&set);
-        Ok(None)
-    }
-
-    /// What the serial output needs of the next poll: POLLOUT (while a full descriptor holds
-    /// back the rest, or when output is due on a descriptor whose writes may wait), or a wake
-    /// at the moment a partial line is due.
-    fn output_plan(&self, now: Instant) -> (bool, Option<Instant>) {
-        let serial = lock(&self.machine.serial);
-        if !serial.output_pending() {
-            return (false, None);
-        }
-        if serial.output_blocked() {
-            return (true, None);
-        }
-        if serial.output_may_block() && self.line_due(&serial, now) {
-            return (true, None);
-        }
-        (false, self.partial_due)
-    }
-
-    /// Whether the pending output should go out now: a complete line, or a partial line whose
-    /// delay has passed.
-    fn line_due(&self, serial: &Serial, now: Instant) -> bool {
-        serial.output_line_ready() || self.partial_due.is_some_and(|d| now >= d)
-    }
-
-    /// Writes the guest's output out when it is due: a complete line at once, a partial line
-    /// `PARTIAL_DELAY` after the monitor learnt of it, and what a full descriptor did not take
-    /// when it becomes writable. A descriptor whose writes may wait is written only when the
-    /// poll said it is writable.
-    fn serve_output(&mut self, set: &PollSet) {
-        let mut serial = lock(&self.machine.serial);
-        if !serial.output_pending() {
-            self.partial_due = None;
-            return;
-        }
-        let now = Instant::now();
-        // Writable, or failed (POLLERR, POLLHUP: the write says which).
         let writable = set.out_slot.is_some_and(|slot| set.fds[slot].revents != 0);
-        let due = if serial.output_blocked() || serial.output_may_block() {
-            writable
-        } else {
-            self.line_due(&serial, now)
-        };
-        if due {
-            serial.write_out();
-        }
-        self.partial_due = if !serial.output_pending() {
-            None
-        } else if serial.output_blocked() {
-            // The poll for POLLOUT takes over.
-            None
-        } else {
-            Some(self.partial_due.unwrap_or(now + PARTIAL_DELAY))
-        };
+        self.output.serve(&mut lock(&self.machine.serial), writable);
+        Ok(None)
     }
 
     /// The halt detector's tick: when no check is in flight and the next kick is due, asks
@@ -439,7 +353,7 @@ impl VmmLoop<'_> {
     }
 
     /// The descriptors to poll: the wake eventfd, the signalfd, the timers, the serial output
-    /// when `poll_out` (see `output_plan`), and stdin while the UART can take what is read.
+    /// when `poll_out` (see `OutputSchedule::plan`), and stdin while the UART can take what is read.
     fn poll_fds(&self, poll_out: bool) -> PollSet {
         let mut fds = vec![
             libc::pollfd {
@@ -461,7 +375,7 @@ impl VmmLoop<'_> {
                 revents: 0,
             });
         }
-        // The guest's output, when `output_plan` asks for POLLOUT.
+        // The guest's output, when its schedule asks for POLLOUT.
         let out_slot = fds.len();
         let out_fd = poll_out
             .then(|| lock(&self.machine.serial).output_fd())
