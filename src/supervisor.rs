@@ -6,7 +6,9 @@
 //! machine, writes the exit code into a pipe, closes its stdio and exits (paying for the
 //! teardown); the parent, which never opened KVM, exits with that code as soon as it reads
 //! it. If the child dies without reporting (a crash, a seccomp kill, SIGKILL), the parent
-//! reports how it died and puts the terminal back the way it was before the fork.
+//! reports how it died and puts the terminal back the way it was before the fork, and the
+//! status flags of stdout's shared description (the child may have added O_NONBLOCK,
+//! devices/serial.rs).
 //!
 //! The two processes live and die together:
 //! - SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to the parent are forwarded to the child, which
@@ -86,6 +88,14 @@ fn set_mask(mask: &libc::sigset_t) {
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, mask, std::ptr::null_mut()) };
 }
 
+/// What the parent puts back when the child dies without reporting.
+struct Saved {
+    /// Stdin's terminal settings, if stdin is a terminal.
+    terminal: Option<libc::termios>,
+    /// Stdout's status flags; negative when stdout is not open.
+    stdout_flags: libc::c_int,
+}
+
 /// The terminal settings on stdin before the fork, if stdin is a terminal.
 fn terminal_settings() -> Option<libc::termios> {
     // SAFETY: isatty only inspects the descriptor.
@@ -128,6 +138,8 @@ pub fn split(filter: Option<&seccompiler::BpfProgram>) -> Reporter {
     // SAFETY: valid sets; blocks the stop signals until each side has set up its handling.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &stop, &mut old) };
     let terminal = terminal_settings();
+    // SAFETY: F_GETFL takes no argument; -1 when stdout is not open.
+    let stdout_flags = unsafe { libc::fcntl(1, libc::F_GETFL) };
     // SAFETY: getpid has no arguments and cannot fail.
     let parent = unsafe { libc::getpid() };
 
@@ -155,18 +167,22 @@ pub fn split(filter: Option<&seccompiler::BpfProgram>) -> Reporter {
         unsafe { libc::close(p[0]) };
         return Reporter { fd: p[1] };
     }
-    supervise(pid, p, &old, terminal, filter)
+    let saved = Saved {
+        terminal,
+        stdout_flags,
+    };
+    supervise(pid, p, &old, saved, filter)
 }
 
 /// The parent's side after the fork: forwards the stop signals to `child`, restores the
 /// signal mask `old`, installs its own filter, then exits with the code the child writes
 /// into `pipe` or, when the child dies without writing it, puts the terminal back to
-/// `terminal` and exits with how the child ended.
+/// `saved` and exits with how the child ended.
 fn supervise(
     child: libc::pid_t,
     pipe: [libc::c_int; 2],
     old: &libc::sigset_t,
-    terminal: Option<libc::termios>,
+    saved: Saved,
     filter: Option<&seccompiler::BpfProgram>,
 ) -> ! {
     CHILD.store(child, Ordering::Relaxed);
@@ -193,10 +209,15 @@ fn supervise(
     let status = match reported_code(pipe[0]) {
         Some(c) => c,
         None => {
-            // The child died without reporting: it may have left the terminal raw.
-            if let Some(t) = &terminal {
+            // The child died without reporting: it may have left the terminal raw, and
+            // stdout's shared description non-blocking.
+            if let Some(t) = &saved.terminal {
                 // SAFETY: `t` was read from fd 0 before the fork.
                 unsafe { libc::tcsetattr(0, libc::TCSANOW, t) };
+            }
+            if saved.stdout_flags >= 0 {
+                // SAFETY: F_SETFL with the integer flags read before the fork.
+                unsafe { libc::fcntl(1, libc::F_SETFL, saved.stdout_flags) };
             }
             child_status(child)
         }

@@ -382,10 +382,9 @@ fn a_partial_line_from_an_idle_guest_is_written_out_at_once() {
     );
 }
 
-/// Without /proc, a terminal on stdout cannot get a private description with O_NONBLOCK, and
-/// its shared one keeps its mode: the VMM writes it only when poll says it takes bytes, one
-/// small write at a time. A terminal nobody reads (its buffer full) then holds back the
-/// output, never `--timeout`.
+/// Without /proc, a terminal on stdout cannot get a private description with O_NONBLOCK: its
+/// shared one gets the flag only around each write. A terminal nobody reads (its buffer
+/// full) then holds back the output, never `--timeout`, and stays blocking for the session.
 #[test]
 fn a_terminal_nobody_reads_without_proc_does_not_stop_the_timeout() {
     if !kvm_available() {
@@ -402,6 +401,7 @@ fn a_terminal_nobody_reads_without_proc_does_not_stop_the_timeout() {
     let g = guest("flood", &[]);
     // The master stays open and unread.
     let (_master, slave) = openpty();
+    let ours = slave.try_clone().expect("dup the pty's slave");
     let child = Command::new("unshare")
         .args([
             "--mount",
@@ -429,6 +429,14 @@ fn a_terminal_nobody_reads_without_proc_does_not_stop_the_timeout() {
     let start = Instant::now();
     let (code, err) = wait_within(child, Duration::from_secs(20), "a terminal nobody reads");
     assert_eq!(code, 124, "{err}");
+    // The terminal's description, shared with the user's session, is blocking again.
+    // SAFETY: F_GETFL on a descriptor we own.
+    let flags = unsafe { libc::fcntl(ours.as_raw_fd(), libc::F_GETFL) };
+    assert_eq!(
+        flags & libc::O_NONBLOCK,
+        0,
+        "O_NONBLOCK left on the terminal"
+    );
     assert!(
         start.elapsed() < Duration::from_secs(6),
         "took {:?}: {err}",

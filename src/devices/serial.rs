@@ -62,19 +62,20 @@ const LCR_DLAB: u8 = 1 << 7;
 /// stops reading, so it is written with O_NONBLOCK. Stdout's open file description is shared
 /// with the caller (a shell's terminal, the rest of a pipeline), so the flag is set on a
 /// private description, reopened through /proc/self/fd/1; when that is impossible (no /proc,
-/// a socket) on the shared one, and put back at exit (`Serial::finish_output`). A terminal
-/// without /proc is written as it is (`may_block`): one small write each time poll says it
-/// takes bytes, never a write without that (a stopped terminal would hold it).
+/// a socket) on the shared one, and put back at exit (`Serial::finish_output`; the
+/// supervisor puts it back when the VM process dies without reporting). A terminal without
+/// /proc gets the flag only around each write (`nonblock_per_write`), so the user's session
+/// keeps its blocking terminal between them; a write that had no flag would wait as long as
+/// the terminal takes nothing (stopped with Ctrl-S, or a reader that stopped reading).
 struct OutFd {
     fd: RawFd,
     /// A reopened private description, closed with it.
     _owned: Option<std::fs::File>,
     /// The status flags of a shared description that got O_NONBLOCK, to put back.
     restore: Option<libc::c_int>,
-    /// The most one write may carry (small for a blocking terminal).
-    chunk: usize,
-    /// Writes may wait (a terminal without O_NONBLOCK): only one, and only after POLLOUT.
-    may_block: bool,
+    /// A shared description's status flags, to which each write adds O_NONBLOCK for its
+    /// own duration (a terminal without /proc).
+    nonblock_per_write: Option<libc::c_int>,
 }
 
 fn file_type(fd: RawFd) -> io::Result<libc::mode_t> {
@@ -110,10 +111,7 @@ impl OutFd {
             fd,
             _owned: None,
             restore: None,
-            // All that is buffered: a pipe takes at most PIPE_BUF bytes atomically (all or
-            // nothing), more in part, so a large write fills whatever room it has.
-            chunk: usize::MAX,
-            may_block: false,
+            nonblock_per_write: None,
         }
     }
 
@@ -135,10 +133,10 @@ impl OutFd {
         }
         // SAFETY: isatty only inspects the descriptor.
         if unsafe { libc::isatty(fd) } == 1 {
-            // A terminal's mode belongs to the user's session: leave it alone.
+            // The terminal belongs to the user's session: non-blocking only while we write.
+            let flags = status_flags(fd)?;
             return Ok(OutFd {
-                chunk: 64,
-                may_block: true,
+                nonblock_per_write: (flags & libc::O_NONBLOCK == 0).then_some(flags),
                 ..OutFd::plain(fd)
             });
         }
@@ -163,15 +161,22 @@ impl OutFd {
         Ok(OutFd::plain(fd))
     }
 
-    /// One write of at most `chunk` bytes; Ok(0) when the reader takes nothing now.
+    /// One write of what the descriptor takes now; Ok(0) when the reader takes nothing. A pipe
+    /// takes at most PIPE_BUF bytes atomically (all or nothing), more in part, so a large
+    /// write fills whatever room it has.
     fn write_some(&self, data: &[u8]) -> io::Result<usize> {
-        let n = data.len().min(self.chunk);
-        // SAFETY: writing at most n bytes from a live slice.
-        let r = unsafe { libc::write(self.fd, data.as_ptr() as *const libc::c_void, n) };
+        if let Some(flags) = self.nonblock_per_write {
+            set_status_flags(self.fd, flags | libc::O_NONBLOCK)?;
+        }
+        // SAFETY: writing at most data.len() bytes from a live slice.
+        let r = unsafe { libc::write(self.fd, data.as_ptr() as *const libc::c_void, data.len()) };
+        let e = io::Error::last_os_error();
+        if let Some(flags) = self.nonblock_per_write {
+            set_status_flags(self.fd, flags)?;
+        }
         if r >= 0 {
             return Ok(r as usize);
         }
-        let e = io::Error::last_os_error();
         match e.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
             _ => Err(e),
@@ -262,9 +267,7 @@ impl SerialOut {
         self.out.as_ref().map(|o| o.fd)
     }
 
-    /// Writes out what the descriptor takes now, never waiting (a descriptor whose writes may
-    /// wait gets one write, which the caller makes only after POLLOUT). Returns the bytes
-    /// written.
+    /// Writes out what the descriptor takes now, never waiting. Returns the bytes written.
     pub fn write_out(&mut self) -> usize {
         let mut total = 0;
         while !self.buf.is_empty() {
@@ -279,9 +282,6 @@ impl SerialOut {
                 Ok(n) => {
                     self.buf.drain(..n);
                     total += n;
-                    if out.may_block {
-                        break;
-                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
                     log::debug(format_args!("serial: output failed: {e}; output dropped"));
@@ -312,11 +312,6 @@ impl SerialOut {
     /// Whether the descriptor did not take everything at the last write.
     pub fn blocked(&self) -> bool {
         self.blocked
-    }
-
-    /// Whether a write may wait: write only after POLLOUT.
-    pub fn may_block(&self) -> bool {
-        self.out.as_ref().is_some_and(|o| o.may_block)
     }
 
     /// The VM is ending: later bytes from the guest are dropped.
@@ -450,11 +445,6 @@ impl Serial {
         self.uart.writer().blocked()
     }
 
-    /// Whether a write to the output descriptor may wait: write only after POLLOUT.
-    pub fn output_may_block(&self) -> bool {
-        self.uart.writer().may_block()
-    }
-
     /// Writes out what the output descriptor takes now, without waiting. When that makes
     /// room in a full buffer, the guest's THRE interrupt (if enabled) fires again.
     pub fn write_out(&mut self) {
@@ -484,14 +474,12 @@ impl Serial {
     /// output failed if it did (other than by its reader going away).
     pub fn finish_output(serial: &Mutex<Serial>, stall: Duration) -> OutputEnd {
         let mut last_progress = Instant::now();
-        // A descriptor whose writes may wait is written only once poll said it takes bytes.
-        let mut writable = !lock(serial).output_may_block();
         loop {
             let fd = {
                 let mut s = lock(serial);
                 let out = s.uart.writer_mut();
                 out.close();
-                if writable && out.write_out() > 0 {
+                if out.write_out() > 0 {
                     last_progress = Instant::now();
                 }
                 if !out.pending() {
@@ -516,9 +504,7 @@ impl Serial {
                 tv_nsec: left.subsec_nanos() as libc::c_long,
             };
             // SAFETY: one valid pollfd and a valid timespec.
-            let r = unsafe { libc::ppoll(&mut p, 1, &ts, std::ptr::null()) };
-            // Writable, or failed (POLLERR, POLLHUP: the write says which).
-            writable = r > 0 && p.revents != 0;
+            unsafe { libc::ppoll(&mut p, 1, &ts, std::ptr::null()) };
         }
         let mut s = lock(serial);
         let out = s.uart.writer_mut();

@@ -274,7 +274,7 @@ impl VmmLoop<'_> {
             }
         }
         self.halt_check(now);
-        let plan = self.output.plan(&lock(&self.machine.serial), now);
+        let plan = self.output.plan(&lock(&self.machine.serial));
         let mut wait = self.wait(now);
         if let Some(at) = plan.write_at {
             wait = wait.min(at.saturating_duration_since(now));

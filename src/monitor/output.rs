@@ -1,7 +1,6 @@
 //! When the monitor writes the guest's serial output out: a complete line at once, a partial
 //! line `PARTIAL_DELAY` after the monitor learnt of it, and what a full descriptor did not
-//! take when it becomes writable. A descriptor whose writes may wait is written only when
-//! the poll said it is writable.
+//! take when it becomes writable.
 
 use std::time::Instant;
 
@@ -23,13 +22,10 @@ pub struct OutputSchedule {
 }
 
 impl OutputSchedule {
-    /// What the next poll needs: POLLOUT while a full descriptor holds back the rest, or when
-    /// output is due on a descriptor whose writes may wait; else a wake when a partial line is
-    /// due.
-    pub fn plan(&self, serial: &Serial, now: Instant) -> Plan {
-        let poll_out = serial.output_pending()
-            && (serial.output_blocked()
-                || (serial.output_may_block() && self.line_due(serial, now)));
+    /// What the next poll needs: POLLOUT while a full descriptor holds back the rest, else a
+    /// wake when a partial line is due.
+    pub fn plan(&self, serial: &Serial) -> Plan {
+        let poll_out = serial.output_pending() && serial.output_blocked();
         Plan {
             poll_out,
             write_at: (serial.output_pending() && !poll_out)
@@ -47,7 +43,7 @@ impl OutputSchedule {
             return;
         }
         let now = Instant::now();
-        let due = if serial.output_blocked() || serial.output_may_block() {
+        let due = if serial.output_blocked() {
             writable
         } else {
             self.line_due(serial, now)

@@ -134,9 +134,14 @@ pub const COMMON: &[Allowed] = &[
 ];
 
 /// The supervisor: waits for the exit code, forwards signals, and restores the terminal
-/// when the VM process died without reporting.
+/// (and stdout's status flags) when the VM process died without reporting.
 pub const SUPERVISOR: &[Allowed] = &[
     any(libc::SYS_read, "read"),
+    Allowed {
+        nr: libc::SYS_fcntl,
+        name: "fcntl",
+        args: Args::Fcntl(&[libc::F_SETFL as u64]),
+    },
     any(libc::SYS_wait4, "wait4"),
     any(libc::SYS_kill, "kill"),
     any(libc::SYS_close, "close"),
