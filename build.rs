@@ -113,7 +113,8 @@ const SYMBOLS: &[&str] = &[
     "print_out",
     "floppy_dpt",
     "system_config",
-    "halt_forever",
+    "halt_out",
+    "halt_hlt",
 ];
 
 /// Writes `firmware_symbols.rs`: one `u16` constant per name in SYMBOLS, read from the

@@ -77,12 +77,19 @@ line_dec:
         pop     ax
         ret
 
-# line_end: append CR LF and send the line to COM1.
-# line_send: send the line as it is. Both restart the line.
-        .globl line_end, line_send
-line_end:
+# line_crlf: append CR LF; the text goes out with the next line_send (several lines in one
+# VM exit).
+        .globl line_crlf
+line_crlf:
         mov     ax, 0x0A0D
         stosw
+        ret
+
+# line_end: append CR LF and send the line to COM1.
+# line_send: send the buffer as it is. Both restart the buffer.
+        .globl line_end, line_send
+line_end:
+        call    line_crlf
 line_send:
         push    ds
         push    si

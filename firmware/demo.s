@@ -1,5 +1,7 @@
 # The built-in demo: banner, the E820 map and the clock from the BIOS services, the vCPU
-# count, then halt.
+# count, then halt. The whole text is built in the line buffer (the VMM's memory map has a
+# handful of entries; the buffer, up to E820_BUF, holds hundreds) and printed with one VM
+# exit at the end.
         .code16
         .intel_syntax noprefix
         .text
@@ -9,19 +11,20 @@ demo:
         call    line_start
         mov     si, offset banner
         call    line_str
-        call    line_end
+        call    line_crlf
 
         # The memory map, as an OS asks for it: INT 15h, AX=E820h.
-        call    line_start
         mov     si, offset e820_hdr
         call    line_str
-        call    line_end
+        call    line_crlf
         xor     ebx, ebx
 2:      mov     eax, 0xE820
         mov     edx, 0x534D4150                 # "SMAP"
         mov     ecx, 20
+        push    di
         mov     di, E820_BUF
         int     0x15
+        pop     di
         jc      no_e820
         push    ebx
         mov     bx, E820_BUF
@@ -31,9 +34,8 @@ demo:
         jnz     2b
         jmp     cpus
 
-# e820_line: print the entry at ES:BX (20 bytes; the end address goes after it).
+# e820_line: append the entry at ES:BX (20 bytes; the end address goes after it).
 e820_line:
-        call    line_start
         mov     si, offset indent
         call    line_str
         call    line_hex64                      # start
@@ -55,27 +57,26 @@ e820_line:
         je      3f
         mov     si, offset type_reserved
 3:      call    line_str
-        jmp     line_end
+        jmp     line_crlf
 
 no_e820:
         mov     si, offset msg_no_e820
-        call    puts
+        call    line_str
 
 cpus:
-        call    line_start
         mov     si, offset cpus_msg
         call    line_str
         mov     ax, es:[BOOT_DESC + BD_CPUS]
         call    line_dec
-        call    line_end
+        call    line_crlf
         call    rtc_line
         mov     si, offset bye
-        call    puts
+        call    line_str
+        call    line_send
         jmp     halt_forever
 
-# rtc_line: "RTC: CCYY-MM-DD hh:mm:ss" from INT 1Ah (date: AH=04h, time: AH=02h).
+# rtc_line: append "RTC: CCYY-MM-DD hh:mm:ss" from INT 1Ah (date: AH=04h, time: AH=02h).
 rtc_line:
-        call    line_start
         mov     si, offset rtc_msg
         call    line_str
         mov     ah, 0x04
@@ -106,7 +107,7 @@ rtc_line:
         stosb
         mov     al, dh
         call    line_byte
-        jmp     line_end
+        jmp     line_crlf
 
         .section .rodata
 banner:         .byte   9f - 8f                 # lstr, with the version from build.rs

@@ -50,9 +50,7 @@ int12_out:
 int18_handler:
 int18_out:
         out     0xE7, al
-1:      cli
-        hlt
-        jmp     1b
+        jmp     halt_forever
 
 # INT 19h: the VMM loads the boot sector at 0:7C00 and sets DL to the boot drive; jump to it
 # with the segments at 0, the stack below it and interrupts on, as a PC BIOS does.

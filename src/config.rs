@@ -141,6 +141,9 @@ pub struct VmConfig {
     /// Debug builds only: in each halt check, vCPU 0 is kicked this long after the others
     /// (`--x-kick-gap-ms`), so tests let a vCPU run between two answers.
     pub kick_gap: Duration,
+    /// Debug builds only: the monitor never checks whether the guest halted for good
+    /// (`--x-no-halt-check`), so tests see what ends a guest without the halt detector.
+    pub no_halt_check: bool,
     pub log_level: Option<Level>,
 }
 
@@ -168,6 +171,7 @@ impl Default for VmConfig {
             ram_delay: Duration::ZERO,
             ap_delay: Duration::ZERO,
             kick_gap: Duration::ZERO,
+            no_halt_check: false,
             ram_fail: false,
             log_level: None,
         }
@@ -449,6 +453,7 @@ fn test_option(name: &str) -> Option<Opt> {
             cfg.kick_gap = Duration::from_millis(test_delay_ms("--x-kick-gap-ms", v)?);
             Ok(())
         }),
+        "--x-no-halt-check" => Opt::Flag(|cfg| cfg.no_halt_check = true),
         _ => return None,
     })
 }
@@ -899,7 +904,8 @@ mod tests {
         let c = run(&["--x-test-forbidden-syscall", "--x-count-instructions"]).unwrap();
         assert!(c.test_forbidden_syscall && c.count_instructions);
         let c = run(&[]).unwrap();
-        assert!(!c.test_forbidden_syscall && !c.count_instructions);
+        assert!(!c.test_forbidden_syscall && !c.count_instructions && !c.no_halt_check);
+        assert!(run(&["--x-no-halt-check"]).unwrap().no_halt_check);
         assert_eq!(
             run(&["--x-ram-delay-ms=0"]).unwrap().ram_delay,
             Duration::ZERO

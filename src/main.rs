@@ -289,6 +289,7 @@ fn run(cfg: &VmConfig, start: Instant, filters: Option<Filters>) -> (i32, Option
             test_forbidden_syscall: cfg.test_forbidden_syscall,
             ap_delay: cfg.ap_delay,
             kick_gap: cfg.kick_gap,
+            no_halt_check: cfg.no_halt_check,
             reboot: cfg.reboot,
         },
     );

@@ -77,3 +77,45 @@ fn a_guest_waiting_for_a_key_costs_next_to_no_cpu() {
         "{cpu_us} us of CPU in 2 s of waiting: {stats}"
     );
 }
+
+/// The firmware tells the VMM before it halts for good (port 0xEB, `halt_forever`): a lone
+/// vCPU ends the VM at once. `--x-no-halt-check` turns the halt detector off, so only that
+/// notice can end these runs; the controls show that nothing else would.
+#[test]
+fn the_firmware_says_when_it_halts_for_good() {
+    if !kvm_available() {
+        return;
+    }
+    let ends = |args: &[&str], timeout: &str| {
+        let mut all = vec!["--x-no-halt-check", "--stats", "--timeout", timeout];
+        all.extend_from_slice(args);
+        minipc(&all)
+    };
+    // The demo, then INT 18h after a disk without a boot signature.
+    let r = ends(&[], "20");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.reason().as_deref(), Some("halted"), "{}", r.stderr);
+    assert!(r.stdout.ends_with("demo done, halting\r\n"), "{}", r.stdout);
+    let mut img = vec![0u8; 64 * 512];
+    img[0] = 0xF4;
+    let p = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("disk-no-signature.img");
+    std::fs::write(&p, img).unwrap();
+    let r = ends(&["--disk", path_str(&p)], "20");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.reason().as_deref(), Some("halted"), "{}", r.stderr);
+    assert!(r.stdout.ends_with("No bootable device\r\n"), "{}", r.stdout);
+
+    // Controls: a guest's own `cli; hlt` is not the firmware's, and with a second vCPU (which
+    // might still run) the notice ends nothing: without the detector both run into the timeout.
+    let hello = guest("hello", &[]);
+    let r = ends(&["--firmware", path_str(&hello)], "1");
+    assert_eq!(r.code, 124, "{}", r.stderr);
+    assert!(r.stdout.contains("hello from a tiny guest"), "{}", r.stdout);
+    let r = ends(&["--cpus", "2"], "1");
+    assert_eq!(r.code, 124, "{}", r.stderr);
+    assert!(r.stdout.ends_with("demo done, halting\r\n"), "{}", r.stdout);
+    // With the detector, the two-vCPU demo ends as halted.
+    let r = minipc(&["--cpus", "2", "--stats", "--timeout", "20"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.reason().as_deref(), Some("halted"), "{}", r.stderr);
+}

@@ -72,10 +72,13 @@ pub enum Service {
     Boot,
     /// The firmware's own console output: a whole line (DS:SI, CX bytes) in one exit, 0xEA.
     Print,
+    /// The firmware halts this vCPU for good (`halt_forever`), interrupts off, 0xEB. The vCPU
+    /// handles it (`Vcpu::bios_call`), not `Bios::call`.
+    Halt,
 }
 
 /// Each service's port (0xE9 stays free: it is the Bochs/QEMU debug console's).
-const SERVICES: [(u16, Service); 10] = [
+const SERVICES: [(u16, Service); 11] = [
     (0xE0, Service::Video),
     (0xE1, Service::Disk),
     (0xE2, Service::System),
@@ -86,6 +89,7 @@ const SERVICES: [(u16, Service); 10] = [
     (0xE7, Service::NoBoot),
     (0xE8, Service::Boot),
     (0xEA, Service::Print),
+    (0xEB, Service::Halt),
 ];
 
 impl Service {
@@ -106,6 +110,7 @@ impl Service {
             Service::NoBoot => symbols::INT18_OUT,
             Service::Boot => symbols::INT19_OUT,
             Service::Print => symbols::PRINT_OUT,
+            Service::Halt => symbols::HALT_OUT,
         }
     }
 }
@@ -373,6 +378,8 @@ impl Bios {
             Service::NoBoot => self.no_boot(),
             Service::Boot => self.boot(regs),
             Service::Print => self.print(regs, segs),
+            // The vCPU's to handle: nothing to do on the registers.
+            Service::Halt => Outcome::default(),
         };
         self.apply(regs, segs, &outcome);
         outcome

@@ -21,6 +21,15 @@ pub static STEPS: AtomicU64 = AtomicU64::new(0);
 /// STEPS at the hand-off, or where the embedded firmware halts for good (vcpu/mod.rs).
 pub static STEPS_AT_HANDOFF: OnceLock<u64> = OnceLock::new();
 
+/// Keeps STEPS as the firmware's count: at the hand-off, or where it halts for good. Counted
+/// only while vCPU 0 is single-stepped.
+pub fn keep_steps() {
+    let steps = STEPS.load(Ordering::Relaxed);
+    if steps > 0 {
+        let _ = STEPS_AT_HANDOFF.set(steps);
+    }
+}
+
 #[derive(Default)]
 pub struct PostCode {
     last: u8,
@@ -36,11 +45,7 @@ impl BusDevice for PostCode {
             self.last = *v;
             if HANDOFF_CODES.contains(v) {
                 let _ = HANDOFF.set(Instant::now());
-                // Counted only while vCPU 0 is single-stepped.
-                let steps = STEPS.load(Ordering::Relaxed);
-                if steps > 0 {
-                    let _ = STEPS_AT_HANDOFF.set(steps);
-                }
+                keep_steps();
             }
         }
         None

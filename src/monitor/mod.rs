@@ -54,6 +54,8 @@ pub struct Options {
     pub ap_delay: Duration,
     /// Test builds: how much later than the others vCPU 0 is kicked (`--x-kick-gap-ms`).
     pub kick_gap: Duration,
+    /// Test builds: no halt checks at all (`--x-no-halt-check`).
+    pub no_halt_check: bool,
     /// A guest reset restarts the guest instead of ending the VM.
     pub reboot: bool,
 }
@@ -84,6 +86,7 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
     }
     let reboot_on_reset = opts.reboot;
     let kick_gap = opts.kick_gap;
+    let no_halt_check = opts.no_halt_check;
     let stdin_open = opts.stdin_to_serial;
     let handles = start_threads(machine, opts, tx, &wake)?;
 
@@ -109,6 +112,7 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
         reboots: 0,
         timer_fds: machine.timers.iter().map(|t| lock(t).timer_fd()).collect(),
         kick_gap,
+        no_halt_check,
     }
     .run()
 }
@@ -228,6 +232,7 @@ struct VmmLoop<'a> {
     reboots: u64,
     timer_fds: Vec<libc::c_int>,
     kick_gap: Duration,
+    no_halt_check: bool,
 }
 
 /// One poll's descriptors and where each kind sits among them.
@@ -294,7 +299,7 @@ impl VmmLoop<'_> {
     /// every vCPU whether it is halted, if KVM's statistics say that all of them block (and
     /// always when there are no statistics).
     fn halt_check(&mut self, now: Instant) {
-        if self.check.is_some() || now < self.next_kick {
+        if self.no_halt_check || self.check.is_some() || now < self.next_kick {
             return;
         }
         // An AP without its thread yet is held by the thread that sets the APs up, which

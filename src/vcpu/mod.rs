@@ -25,7 +25,7 @@ use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::bios::{self, Bios, Caller, Segments};
+use crate::bios::{self, Bios, Caller, Segments, Service};
 use crate::bus::Bus;
 use crate::exit::ExitReason;
 use crate::log;
@@ -282,9 +282,14 @@ struct Vcpu {
     mem: GuestMemoryMmap,
     /// KVM keeps the registers in kvm_run (vm/mod.rs, `create_vcpus`).
     sync_regs: bool,
+    /// The VM's only vCPU.
+    alone: bool,
     /// Since when, and how many times in a row, KVM_RUN refused to run (`refused`).
     refused: Option<(Instant, u32)>,
 }
+
+/// RFLAGS.IF: interrupts enabled.
+const RFLAGS_IF: u64 = 1 << 9;
 
 /// How long KVM_RUN may refuse to run (EAGAIN) in a row before the VM ends with a host error.
 const REFUSED_FOR: Duration = Duration::from_secs(1);
@@ -536,6 +541,9 @@ impl Vcpu {
             rip: regs.rip,
         };
         let service = bios::service_call(port, self.bios.embedded(), &caller)?;
+        if service == Service::Halt {
+            return Some(self.halts_for_good(&regs));
+        }
         // A question about the memory size waits until all RAM is registered.
         if bios::reports_memory(service, &regs) {
             if let Err(f) = self.ram.wait() {
@@ -561,6 +569,19 @@ impl Vcpu {
         }
     }
 
+    /// The firmware is about to halt this vCPU for good, interrupts off (`halt_forever`):
+    /// the only vCPU ends the VM now, as the halt detector would once it noticed the halt
+    /// (that costs a detector tick and a kick). With other vCPUs, which may still run, the
+    /// vCPU halts and the detector decides.
+    fn halts_for_good(&self, regs: &kvm_regs) -> Step {
+        if self.alone && regs.rflags & RFLAGS_IF == 0 {
+            crate::devices::post_code::keep_steps();
+            Step::Stop(ExitReason::Halted, None)
+        } else {
+            Step::Continue
+        }
+    }
+
     /// KVM_EXIT_DEBUG while single-stepping (`--x-count-instructions`): one exit per
     /// instruction. KVM does not halt a single-stepped vCPU (its HLT ends with the step), so
     /// the embedded firmware's `cli; hlt` loop (`halt_forever`, after the demo or a fatal
@@ -570,15 +591,13 @@ impl Vcpu {
         let Ok((regs, sregs)) = self.caller_registers() else {
             return Step::Continue;
         };
-        // cli at halt_forever, hlt after it (one byte each).
-        let hlt = u64::from(bios::symbols::HALT_FOREVER) + 1;
+        let hlt = u64::from(bios::symbols::HALT_HLT);
         if self.bios.embedded()
             && sregs.cr0 & 1 == 0
             && sregs.cs.base == 0xF_0000
             && regs.rip == hlt
         {
-            let steps = crate::devices::post_code::STEPS.load(Ordering::Relaxed);
-            let _ = crate::devices::post_code::STEPS_AT_HANDOFF.set(steps);
+            crate::devices::post_code::keep_steps();
             return Step::Stop(ExitReason::Halted, None);
         }
         Step::Continue
@@ -674,7 +693,7 @@ impl Vcpu {
             KVM_MP_STATE_UNINITIALIZED | KVM_MP_STATE_INIT_RECEIVED => true,
             KVM_MP_STATE_HALTED => self
                 .registers()
-                .map(|r| r.rflags & (1 << 9) == 0)
+                .map(|r| r.rflags & RFLAGS_IF == 0)
                 .unwrap_or(false),
             _ => false,
         }

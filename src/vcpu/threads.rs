@@ -338,6 +338,7 @@ impl Prestarted {
                     ram: setup.ram,
                     mem: setup.mem,
                     sync_regs: valid & sync == sync,
+                    alone: self.count == 1,
                     refused: None,
                 },
                 cpuid: setup.cpuid,
