@@ -70,7 +70,7 @@ pub enum Service {
     NoBoot,
     /// INT 19h, 0xE8.
     Boot,
-    /// The firmware's own console output: a whole line (DS:SI, CX bytes) in one exit, 0xEA.
+    /// The firmware's own console output: CX bytes at DS:SI (whole lines) in one exit, 0xEA.
     Print,
     /// The firmware halts this vCPU for good (`halt_forever`), interrupts off, 0xEB. The vCPU
     /// handles it (`Vcpu::bios_call`), not `Bios::call`.
