@@ -569,12 +569,16 @@ impl Vcpu {
         }
     }
 
-    /// The firmware is about to halt this vCPU for good, interrupts off (`halt_forever`):
-    /// the only vCPU ends the VM now, as the halt detector would once it noticed the halt
-    /// (that costs a detector tick and a kick). With other vCPUs, which may still run, the
-    /// vCPU halts and the detector decides.
+    /// The firmware is about to halt this vCPU for good, interrupts off (`halt_forever`). The
+    /// VM ends now, as the halt detector would once it noticed the halt (that costs a
+    /// detector tick, a kick and every vCPU's answer), when nothing else can run: this is
+    /// the only vCPU, or the firmware has not handed off to a guest yet (the demo, a missing
+    /// boot descriptor), so only the firmware has run, on this vCPU, and it never wakes an
+    /// AP. Otherwise (INT 18h after a boot sector, with more vCPUs) another vCPU may still
+    /// run: this one halts and the detector decides.
     fn halts_for_good(&self, regs: &kvm_regs) -> Step {
-        if self.alone && regs.rflags & RFLAGS_IF == 0 {
+        let nothing_else_runs = self.alone || crate::devices::post_code::HANDOFF.get().is_none();
+        if nothing_else_runs && regs.rflags & RFLAGS_IF == 0 {
             crate::devices::post_code::keep_steps();
             Step::Stop(ExitReason::Halted, None)
         } else {
