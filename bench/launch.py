@@ -10,9 +10,12 @@ peak RSS of each process, in 5 extra runs: of the process that runs the VM (mini
 its own with `--stats`, getrusage; QEMU's is taken with /usr/bin/time) and of minipc's
 supervisor (its VmHWM, read from /proc while it lives). Ratios are against minipc running the same
 guest, measured in the same run, because these machines are shared and noisy. A pause between
-runs lets the previous VM's teardown finish first.
+runs lets the previous VM's teardown finish first. Beside them runs the KVM floor
+(examples/kvm_floor.rs): the same KVM objects in the same process layout, none of minipc's
+own work, so the difference is what minipc adds.
 
-Then how the launch scales: the same ROM with `--cpus 1/4/16/64` and with `--mem
+Then how the launch scales: the same ROM with `--cpus 1/4/16/64` (and the floor with 1 and
+64 vCPUs created) and with `--mem
 256M/4G/64G`, and a guest that wakes every AP and waits for all (`tests/guests/smp.s`) with
 `--cpus 1/64` (same round-robin, medians, ratios against the first of each); the
 launches per second back to back, with 1, 2 and 4 streams in parallel, each starting its
@@ -211,10 +214,19 @@ def measure(cases, n):
     results = []
     for (name, cmd, _, kind), smp in zip(cases, samples):
         r = summary(*smp)
-        r["rss_mib"], r["other_rss_mib"] = peak_rss_mib(
-            cmd, own_stats=not os.path.basename(cmd[0]).startswith("qemu"))
+        if kind.startswith("floor"):
+            # Its VM runs in a forked child that nothing here can ask for its peak RSS.
+            r["rss_mib"] = r["other_rss_mib"] = float("nan")
+        else:
+            r["rss_mib"], r["other_rss_mib"] = peak_rss_mib(
+                cmd, own_stats=not os.path.basename(cmd[0]).startswith("qemu"))
         results.append((name, kind, r))
     return results
+
+
+def num(v, width, digits=1):
+    """A figure (MiB, or a ratio with digits=2), or '-' where it was not measured (NaN)."""
+    return f"{'-':>{width}}" if v != v else f"{v:{width}.{digits}f}"
 
 
 def main():
@@ -246,6 +258,10 @@ def main():
     cases = minipc_cases(minipc, "")
     if args.baseline:
         cases += minipc_cases(os.path.abspath(args.baseline), " [baseline]")
+    # The same KVM objects without minipc's own work (examples/kvm_floor.rs).
+    floor = cargo_build.example("kvm_floor")
+    cases.append(("KVM floor: the same KVM objects, no VMM work, same ROM", [floor, rom], 1,
+                  "floor"))
     qemu = shutil.which("qemu-system-x86_64")
     if qemu:
         common = ["-bios", rom, "-nographic", "-nodefaults", "-serial", "null", "-m", "256",
@@ -261,10 +277,13 @@ def main():
           f"{'peak RSS MiB':>13} {'others MiB':>10} {'time x':>7} {'RSS x':>6}")
     for name, kind, r in results:
         print(f"{name:57} {r['median_ms']:10.2f} {r['p90_ms']:8.2f} {r['gone_ms']:8.2f} "
-              f"{r['cpu_ms']:7.2f} {r['rss_mib']:13.1f} {r['other_rss_mib']:10.1f} "
-              f"{r['median_ms'] / base['median_ms']:7.2f} {r['rss_mib'] / base['rss_mib']:6.2f}")
+              f"{r['cpu_ms']:7.2f} {num(r['rss_mib'], 13)} {num(r['other_rss_mib'], 10)} "
+              f"{r['median_ms'] / base['median_ms']:7.2f} "
+              f"{num(r['rss_mib'] / base['rss_mib'], 6, 2)}")
     print("(peak RSS: the process that runs the VM; others: minipc's supervisor, which waits "
           "for the exit code)")
+    print("(KVM floor: examples/kvm_floor.rs, forked like minipc, no seccomp, threads, chipset "
+          "or monitor)")
     print(f"(n={args.n} runs each; ratios against minipc running the same bare-metal ROM; "
           f"{os.cpu_count()} CPUs, {os.uname().release})")
 
@@ -272,6 +291,8 @@ def main():
     print()
     scaling = [(f"minipc ROM, --cpus {c}", [minipc, "--firmware", rom, "--cpus", str(c)], 1,
                 "cpus") for c in (1, 4, 16, 64)]
+    scaling += [(f"KVM floor, {c} vCPUs created", [floor, rom, str(c)], 1, "floor-cpus")
+                for c in (1, 64)]
     scaling += [(f"minipc ROM, --mem {m}", [minipc, "--firmware", rom, "--mem", m], 1, "mem")
                 for m in ("256M", "4G", "64G")]
     # The ROM above never wakes the APs, so the VM may end before they are all set up (they
@@ -283,14 +304,15 @@ def main():
     scaled = measure(scaling, max(args.n // 2, 5))
     print(f"{'case':57} {'median ms':>10} {'p90 ms':>8} {'gone ms':>8} {'CPU ms':>7} "
           f"{'peak RSS MiB':>13} {'time x':>7}")
-    for group in ("cpus", "mem", "smp"):
+    for group in ("cpus", "floor-cpus", "mem", "smp"):
         rows = [(name, r) for name, kind, r in scaled if kind == group]
         first = rows[0][1]
         for name, r in rows:
             print(f"{name:57} {r['median_ms']:10.2f} {r['p90_ms']:8.2f} {r['gone_ms']:8.2f} "
-                  f"{r['cpu_ms']:7.2f} {r['rss_mib']:13.1f} "
+                  f"{r['cpu_ms']:7.2f} {num(r['rss_mib'], 13)} "
                   f"{r['median_ms'] / first['median_ms']:7.2f}")
-    print("(time x: against the first row of each group: --cpus 1, --mem 256M, smp.s --cpus 1)")
+    print("(time x: against the first row of each group: --cpus 1, the floor with 1 vCPU, "
+          "--mem 256M, smp.s --cpus 1)")
 
     # Launches per second, back to back.
     print()
