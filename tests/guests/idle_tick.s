@@ -3,11 +3,7 @@
 # interrupts enabled in between. Never exits by itself (the benchmark stops it with --timeout).
         .include "common.inc"
 start:
-        cli
-        xor     ax, ax
-        mov     ds, ax
-        mov     ss, ax
-        mov     sp, 0x7000
+        low_stack
         mov     word ptr [0x08 * 4], offset tick
         mov     word ptr [0x08 * 4 + 2], 0xF000
         # The master 8259 at vector 08h, only IRQ 0 unmasked; the slave masked.

@@ -13,11 +13,7 @@
         mov     word ptr [\n * 4 + 2], 0xF000
         .endm
 start:
-        cli
-        xor     ax, ax
-        mov     ds, ax
-        mov     ss, ax
-        mov     sp, 0x7000
+        low_stack
         mov     dword ptr [PIT_COUNT], 0
         mov     dword ptr [RTC_COUNT], 0
         vector  0x08, pit_isr

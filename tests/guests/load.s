@@ -14,11 +14,7 @@
         .endif
         .set    COUNT, 0x500                    # PIT ticks seen
 start:
-        cli
-        xor     ax, ax
-        mov     ds, ax
-        mov     ss, ax
-        mov     sp, 0x7000
+        low_stack
         mov     si, offset starting
         call    report
         .if     TICKS

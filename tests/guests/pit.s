@@ -35,11 +35,7 @@
         .endm
 
 start:
-        cli
-        xor     ax, ax
-        mov     ds, ax
-        mov     ss, ax
-        mov     sp, 0x7000
+        low_stack
         mov     word ptr [0x08 * 4], offset irq0
         mov     word ptr [0x08 * 4 + 2], 0xF000
 

@@ -4,11 +4,7 @@
         .include "common.inc"
         .set    RX_BYTE, 0x500          # the last byte received, 0 when taken
 start:
-        cli
-        xor     ax, ax
-        mov     ds, ax
-        mov     ss, ax
-        mov     sp, 0x7000
+        low_stack
         mov     byte ptr [RX_BYTE], 0
         mov     word ptr [0x0C * 4], offset com_isr
         mov     word ptr [0x0C * 4 + 2], 0xF000
