@@ -22,7 +22,9 @@
 //! and line-status ports and debug-exit.
 //!
 //! Usage: `kvm_floor ROM [CPUS]` (a ROM of at most 128 KiB; the guest's serial output goes to
-//! stdout, and debug-exit's value v becomes the exit code 2v+1, as minipc's).
+//! stdout, and debug-exit's value v becomes the exit code 2v+1, as minipc's). The ROM must
+//! end through debug-exit: with the in-kernel irqchip a halt never leaves `KVM_RUN`, and
+//! there is no halt detector here, so a ROM that halts waits until it is killed.
 
 use std::io::{Read, Write};
 
@@ -31,7 +33,7 @@ use kvm_bindings::{
     KvmIrqRouting, KVM_CAP_HALT_POLL, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
     KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY,
 };
-use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, SyncReg, VcpuExit, VmFd};
+use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, SyncReg, VcpuExit, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 const LOW_RAM: usize = 640 << 10;
@@ -125,6 +127,46 @@ fn run(rom: &[u8], cpus: u64, report: libc::c_int) -> ! {
     );
     let cpuid = supported_cpuid(&kvm);
 
+    register_memory(&vm, rom);
+
+    check("KVM_CREATE_IRQCHIP", vm.create_irq_chip());
+    check("KVM_SET_GSI_ROUTING", vm.set_gsi_routing(&routes()));
+    let irqfds: Vec<EventFd> = [4u32, 3, 0, 8, 9]
+        .iter()
+        .map(|&gsi| {
+            let fd = check("eventfd", EventFd::new(libc::EFD_NONBLOCK));
+            check("KVM_IRQFD", vm.register_irqfd(&fd, gsi));
+            fd
+        })
+        .collect();
+
+    let mut vcpus: Vec<_> = (0..cpus)
+        .map(|id| check("KVM_CREATE_VCPU", vm.create_vcpu(id)))
+        .collect();
+    let vcpu = &mut vcpus[0];
+    check("KVM_SET_CPUID2", vcpu.set_cpuid2(&cpuid));
+    vcpu.set_sync_valid_reg(SyncReg::Register);
+    vcpu.set_sync_valid_reg(SyncReg::SystemRegister);
+
+    let (code, out) = run_vcpu(vcpu);
+    let _ = std::io::stdout().write_all(&out);
+    let _ = std::io::stdout().flush();
+    let bytes = code.to_ne_bytes();
+    // SAFETY: writing 4 bytes from a live buffer to the pipe, then closing descriptors.
+    unsafe {
+        libc::write(report, bytes.as_ptr().cast(), 4);
+        for fd in [0, 1, 2, report] {
+            libc::close(fd);
+        }
+    }
+    hurry_teardown(&vm);
+    drop(irqfds);
+    // SAFETY: leaving without destructors; the kernel tears the VM down.
+    unsafe { libc::_exit(code) }
+}
+
+/// The four memory slots, as minipc registers them for a ROM, before the irqchip.
+fn register_memory(vm: &VmFd, rom: &[u8]) {
     let ram_len = (RAM_END - RAM_START) as usize;
     let low = map(LOW_RAM);
     let ram = map(ram_len);
@@ -165,26 +207,11 @@ fn run(rom: &[u8], cpus: u64, report: libc::c_int) -> ! {
             vm.set_user_memory_region(region)
         });
     }
+}
 
-    check("KVM_CREATE_IRQCHIP", vm.create_irq_chip());
-    check("KVM_SET_GSI_ROUTING", vm.set_gsi_routing(&routes()));
-    let irqfds: Vec<EventFd> = [4u32, 3, 0, 8, 9]
-        .iter()
-        .map(|&gsi| {
-            let fd = check("eventfd", EventFd::new(libc::EFD_NONBLOCK));
-            check("KVM_IRQFD", vm.register_irqfd(&fd, gsi));
-            fd
-        })
-        .collect();
-
-    let mut vcpus: Vec<_> = (0..cpus)
-        .map(|id| check("KVM_CREATE_VCPU", vm.create_vcpu(id)))
-        .collect();
-    let vcpu = &mut vcpus[0];
-    check("KVM_SET_CPUID2", vcpu.set_cpuid2(&cpuid));
-    vcpu.set_sync_valid_reg(SyncReg::Register);
-    vcpu.set_sync_valid_reg(SyncReg::SystemRegister);
-
+/// Runs the vCPU until debug-exit (code 2v+1) or a failure (4); what the guest
+/// wrote to COM1 comes back with the code.
+fn run_vcpu(vcpu: &mut VcpuFd) -> (i32, Vec<u8>) {
     let mut out = Vec::new();
     let code = loop {
         match vcpu.run() {
@@ -197,25 +224,11 @@ fn run(rom: &[u8], cpus: u64, report: libc::c_int) -> ! {
             }
             Ok(VcpuExit::IoOut(..)) | Ok(VcpuExit::MmioWrite(..)) => {}
             Ok(VcpuExit::MmioRead(_, data)) => data.fill(0xFF),
-            Ok(VcpuExit::Hlt) => break 0,
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
             Ok(_) | Err(_) => break 4,
         }
     };
-    let _ = std::io::stdout().write_all(&out);
-    let _ = std::io::stdout().flush();
-    let bytes = code.to_ne_bytes();
-    // SAFETY: writing 4 bytes from a live buffer to the pipe, then closing descriptors.
-    unsafe {
-        libc::write(report, bytes.as_ptr().cast(), 4);
-        for fd in [0, 1, 2, report] {
-            libc::close(fd);
-        }
-    }
-    hurry_teardown(&vm);
-    drop(irqfds);
-    // SAFETY: leaving without destructors; the kernel tears the VM down.
-    unsafe { libc::_exit(code) }
+    (code, out)
 }
 
 /// An anonymous mapping of `len` bytes, reserved lazily as minipc maps guest memory.
