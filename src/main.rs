@@ -8,6 +8,7 @@ mod bios;
 mod block;
 mod boot;
 mod bus;
+mod coalesced_io;
 mod config;
 mod cpuid_cache;
 mod devices;
@@ -347,6 +348,7 @@ fn last_lines(
     if cfg.stats {
         phases.ram_ready = machine.ram.opened_at();
         phases.ram_waits = machine.ram.waits();
+        phases.coalesced_writes = machine.coalesced.as_ref().map(|c| c.carried());
         last += &format!("{}\n", phases.json(reason, exit_code));
     }
     last

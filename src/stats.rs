@@ -26,6 +26,9 @@ pub struct Phases {
     pub ram_ready: Option<Instant>,
     /// How many times a vCPU waited for that RAM.
     pub ram_waits: u64,
+    /// How many port writes came through KVM's ring instead of an exit each
+    /// (coalesced_io.rs); None without the ring.
+    pub coalesced_writes: Option<u64>,
 }
 
 impl Phases {
@@ -39,6 +42,7 @@ impl Phases {
             vcpus: Duration::ZERO,
             ram_ready: None,
             ram_waits: 0,
+            coalesced_writes: None,
         }
     }
 
@@ -59,7 +63,7 @@ impl Phases {
                 "{{\"exit_reason\":\"{}\",\"exit_code\":{},\"detail\":{},",
                 "\"phases_us\":{{\"config\":{},\"kvm\":{},\"memory\":{},\"devices\":{},\"vcpus\":{}}},",
                 "\"boot\":\"{}\",\"first_run_us\":{},\"first_exit_us\":{},\"handoff_us\":{},",
-                "\"ram_ready_us\":{},\"ram_waits\":{},",
+                "\"ram_ready_us\":{},\"ram_waits\":{},\"coalesced_writes\":{},",
                 "\"total_us\":{},\"peak_rss_kib\":{},{}",
                 "\"cpu_us\":{}}}"
             ),
@@ -77,6 +81,8 @@ impl Phases {
             self.since_start(crate::devices::post_code::HANDOFF.get()),
             self.since_start(self.ram_ready.as_ref()),
             self.ram_waits,
+            self.coalesced_writes
+                .map_or_else(|| "null".to_string(), |n| n.to_string()),
             self.start.elapsed().as_micros(),
             usage.0,
             match crate::devices::post_code::STEPS_AT_HANDOFF.get() {
@@ -127,7 +133,7 @@ mod tests {
         let j = p.json(&ExitReason::DebugExit(1), 3);
         assert!(j.starts_with("{\"exit_reason\":\"debug-exit\",\"exit_code\":3,"));
         assert!(j.contains("\"phases_us\":{\"config\":0,"));
-        assert!(j.contains("\"ram_ready_us\":null,\"ram_waits\":0,"));
+        assert!(j.contains("\"ram_ready_us\":null,\"ram_waits\":0,\"coalesced_writes\":null,"));
         assert!(j.ends_with('}'));
     }
 }

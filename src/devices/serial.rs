@@ -52,8 +52,11 @@ const LSR_OFFSET: u64 = 5;
 const LSR_THRE: u8 = 1 << 5;
 const LSR_TEMT: u8 = 1 << 6;
 const IER_OFFSET: u8 = 1;
+const IER_THRE: u8 = 1 << 1;
 const LCR_OFFSET: u8 = 3;
 const LCR_DLAB: u8 = 1 << 7;
+const MCR_OFFSET: u8 = 4;
+const MCR_LOOP: u8 = 1 << 4;
 
 /// The descriptor the output is written to, never blocking the thread that writes.
 ///
@@ -393,6 +396,10 @@ enum Told {
 
 pub struct Serial {
     uart: Uart<IrqTrigger, NoEvents, SerialOut>,
+    /// Called once, the first time the guest enables the THR-empty interrupt or loopback:
+    /// from then on a byte written to THR may raise an interrupt or become input, so it
+    /// must reach the UART when it is written (coalesced_io.rs).
+    on_thr_events: Option<Box<dyn FnOnce() + Send>>,
 }
 
 /// How the serial output ended (`Serial::finish_output`).
@@ -407,7 +414,24 @@ impl Serial {
     pub fn new(irq: EventFd, out: SerialOut) -> Self {
         Serial {
             uart: Uart::new(IrqTrigger(irq), out),
+            on_thr_events: None,
         }
+    }
+
+    /// `f` runs once, when the guest first enables the THR-empty interrupt or loopback.
+    pub fn on_thr_events(&mut self, f: Box<dyn FnOnce() + Send>) {
+        self.on_thr_events = Some(f);
+    }
+
+    /// After the guest wrote at `offset`: whether a THR write can now raise an interrupt
+    /// (IER.ETBEI) or loop back as input (MCR.LOOP). Only writes to IER (or the divisor
+    /// latch there) and MCR can change that.
+    fn thr_write_has_events(&self, offset: u8) -> bool {
+        if offset != IER_OFFSET && offset != MCR_OFFSET {
+            return false;
+        }
+        let state = self.uart.state();
+        state.interrupt_enable & IER_THRE != 0 || state.modem_control & MCR_LOOP != 0
     }
 
     /// Queues host input for the guest; returns how many bytes the FIFO took.
@@ -568,6 +592,11 @@ impl BusDevice for Serial {
             if let Err(e) = self.uart.write(offset as u8, *b) {
                 log::debug(format_args!("serial: write failed: {e:?}"));
             }
+            if self.on_thr_events.is_some() && self.thr_write_has_events(offset as u8) {
+                if let Some(f) = self.on_thr_events.take() {
+                    f();
+                }
+            }
         }
         None
     }
@@ -576,6 +605,43 @@ impl BusDevice for Serial {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A Serial whose THR-events hook counts its calls.
+    fn counted() -> (Serial, Arc<std::sync::atomic::AtomicU32>) {
+        let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut s = Serial::new(evt, SerialOut::new(Sink::Null));
+        let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let c = calls.clone();
+        s.on_thr_events(Box::new(move || {
+            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }));
+        (s, calls)
+    }
+
+    #[test]
+    fn the_thr_events_hook_runs_once_at_thre_interrupts_or_loopback() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (mut s, calls) = counted();
+        // Receive and line-status interrupts, modem control without loopback, bytes, and
+        // 0x02 into the divisor latch's high byte: none makes a THR write an event.
+        s.write(1, &[0x05]);
+        s.write(4, &[0x0B]);
+        s.write(0, b"x");
+        s.write(3, &[0x83]);
+        s.write(1, &[0x02]);
+        s.write(0, &[0x02]);
+        s.write(3, &[0x03]);
+        assert_eq!(calls.load(Relaxed), 0);
+        s.write(1, &[0x07]);
+        assert_eq!(calls.load(Relaxed), 1);
+        s.write(1, &[0x00]);
+        s.write(1, &[0x02]);
+        assert_eq!(calls.load(Relaxed), 1, "the hook runs once");
+
+        let (mut s, calls) = counted();
+        s.write(4, &[0x10]);
+        assert_eq!(calls.load(Relaxed), 1, "loopback");
+    }
 
     #[test]
     fn transmitter_is_empty_and_bytes_go_out() {

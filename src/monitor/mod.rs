@@ -22,7 +22,7 @@ use crate::log;
 use crate::seccomp::{self, ThreadKind};
 use crate::vcpu::{self, VcpuHandle, VcpuMsg};
 use crate::vm::Machine;
-use output::OutputSchedule;
+use output::{OutputSchedule, RingPlan, RingSchedule};
 use signals::{read_signal, signal_fd};
 
 /// How the VM ended.
@@ -61,12 +61,22 @@ pub struct Options {
 }
 
 pub fn run(machine: &mut Machine, opts: Options) -> Outcome {
-    match run_inner(machine, opts) {
+    let outcome = match run_inner(machine, opts) {
         Ok(o) => o,
         Err(e) => Outcome {
             reason: ExitReason::HostError(e.to_string()),
             dump: None,
         },
+    };
+    // What the guest wrote before the end and no exit has emptied out of the ring yet.
+    drain_coalesced(machine);
+    outcome
+}
+
+/// Hands the writes waiting in KVM's ring to their devices (coalesced_io.rs).
+fn drain_coalesced(machine: &Machine) {
+    if let Some(c) = &machine.coalesced {
+        c.drain(&machine.pio);
     }
 }
 
@@ -106,6 +116,7 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
         backoff: Backoff::new(),
         next_kick: Instant::now(),
         output: OutputSchedule::default(),
+        ring: RingSchedule::new(Instant::now()),
         check: None,
         checks: 0,
         started: Instant::now(),
@@ -193,6 +204,7 @@ fn vcpu_setups(
             pause: machine.pause.clone(),
             ram: machine.ram.clone(),
             mem: machine.guest_mem.clone(),
+            coalesced: machine.coalesced.clone(),
         };
         vcpus.push((fd, setup));
     }
@@ -224,6 +236,8 @@ struct VmmLoop<'a> {
     next_kick: Instant,
     /// When the serial output is written out.
     output: OutputSchedule,
+    /// When KVM's ring of buffered serial writes is emptied.
+    ring: RingSchedule,
     /// The halt check in flight.
     check: Option<HaltCheck>,
     /// How many halt checks went out: the last one's number.
@@ -279,8 +293,23 @@ impl VmmLoop<'_> {
             }
         }
         self.halt_check(now);
+        drain_coalesced(self.machine);
         let plan = self.output.plan(&lock(&self.machine.serial));
         let mut wait = self.wait(now);
+        if let Some(c) = self
+            .machine
+            .coalesced
+            .as_ref()
+            .filter(|c| c.may_hold_output())
+        {
+            match self.ring.plan(c.activity(), now) {
+                RingPlan::WakeWithin(w) => wait = wait.min(w),
+                RingPlan::Park => {
+                    c.park();
+                    c.drain(&self.machine.pio);
+                }
+            }
+        }
         if let Some(at) = plan.write_at {
             wait = wait.min(at.saturating_duration_since(now));
         }
@@ -509,6 +538,7 @@ impl VmmLoop<'_> {
             if take > 0 {
                 let n = serial.enqueue_input(&self.pending_input[..take]);
                 self.pending_input.drain(..n);
+                self.ring.input_given();
             }
         }
     }
@@ -562,6 +592,8 @@ fn reboot(machine: &Machine, handles: &[VcpuHandle], rx: &Receiver<VcpuMsg>) -> 
             Err(_) => return Err(io::Error::other("the vCPUs did not reset in time")),
         }
     }
+    // What the guest wrote before its reset goes out before the UART is reset.
+    drain_coalesced(machine);
     machine.reset_platform().map_err(io::Error::other)?;
     for h in handles {
         h.release();

@@ -1,8 +1,9 @@
 //! When the monitor writes the guest's serial output out: a complete line at once, a partial
 //! line `PARTIAL_DELAY` after the monitor learnt of it, and what a full descriptor did not
-//! take when it becomes writable.
+//! take when it becomes writable. And when it empties KVM's ring of the guest's buffered
+//! port writes, which no exit may empty for a while (`RingSchedule`).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::devices::serial::{Serial, PARTIAL_DELAY};
 
@@ -63,5 +64,123 @@ impl OutputSchedule {
     /// delay has passed.
     fn line_due(&self, serial: &Serial, now: Instant) -> bool {
         serial.output_line_ready() || self.partial_due.is_some_and(|d| now >= d)
+    }
+}
+
+/// The first wait for the ring after the guest wrote through it or was given input.
+pub const RING_MIN: Duration = Duration::from_millis(1);
+/// The longest: what a guest prints while it otherwise idles shows within this.
+pub const RING_MAX: Duration = Duration::from_millis(100);
+/// A guest quiet this long gets its zone parked (coalesced_io.rs): its next write exits.
+pub const PARK_AFTER: Duration = Duration::from_secs(2);
+
+/// When the monitor looks at KVM's ring of the guest's buffered serial writes
+/// (coalesced_io.rs), which no exit may empty for a while: a guest printing without exits
+/// (then idling, or computing) is shown within `RING_MIN` of writing at first; each wake
+/// that finds the guest wrote nothing since doubles the wait, up to `RING_MAX`; after
+/// `PARK_AFTER` of quiet the zone is parked, and the monitor stops waking for it. Input
+/// handed to the guest starts over from `RING_MIN`: its echo shows at once.
+pub struct RingSchedule {
+    wait: Duration,
+    /// The ring's activity count at the last wake (`CoalescedIo::activity`).
+    seen: u64,
+    /// Since when the count has not changed.
+    quiet_since: Instant,
+    /// Input was handed to the guest since the last wake.
+    input: bool,
+}
+
+/// What the ring needs at this wake.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RingPlan {
+    /// Look again within this.
+    WakeWithin(Duration),
+    /// The guest has been quiet for `PARK_AFTER`: park the zone.
+    Park,
+}
+
+impl RingSchedule {
+    pub fn new(now: Instant) -> RingSchedule {
+        RingSchedule {
+            wait: RING_MIN,
+            seen: 0,
+            quiet_since: now,
+            input: false,
+        }
+    }
+
+    /// At a wake at `now`, with the ring's activity count.
+    pub fn plan(&mut self, activity: u64, now: Instant) -> RingPlan {
+        if activity != self.seen || self.input {
+            self.seen = activity;
+            self.input = false;
+            self.quiet_since = now;
+            self.wait = RING_MIN;
+        } else if now.saturating_duration_since(self.quiet_since) >= PARK_AFTER {
+            return RingPlan::Park;
+        } else {
+            self.wait = (self.wait * 2).min(RING_MAX);
+        }
+        RingPlan::WakeWithin(self.wait)
+    }
+
+    /// The guest was given input: it may answer without an exit.
+    pub fn input_given(&mut self) {
+        self.input = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn the_ring_wait_grows_while_the_guest_is_quiet_and_starts_over_when_it_writes() {
+        let t0 = Instant::now();
+        let mut r = RingSchedule::new(t0);
+        assert_eq!(r.plan(0, t0), RingPlan::WakeWithin(ms(2)));
+        assert_eq!(
+            r.plan(5, t0),
+            RingPlan::WakeWithin(RING_MIN),
+            "the guest wrote"
+        );
+        let waits: Vec<RingPlan> = (0..9).map(|i| r.plan(5, t0 + ms(i))).collect();
+        let want: Vec<RingPlan> = [2, 4, 8, 16, 32, 64, 100, 100, 100]
+            .into_iter()
+            .map(|n| RingPlan::WakeWithin(ms(n)))
+            .collect();
+        assert_eq!(waits, want);
+        assert_eq!(r.plan(6, t0 + ms(500)), RingPlan::WakeWithin(RING_MIN));
+        r.plan(6, t0 + ms(501));
+        r.input_given();
+        assert_eq!(
+            r.plan(6, t0 + ms(502)),
+            RingPlan::WakeWithin(RING_MIN),
+            "input given"
+        );
+    }
+
+    #[test]
+    fn a_quiet_guest_gets_its_zone_parked() {
+        let t0 = Instant::now();
+        let mut r = RingSchedule::new(t0);
+        assert_eq!(r.plan(3, t0), RingPlan::WakeWithin(RING_MIN));
+        assert_ne!(r.plan(3, t0 + PARK_AFTER - ms(1)), RingPlan::Park);
+        assert_eq!(r.plan(3, t0 + PARK_AFTER), RingPlan::Park);
+        // Woken again (the count moved): quiet from there.
+        assert_eq!(
+            r.plan(4, t0 + PARK_AFTER * 3),
+            RingPlan::WakeWithin(RING_MIN)
+        );
+        assert_ne!(r.plan(4, t0 + PARK_AFTER * 4 - ms(1)), RingPlan::Park);
+        r.input_given();
+        assert_eq!(
+            r.plan(4, t0 + PARK_AFTER * 4),
+            RingPlan::WakeWithin(RING_MIN)
+        );
     }
 }

@@ -62,6 +62,17 @@ pub const KVM_SET_USER_MEMORY_REGION: u64 = iow(
 /// After the exit status is out, one ioeventfd added and removed shortens the VM's
 /// teardown (vm/teardown.rs).
 pub const KVM_IOEVENTFD: u64 = iow(0x79, std::mem::size_of::<kvm_bindings::kvm_ioeventfd>());
+/// COM1's coalesced zone (coalesced_io.rs): a vCPU registers it again when the guest writes
+/// to it parked; the monitor parks it, and the vCPU whose register write asked for THR-empty
+/// interrupts or loopback gives it up.
+pub const KVM_REGISTER_COALESCED_MMIO: u64 = iow(
+    0x67,
+    std::mem::size_of::<kvm_bindings::kvm_coalesced_mmio_zone>(),
+);
+pub const KVM_UNREGISTER_COALESCED_MMIO: u64 = iow(
+    0x68,
+    std::mem::size_of::<kvm_bindings::kvm_coalesced_mmio_zone>(),
+);
 pub const TCGETS: u64 = 0x5401;
 pub const TCSETS: u64 = 0x5402;
 
@@ -180,7 +191,7 @@ pub const VMM: &[Allowed] = &[
     Allowed {
         nr: libc::SYS_ioctl,
         name: "ioctl",
-        args: Args::Ioctl(&[KVM_IOEVENTFD]),
+        args: Args::Ioctl(&[KVM_IOEVENTFD, KVM_UNREGISTER_COALESCED_MMIO]),
     },
 ];
 
@@ -199,6 +210,8 @@ pub const VCPU: &[Allowed] = &[
             KVM_SET_REGS,
             KVM_SET_SREGS,
             KVM_SET_USER_MEMORY_REGION,
+            KVM_REGISTER_COALESCED_MMIO,
+            KVM_UNREGISTER_COALESCED_MMIO,
         ]),
     },
     // INT 13h reads and writes the disk image; INT 15h AH=86h waits.

@@ -140,9 +140,9 @@ pub fn install_sigsys_handler() -> std::io::Result<()> {
 mod tests {
     use super::lists::{
         compile_list, rules, spawn_guard, spawn_guard_rules, spawn_list, Args, KINDS,
-        KVM_GET_MP_STATE, KVM_GET_REGS, KVM_GET_SREGS, KVM_IOEVENTFD, KVM_RUN, KVM_SET_CPUID2,
-        KVM_SET_FPU, KVM_SET_IRQCHIP, KVM_SET_LAPIC, KVM_SET_MP_STATE, KVM_SET_REGS, KVM_SET_SREGS,
-        KVM_SET_USER_MEMORY_REGION,
+        KVM_GET_MP_STATE, KVM_GET_REGS, KVM_GET_SREGS, KVM_IOEVENTFD, KVM_REGISTER_COALESCED_MMIO,
+        KVM_RUN, KVM_SET_CPUID2, KVM_SET_FPU, KVM_SET_IRQCHIP, KVM_SET_LAPIC, KVM_SET_MP_STATE,
+        KVM_SET_REGS, KVM_SET_SREGS, KVM_SET_USER_MEMORY_REGION, KVM_UNREGISTER_COALESCED_MMIO,
     };
     use super::*;
     use seccompiler::{SeccompAction, SeccompRule};
@@ -282,6 +282,12 @@ mod tests {
         assert_eq!(KVM_GET_MP_STATE, 0x8004_AE98);
         assert_eq!(KVM_SET_USER_MEMORY_REGION, 0x4020_AE46);
         assert_eq!(KVM_IOEVENTFD, 0x4040_AE79);
+        assert_eq!(KVM_UNREGISTER_COALESCED_MMIO, 0x4010_AE68);
+        assert!(ioctls(ThreadKind::Vcpu, false).contains(&KVM_UNREGISTER_COALESCED_MMIO));
+        assert_eq!(KVM_REGISTER_COALESCED_MMIO, 0x4010_AE67);
+        assert!(ioctls(ThreadKind::Vcpu, false).contains(&KVM_REGISTER_COALESCED_MMIO));
+        assert!(ioctls(ThreadKind::Vmm, false).contains(&KVM_UNREGISTER_COALESCED_MMIO));
+        assert!(!ioctls(ThreadKind::Vmm, false).contains(&KVM_REGISTER_COALESCED_MMIO));
     }
 
     #[test]

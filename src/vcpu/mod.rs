@@ -27,6 +27,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::bios::{self, Bios, Caller, Segments, Service};
 use crate::bus::Bus;
+use crate::coalesced_io::CoalescedIo;
 use crate::exit::ExitReason;
 use crate::log;
 use crate::pause::Pause;
@@ -280,6 +281,9 @@ struct Vcpu {
     pause: Arc<Pause>,
     ram: Arc<RamGate>,
     mem: GuestMemoryMmap,
+    /// The ring of buffered port writes (coalesced_io.rs): emptied before each exit is
+    /// handled, so that the exit sees every write the guest made before it.
+    coalesced: Option<Arc<CoalescedIo>>,
     /// KVM keeps the registers in kvm_run (vm/mod.rs, `create_vcpus`).
     sync_regs: bool,
     /// The VM's only vCPU.
@@ -379,6 +383,9 @@ impl Vcpu {
         while !self.pause.enter(id) {}
         let exit = self.fd.run();
         self.pause.leave(id);
+        if let Some(c) = &self.coalesced {
+            c.drain(&self.pio);
+        }
         if !matches!(&exit, Err(e) if e.errno() == libc::EAGAIN) {
             self.refused = None;
         }
@@ -390,7 +397,13 @@ impl Vcpu {
                 let data = data.to_vec();
                 self.service_port_out(port, &data)
             }
-            Ok(VcpuExit::IoOut(port, data)) => write_port(&self.pio, port, data, io_size(run)),
+            Ok(VcpuExit::IoOut(port, data)) => {
+                let step = write_port(&self.pio, port, data, io_size(run));
+                if let Some(c) = &self.coalesced {
+                    c.unpark_after(port);
+                }
+                step
+            }
             Ok(VcpuExit::MmioRead(addr, data)) => {
                 mmio_read(&self.mmio, &self.ram, &self.mem, addr, data)
             }

@@ -36,6 +36,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::{Mailbox, ResetState, ThreadRef, Vcpu, VcpuHandle, VcpuMsg};
 use crate::bios::Bios;
 use crate::bus::Bus;
+use crate::coalesced_io::CoalescedIo;
 use crate::exit::ExitReason;
 use crate::pause::Pause;
 use crate::ram_gate::RamGate;
@@ -69,6 +70,8 @@ pub struct Setup {
     pub ram: Arc<RamGate>,
     /// Guest RAM as the host maps it: accesses to RAM KVM does not know yet are made here.
     pub mem: GuestMemoryMmap,
+    /// The ring of buffered port writes, emptied at every exit; None without one.
+    pub coalesced: Option<Arc<CoalescedIo>>,
 }
 
 /// The compiled filters of the vCPU threads.
@@ -337,6 +340,7 @@ impl Prestarted {
                     pause: setup.pause,
                     ram: setup.ram,
                     mem: setup.mem,
+                    coalesced: setup.coalesced,
                     sync_regs: valid & sync == sync,
                     alone: self.count == 1,
                     refused: None,

@@ -17,10 +17,11 @@ use kvm_ioctls::{Cap, Kvm, SyncReg, VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
 
 use crate::bus::Bus;
+use crate::coalesced_io::CoalescedIo;
 use crate::config::VmConfig;
 use crate::devices::fw_cfg::{FW_CFG_LEN, FW_CFG_PORT};
 use crate::devices::pci::PCI_CONFIG_PORT;
-use crate::devices::serial::{Serial, SerialOut};
+use crate::devices::serial::{Serial, SerialOut, COM1_PORT};
 use crate::devices::timer::Expire;
 use crate::firmware::Rom;
 use crate::memory::{self, MemoryLayout};
@@ -73,6 +74,8 @@ pub struct Machine {
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
     pub serial: Arc<Mutex<Serial>>,
+    /// The ring COM1's data port writes wait in (coalesced_io.rs); None where KVM has none.
+    pub coalesced: Option<Arc<CoalescedIo>>,
     /// Devices driven by timers, polled by the monitor.
     pub timers: Vec<Arc<Mutex<dyn Expire>>>,
     pub vcpus: Vec<VcpuFd>,
@@ -198,6 +201,7 @@ pub fn build(
     }
     .unzip();
     let (vcpus, pending_cpuid) = timed(&mut phases.vcpus, || vcpu_stage(&mem.vm, &cpuid, cfg))?;
+    let coalesced = coalesce_serial(&mem.vm, &vcpus, &dev.serial);
 
     Ok(Machine {
         teardown: Teardown::new(mem.vm.clone()).ok(),
@@ -209,6 +213,7 @@ pub fn build(
         pio: dev.pio,
         mmio: Arc::new(dev.mmio),
         serial: dev.serial,
+        coalesced,
         timers: dev.timers,
         vcpus,
         pending_cpuid,
@@ -401,6 +406,19 @@ fn vcpu_stage(vm: &VmFd, cpuid: &CpuId, cfg: &VmConfig) -> Result<NewVcpus, VmEr
             .map_err(kvm_err("single-step vCPU 0"))?;
     }
     Ok((vcpus, pending))
+}
+
+/// COM1's data port as a coalesced zone, read through vCPU 0's mapping of the ring; the UART
+/// gives it up when the guest enables the THR-empty interrupt or loopback.
+fn coalesce_serial(
+    vm: &Arc<VmFd>,
+    vcpus: &[VcpuFd],
+    serial: &Arc<Mutex<Serial>>,
+) -> Option<Arc<CoalescedIo>> {
+    let c = CoalescedIo::new(vm.clone(), vcpus.first()?, COM1_PORT as u16, 1)?;
+    let stop = c.clone();
+    crate::bus::lock(serial).on_thr_events(Box::new(move || stop.stop()));
+    Some(c)
 }
 
 /// The vCPUs, and by vCPU id the CPUID left for its thread to set.
