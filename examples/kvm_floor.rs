@@ -11,7 +11,9 @@
 //! - the in-kernel irqchip, its GSI routes and five irqfds;
 //! - the vCPUs (one by default), all created before the first instruction; vCPU 0 with the
 //!   host's supported CPUID (cached in a file per host boot, as minipc caches it) and its
-//!   registers in `kvm_run`.
+//!   registers in `kvm_run`;
+//! - COM1's data port as a coalesced zone, its ring read before each exit is handled
+//!   (src/coalesced_io.rs), where KVM has coalesced port I/O.
 //!
 //! Only vCPU 0 runs. The APs wait for an INIT-SIPI that this ROM never sends, and an AP's
 //! CPUID is needed only before it first runs (minipc sets them while the guest runs), so
@@ -33,7 +35,7 @@ use kvm_bindings::{
     KvmIrqRouting, KVM_CAP_HALT_POLL, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
     KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY,
 };
-use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, SyncReg, VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, NoDatamatch, SyncReg, VcpuExit, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 const LOW_RAM: usize = 640 << 10;
@@ -147,8 +149,13 @@ fn run(rom: &[u8], cpus: u64, report: libc::c_int) -> ! {
     check("KVM_SET_CPUID2", vcpu.set_cpuid2(&cpuid));
     vcpu.set_sync_valid_reg(SyncReg::Register);
     vcpu.set_sync_valid_reg(SyncReg::SystemRegister);
+    let ring = kvm.check_extension(Cap::CoalescedPio)
+        && vm
+            .register_coalesced_mmio(IoEventAddress::Pio(COM1_DATA.into()), 1)
+            .is_ok()
+        && vcpu.map_coalesced_mmio_ring().is_ok();
 
-    let (code, out) = run_vcpu(vcpu);
+    let (code, out) = run_vcpu(vcpu, ring);
     let _ = std::io::stdout().write_all(&out);
     let _ = std::io::stdout().flush();
     let bytes = code.to_ne_bytes();
@@ -210,25 +217,42 @@ fn register_memory(vm: &VmFd, rom: &[u8]) {
 }
 
 /// Runs the vCPU until debug-exit (code 2v+1) or a failure (4); what the guest
-/// wrote to COM1 comes back with the code.
-fn run_vcpu(vcpu: &mut VcpuFd) -> (i32, Vec<u8>) {
+/// wrote to COM1 comes back with the code. With `ring`, the bytes KVM buffered in the
+/// coalesced ring are taken before the exit's own byte, as minipc orders them.
+fn run_vcpu(vcpu: &mut VcpuFd, ring: bool) -> (i32, Vec<u8>) {
     let mut out = Vec::new();
-    let code = loop {
-        match vcpu.run() {
+    loop {
+        let mut byte = None;
+        let end = match vcpu.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
                 data.fill(if port == COM1_LSR { 0x60 } else { 0xFF });
+                None
             }
-            Ok(VcpuExit::IoOut(COM1_DATA, data)) => out.extend_from_slice(data),
+            Ok(VcpuExit::IoOut(COM1_DATA, data)) => {
+                byte = data.first().copied();
+                None
+            }
             Ok(VcpuExit::IoOut(DEBUG_EXIT, data)) => {
-                break i32::from(data.first().copied().unwrap_or(0)) << 1 | 1;
+                Some(i32::from(data.first().copied().unwrap_or(0)) << 1 | 1)
             }
-            Ok(VcpuExit::IoOut(..)) | Ok(VcpuExit::MmioWrite(..)) => {}
-            Ok(VcpuExit::MmioRead(_, data)) => data.fill(0xFF),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
-            Ok(_) | Err(_) => break 4,
+            Ok(VcpuExit::IoOut(..)) | Ok(VcpuExit::MmioWrite(..)) => None,
+            Ok(VcpuExit::MmioRead(_, data)) => {
+                data.fill(0xFF);
+                None
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
+            Ok(_) | Err(_) => Some(4),
+        };
+        if ring {
+            while let Ok(Some(e)) = vcpu.coalesced_mmio_read() {
+                out.extend_from_slice(&e.data[..(e.len as usize).min(8)]);
+            }
         }
-    };
-    (code, out)
+        out.extend(byte);
+        if let Some(code) = end {
+            return (code, out);
+        }
+    }
 }
 
 /// An anonymous mapping of `len` bytes, reserved lazily as minipc maps guest memory.
