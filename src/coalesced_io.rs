@@ -227,6 +227,22 @@ impl CoalescedIo {
         }
     }
 
+    /// The guest was reset (`--reboot`), and its UART with it: writes may wait in the ring
+    /// again, whatever the boot before did.
+    pub fn restart(&self) {
+        let _zone = lock(&self.zone);
+        if self.state.load(Ordering::Relaxed) == LIVE {
+            return;
+        }
+        let at = IoEventAddress::Pio(self.port.into());
+        match self.vm.register_coalesced_mmio(at, self.len) {
+            Ok(()) => self.state.store(LIVE, Ordering::Release),
+            Err(e) => log::debug(format_args!(
+                "coalesced I/O: cannot register the zone again: {e}"
+            )),
+        }
+    }
+
     /// After a port write that exited: if it was to the parked zone, the guest writes again,
     /// so the zone is registered again. Otherwise (the usual case) one load.
     pub fn unpark_after(&self, port: u16) {

@@ -396,10 +396,11 @@ enum Told {
 
 pub struct Serial {
     uart: Uart<IrqTrigger, NoEvents, SerialOut>,
-    /// Called once, the first time the guest enables the THR-empty interrupt or loopback:
-    /// from then on a byte written to THR may raise an interrupt or become input, so it
-    /// must reach the UART when it is written (coalesced_io.rs).
-    on_thr_events: Option<Box<dyn FnOnce() + Send>>,
+    /// Called when the guest enables the THR-empty interrupt or loopback: from then on a
+    /// byte written to THR may raise an interrupt or become input, so it must reach the UART
+    /// when it is written (coalesced_io.rs). Once until the UART is reset.
+    on_thr_events: Option<Box<dyn Fn() + Send>>,
+    thr_events_armed: bool,
 }
 
 /// How the serial output ended (`Serial::finish_output`).
@@ -415,12 +416,15 @@ impl Serial {
         Serial {
             uart: Uart::new(IrqTrigger(irq), out),
             on_thr_events: None,
+            thr_events_armed: false,
         }
     }
 
-    /// `f` runs once, when the guest first enables the THR-empty interrupt or loopback.
-    pub fn on_thr_events(&mut self, f: Box<dyn FnOnce() + Send>) {
+    /// `f` runs when the guest first enables the THR-empty interrupt or loopback, and again
+    /// the first time after each reset of the UART.
+    pub fn on_thr_events(&mut self, f: Box<dyn Fn() + Send>) {
         self.on_thr_events = Some(f);
+        self.thr_events_armed = true;
     }
 
     /// After the guest wrote at `offset`: whether a THR write can now raise an interrupt
@@ -585,6 +589,7 @@ impl BusDevice for Serial {
             let _ = self.uart.write(reg, v);
         }
         let _ = self.uart.read(2); // reading IIR acknowledges a pending THR-empty interrupt
+        self.thr_events_armed = self.on_thr_events.is_some();
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) -> Option<ExitReason> {
@@ -592,8 +597,9 @@ impl BusDevice for Serial {
             if let Err(e) = self.uart.write(offset as u8, *b) {
                 log::debug(format_args!("serial: write failed: {e:?}"));
             }
-            if self.on_thr_events.is_some() && self.thr_write_has_events(offset as u8) {
-                if let Some(f) = self.on_thr_events.take() {
+            if self.thr_events_armed && self.thr_write_has_events(offset as u8) {
+                self.thr_events_armed = false;
+                if let Some(f) = &self.on_thr_events {
                     f();
                 }
             }
@@ -637,6 +643,11 @@ mod tests {
         s.write(1, &[0x00]);
         s.write(1, &[0x02]);
         assert_eq!(calls.load(Relaxed), 1, "the hook runs once");
+
+        // A reset of the UART (a guest reboot) arms it again.
+        s.reset();
+        s.write(1, &[0x02]);
+        assert_eq!(calls.load(Relaxed), 2, "after a reset");
 
         let (mut s, calls) = counted();
         s.write(4, &[0x10]);

@@ -595,6 +595,10 @@ fn reboot(machine: &Machine, handles: &[VcpuHandle], rx: &Receiver<VcpuMsg>) -> 
     // What the guest wrote before its reset goes out before the UART is reset.
     drain_coalesced(machine);
     machine.reset_platform().map_err(io::Error::other)?;
+    // The UART is reset: the ring serves the next boot, whatever this one enabled.
+    if let Some(c) = &machine.coalesced {
+        c.restart();
+    }
     for h in handles {
         h.release();
     }

@@ -359,7 +359,11 @@ pub const VCPU_REBOOT: &[Allowed] = &[Allowed {
 pub const VMM_REBOOT: &[Allowed] = &[Allowed {
     nr: libc::SYS_ioctl,
     name: "ioctl",
-    args: Args::Ioctl(&[KVM_SET_IRQCHIP, KVM_SET_USER_MEMORY_REGION]),
+    args: Args::Ioctl(&[
+        KVM_SET_IRQCHIP,
+        KVM_SET_USER_MEMORY_REGION,
+        KVM_REGISTER_COALESCED_MMIO,
+    ]),
 }];
 
 /// Every syscall a thread kind may make, common ones first (the RAM registering thread has

@@ -331,7 +331,11 @@ mod tests {
             .collect();
         assert_eq!(
             vmm_reboot,
-            vec![KVM_SET_IRQCHIP, KVM_SET_USER_MEMORY_REGION],
+            vec![
+                KVM_SET_IRQCHIP,
+                KVM_SET_USER_MEMORY_REGION,
+                KVM_REGISTER_COALESCED_MMIO
+            ],
             "no KVM_SET_PIT2 (0x4070_AEA0): the PIT is in user space"
         );
         assert_eq!(KVM_SET_REGS, 0x4090_AE82);
