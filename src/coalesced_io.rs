@@ -16,19 +16,38 @@
 //! (`stop`) when the guest enables the THR-empty interrupt or loopback (a byte then becomes
 //! an interrupt or received data), and every later write exits as it did without the ring.
 //!
+//! Unregistering waits for an SRCU grace period of the VM, and within about 20 ms of an
+//! I/O-bus registration (the irqchip's, the zone's own) that takes 3-7 ms here; later, tens of
+//! microseconds. So a `stop` that early only asks: the monitor unregisters once the last
+//! registration is `QUIET_BUS` old (`finish_stop`), and until then empties the ring every
+//! `STOPPING_POLL`, so that a buffered byte's interrupt comes that late at most; a guest that
+//! keeps sending by interrupts meanwhile gets the zone unregistered at once, by the monitor.
+//! The vCPU never waits long.
+//!
 //! A guest that has printed and then idles would keep the monitor waking to look at the
 //! ring. So once the guest has written nothing for a while the monitor parks the zone
 //! (`park`): the next write exits, shows at once, and registers the zone again from that
 //! vCPU (`unpark_after`).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use kvm_bindings::kvm_coalesced_mmio;
 use kvm_ioctls::{Cap, IoEventAddress, VcpuFd, VmFd};
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::{lock, Bus};
 use crate::log;
+
+/// How long after the zone's last registration unregistering it is cheap (see the module
+/// doc).
+pub const QUIET_BUS: Duration = Duration::from_millis(30);
+/// While a stop waits for `QUIET_BUS`, the monitor empties the ring at least this often.
+pub const STOPPING_POLL: Duration = Duration::from_micros(200);
+/// A guest that sends this many bytes through the ring while a stop waits sends by
+/// interrupts at `STOPPING_POLL` a byte: the monitor unregisters at once, slow or not.
+const STOPPING_WRITES: u64 = 16;
 
 /// The ring as KVM lays it out in its page: `first` (the reader's next entry), `last` (the
 /// writer's next entry), then the entries.
@@ -116,9 +135,15 @@ pub struct CoalescedIo {
     len: u32,
     /// One reader at a time, so that writes come out in the order the guest made them.
     reader: Mutex<()>,
-    /// `LIVE`, `PARKED` or `STOPPED`; changed only under `zone`, with the ioctl that makes it so.
+    /// `LIVE`, `PARKED`, `STOPPING` or `STOPPED`; changed only under `zone`, with the ioctl
+    /// that makes it so.
     state: AtomicU8,
-    zone: Mutex<()>,
+    /// When the zone was last registered.
+    zone: Mutex<Instant>,
+    /// `carried` when the stop was asked for.
+    carried_at_stop: AtomicU64,
+    /// The monitor's wake-up, for a stop request.
+    wake: OnceLock<Arc<EventFd>>,
     /// How many writes came through the ring.
     carried: AtomicU64,
     /// How many times the zone was registered again after a park.
@@ -129,8 +154,10 @@ pub struct CoalescedIo {
 const LIVE: u8 = 0;
 /// Unregistered while the guest is quiet; the next write to it registers it again.
 const PARKED: u8 = 1;
+/// Registered, to be unregistered for good by the monitor (`finish_stop`).
+const STOPPING: u8 = 2;
 /// Unregistered for good.
-const STOPPED: u8 = 2;
+const STOPPED: u8 = 3;
 
 impl CoalescedIo {
     /// Registers `len` ports from `port` as a coalesced zone and maps the ring through
@@ -182,7 +209,9 @@ impl CoalescedIo {
             len,
             reader: Mutex::new(()),
             state: AtomicU8::new(LIVE),
-            zone: Mutex::new(()),
+            zone: Mutex::new(Instant::now()),
+            carried_at_stop: AtomicU64::new(0),
+            wake: OnceLock::new(),
             carried: AtomicU64::new(0),
             unparks: AtomicU64::new(0),
         }))
@@ -205,23 +234,68 @@ impl CoalescedIo {
         n
     }
 
-    /// Gives the zone up for good: every later write to it exits. What is in the ring still
-    /// comes out at the next drain. Called by the device while the guest's register write
-    /// that made buffering wrong is being handled, before that vCPU runs again.
+    /// The monitor's wake-up, written when a stop is asked for.
+    pub fn set_wake(&self, wake: Arc<EventFd>) {
+        let _ = self.wake.set(wake);
+    }
+
+    /// Gives the zone up for good: every later write to it exits. Called by the device while
+    /// the guest's register write that made buffering wrong is being handled, so it never
+    /// waits for a busy bus: within `QUIET_BUS` of the zone's registration it only asks, and
+    /// the monitor unregisters it later (`finish_stop`). What is in the ring still comes out
+    /// at the next drain.
     pub fn stop(&self) {
-        let _zone = lock(&self.zone);
-        if self.state.load(Ordering::Relaxed) == LIVE {
-            self.unregister();
+        let zone = lock(&self.zone);
+        match self.state.load(Ordering::Relaxed) {
+            LIVE if zone.elapsed() >= QUIET_BUS => {
+                self.unregister();
+                self.state.store(STOPPED, Ordering::Release);
+            }
+            LIVE => {
+                self.carried_at_stop
+                    .store(self.carried(), Ordering::Relaxed);
+                self.state.store(STOPPING, Ordering::Release);
+                if let Some(w) = self.wake.get() {
+                    let _ = w.write(1);
+                }
+            }
+            PARKED => self.state.store(STOPPED, Ordering::Release),
+            _ => {}
         }
-        self.state.store(STOPPED, Ordering::Release);
+    }
+
+    /// A stop was asked for and the zone is still registered: the monitor calls
+    /// `finish_stop`, and empties the ring every `STOPPING_POLL` meanwhile.
+    pub fn stop_pending(&self) -> bool {
+        self.state.load(Ordering::Acquire) == STOPPING
+    }
+
+    /// Unregisters a zone whose stop is pending once that is cheap (`QUIET_BUS` after its
+    /// last registration), or at once when the guest keeps sending through the ring
+    /// (`STOPPING_WRITES`); true when it is unregistered. What is in the ring still comes out
+    /// at the next drain.
+    pub fn finish_stop(&self, now: Instant) -> bool {
+        let zone = lock(&self.zone);
+        let busy = self.carried() - self.carried_at_stop.load(Ordering::Relaxed) >= STOPPING_WRITES;
+        match self.state.load(Ordering::Relaxed) {
+            STOPPING if busy || now.saturating_duration_since(*zone) >= QUIET_BUS => {
+                self.unregister();
+                self.state.store(STOPPED, Ordering::Release);
+                true
+            }
+            STOPPING => false,
+            _ => true,
+        }
     }
 
     /// The guest has been quiet: its next write to the zone exits (and shows at once)
     /// instead of waiting for the monitor. What is in the ring still comes out at the next
-    /// drain.
-    pub fn park(&self) {
-        let _zone = lock(&self.zone);
-        if self.state.load(Ordering::Relaxed) == LIVE {
+    /// drain. Not within `QUIET_BUS` of a registration, where unregistering is slow.
+    pub fn park(&self, now: Instant) {
+        let zone = lock(&self.zone);
+        if self.state.load(Ordering::Relaxed) == LIVE
+            && now.saturating_duration_since(*zone) >= QUIET_BUS
+        {
             self.unregister();
             self.state.store(PARKED, Ordering::Release);
         }
@@ -230,16 +304,16 @@ impl CoalescedIo {
     /// The guest was reset (`--reboot`), and its UART with it: writes may wait in the ring
     /// again, whatever the boot before did.
     pub fn restart(&self) {
-        let _zone = lock(&self.zone);
-        if self.state.load(Ordering::Relaxed) == LIVE {
-            return;
-        }
-        let at = IoEventAddress::Pio(self.port.into());
-        match self.vm.register_coalesced_mmio(at, self.len) {
-            Ok(()) => self.state.store(LIVE, Ordering::Release),
-            Err(e) => log::debug(format_args!(
-                "coalesced I/O: cannot register the zone again: {e}"
-            )),
+        let mut zone = lock(&self.zone);
+        match self.state.load(Ordering::Relaxed) {
+            LIVE => {}
+            STOPPING => self.state.store(LIVE, Ordering::Release),
+            _ => {
+                if self.register() {
+                    *zone = Instant::now();
+                    self.state.store(LIVE, Ordering::Release);
+                }
+            }
         }
     }
 
@@ -251,21 +325,28 @@ impl CoalescedIo {
         {
             return;
         }
-        let _zone = lock(&self.zone);
+        let mut zone = lock(&self.zone);
         if self.state.load(Ordering::Relaxed) != PARKED {
             return;
         }
+        if self.register() {
+            *zone = Instant::now();
+            self.unparks.fetch_add(1, Ordering::Relaxed);
+            self.state.store(LIVE, Ordering::Release);
+        } else {
+            self.state.store(STOPPED, Ordering::Release);
+        }
+    }
+
+    fn register(&self) -> bool {
         let at = IoEventAddress::Pio(self.port.into());
         match self.vm.register_coalesced_mmio(at, self.len) {
-            Ok(()) => {
-                self.unparks.fetch_add(1, Ordering::Relaxed);
-                self.state.store(LIVE, Ordering::Release);
-            }
+            Ok(()) => true,
             Err(e) => {
                 log::debug(format_args!(
                     "coalesced I/O: cannot register the zone again: {e}"
                 ));
-                self.state.store(STOPPED, Ordering::Release);
+                false
             }
         }
     }
@@ -284,7 +365,11 @@ impl CoalescedIo {
     /// is registered and the guest has used it, or something is left from before it was
     /// unregistered.
     pub fn may_hold_output(&self) -> bool {
-        (self.state.load(Ordering::Relaxed) == LIVE && self.carried() > 0) || !self.ring.is_empty()
+        match self.state.load(Ordering::Relaxed) {
+            LIVE => self.carried() > 0 || !self.ring.is_empty(),
+            STOPPING => true,
+            _ => !self.ring.is_empty(),
+        }
     }
 
     /// How many writes came through the ring so far (`--stats`).
@@ -458,8 +543,12 @@ mod tests {
                 return None;
             }
             match zone {
-                Zone::Parked => c.as_ref()?.park(),
-                Zone::Stopped => c.as_ref()?.stop(),
+                Zone::Parked => c.as_ref()?.park(Instant::now() + QUIET_BUS),
+                Zone::Stopped => {
+                    let c = c.as_ref()?;
+                    c.stop();
+                    assert!(c.finish_stop(Instant::now() + QUIET_BUS));
+                }
                 _ => {}
             }
             c
@@ -511,9 +600,37 @@ mod tests {
         assert_eq!(c.drain(&pio), 1);
         assert_eq!(c.drain(&pio), 0);
         assert!(c.may_hold_output(), "the zone is live and was used");
+        // A stop only asks; the zone goes once the bus has been quiet for QUIET_BUS.
+        let registered = *lock(&c.zone);
         c.stop();
+        if registered.elapsed() < QUIET_BUS / 2 {
+            assert!(c.stop_pending());
+            assert!(c.may_hold_output());
+            c.park(registered + QUIET_BUS);
+            assert!(c.stop_pending(), "a stopping zone is not parked");
+            assert!(!c.finish_stop(Instant::now()), "unregistered on a busy bus");
+        }
+        assert!(c.finish_stop(Instant::now() + QUIET_BUS));
+        assert!(!c.stop_pending());
         c.stop();
         assert!(!c.may_hold_output(), "stopped with an empty ring");
+        c.restart();
+        assert_eq!(
+            c.state.load(Ordering::Relaxed),
+            LIVE,
+            "a reset registers it again"
+        );
+    }
+
+    #[test]
+    fn a_stop_on_a_quiet_bus_unregisters_at_once() {
+        let Some((Some(c), _, _)) = run_guest(&[0xF4], Zone::Live) else {
+            return;
+        };
+        *lock(&c.zone) -= QUIET_BUS;
+        c.stop();
+        assert_eq!(c.state.load(Ordering::Relaxed), STOPPED);
+        assert!(!c.stop_pending());
     }
 
     #[test]
@@ -554,7 +671,7 @@ mod tests {
         assert_eq!(c.drain(&pio), 1);
         assert_eq!((c.carried(), c.activity()), (2, 3));
         // Writes elsewhere leave a parked zone parked.
-        c.park();
+        c.park(Instant::now() + QUIET_BUS);
         c.unpark_after(0x3F9);
         assert_eq!(c.state.load(Ordering::Relaxed), PARKED);
         c.stop();

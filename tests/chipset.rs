@@ -369,10 +369,11 @@ fn reboot_restarts_the_guest_at_the_reset_vector_with_ram_kept() {
         ]);
         assert_eq!(r.stdout, "first boot\r\nsecond boot\r\n", "{}", r.stderr);
         assert_eq!(r.code, (2 << 1) | 1, "--cpus {cpus}: {}", r.stderr);
-        // The first boot turned the UART's interrupts on before it printed, so its line went
-        // out by exits; the reset gave the second boot COM1's ring back (tests/serial_ring.rs).
+        // The first boot turned the UART's interrupts on, and waited until COM1's ring was
+        // given up (tests/serial_ring.rs): only the reset gives it back, for the second
+        // boot's 13 bytes (the first boot's line may have gone through it before).
         let ring = r.stats().and_then(|s| stat_value(s, "coalesced_writes"));
-        assert_eq!(ring, Some(13), "--cpus {cpus}: {}", r.stderr);
+        assert!(ring >= Some(13), "--cpus {cpus}: {}", r.stderr);
     }
 }
 

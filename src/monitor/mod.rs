@@ -16,6 +16,7 @@ use kvm_ioctls::VcpuFd;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::lock;
+use crate::coalesced_io::{CoalescedIo, STOPPING_POLL};
 use crate::exit::ExitReason;
 use crate::halt::{self, Backoff, BlockingStat, FALLBACK_PERIOD};
 use crate::log;
@@ -86,6 +87,9 @@ fn run_inner(machine: &mut Machine, opts: Options) -> io::Result<Outcome> {
     vcpu::install_kick_handler()?;
     let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
     lock(&machine.serial).set_output_notifier(wake.clone());
+    if let Some(c) = &machine.coalesced {
+        c.set_wake(wake.clone());
+    }
     let (tx, rx) = channel();
 
     let stats = BlockingStat::open_all(&machine.vcpus);
@@ -296,19 +300,8 @@ impl VmmLoop<'_> {
         drain_coalesced(self.machine);
         let plan = self.output.plan(&lock(&self.machine.serial));
         let mut wait = self.wait(now);
-        if let Some(c) = self
-            .machine
-            .coalesced
-            .as_ref()
-            .filter(|c| c.may_hold_output())
-        {
-            match self.ring.plan(c.activity(), now) {
-                RingPlan::WakeWithin(w) => wait = wait.min(w),
-                RingPlan::Park => {
-                    c.park();
-                    c.drain(&self.machine.pio);
-                }
-            }
+        if let Some(c) = &self.machine.coalesced {
+            wait = wait.min(self.serve_ring(c, now));
         }
         if let Some(at) = plan.write_at {
             wait = wait.min(at.saturating_duration_since(now));
@@ -322,6 +315,29 @@ impl VmmLoop<'_> {
         let writable = set.out_slot.is_some_and(|slot| set.fds[slot].revents != 0);
         self.output.serve(&mut lock(&self.machine.serial), writable);
         Ok(None)
+    }
+
+    /// KVM's ring of the guest's serial writes: a pending stop finished once it is cheap
+    /// (polling the ring meanwhile), the zone parked when the guest has been quiet. Returns
+    /// the longest the next poll may wait for the ring.
+    fn serve_ring(&mut self, c: &CoalescedIo, now: Instant) -> Duration {
+        if c.stop_pending() {
+            if !c.finish_stop(now) {
+                return STOPPING_POLL;
+            }
+            c.drain(&self.machine.pio);
+        }
+        if !c.may_hold_output() {
+            return Duration::MAX;
+        }
+        match self.ring.plan(c.activity(), now) {
+            RingPlan::WakeWithin(w) => w,
+            RingPlan::Park => {
+                c.park(now);
+                c.drain(&self.machine.pio);
+                Duration::MAX
+            }
+        }
     }
 
     /// The halt detector's tick: when no check is in flight and the next kick is due, asks

@@ -56,6 +56,9 @@ start:
         out     dx, al
         mov     si, offset first
         call    print
+        # Long enough for the VMM to give COM1's ring up after the IER write above
+        # (src/coalesced_io.rs); the reset must give the next boot the ring back.
+        pm_wait 60
         mov     dx, 0xCF9
         mov     al, 0x06
         out     dx, al

@@ -3,6 +3,8 @@
 #   the 8259), one byte per interrupt;
 # - with --defsym LOOPBACK=1: MCR.LOOP on, "x" written to THR must come back in RBR with
 #   LSR.DR set at once; then loopback off and "loop x\r\n" printed by polling.
+# With --defsym WAIT_MS=N, it waits N ms between the polled line and the switch; with
+# --defsym LONG=1 the interrupt-driven text has ten more lines before "irq".
 # Leaves through debug-exit with 0 (exit code 1), or 1 (exit code 3) when the looped byte
 # did not come back.
         .include "common.inc"
@@ -11,6 +13,9 @@ start:
         low_stack
         mov     si, offset poll
         call    print
+        .ifdef  WAIT_MS
+        pm_wait WAIT_MS
+        .endif
         .ifdef  LOOPBACK
         mov     dx, COM1 + 4
         mov     al, 0x10                # MCR.LOOP
@@ -78,7 +83,13 @@ com_isr:
         pop     dx
         pop     ax
         iret
-irq:    .asciz  "irq\r\n"
+irq:
+        .ifdef  LONG
+        .rept   10
+        .ascii  "an interrupt-driven line of text\r\n"
+        .endr
+        .endif
+        .asciz  "irq\r\n"
         .endif
 poll:   .asciz  "poll\r\n"
 looped: .asciz  "loop x\r\n"
