@@ -276,7 +276,10 @@ impl CoalescedIo {
     /// at the next drain.
     pub fn finish_stop(&self, now: Instant) -> bool {
         let zone = lock(&self.zone);
-        let busy = self.carried() - self.carried_at_stop.load(Ordering::Relaxed) >= STOPPING_WRITES;
+        let since_stop = self
+            .carried()
+            .saturating_sub(self.carried_at_stop.load(Ordering::Relaxed));
+        let busy = since_stop >= STOPPING_WRITES;
         match self.state.load(Ordering::Relaxed) {
             STOPPING if busy || now.saturating_duration_since(*zone) >= QUIET_BUS => {
                 self.unregister();
