@@ -94,6 +94,17 @@ impl Ring {
         unsafe { &*self.page.add(offset).cast::<AtomicU32>() }
     }
 
+    /// Entry `i` of the ring, for `i` < `entries`.
+    fn entry(&self, i: u32) -> *mut kvm_coalesced_mmio {
+        debug_assert!(i < self.entries);
+        // SAFETY: entry `i` < `entries` lies inside the page (`new`).
+        unsafe {
+            self.page
+                .add(RING_HEADER + i as usize * ENTRY)
+                .cast::<kvm_coalesced_mmio>()
+        }
+    }
+
     fn is_empty(&self) -> bool {
         self.index(0).load(Ordering::Relaxed) == self.index(4).load(Ordering::Acquire)
     }
@@ -109,13 +120,7 @@ impl Ring {
         }
         // SAFETY: `first` < `entries`, so the entry lies inside the page; read volatile, the
         // kernel owns the memory around it.
-        let e: kvm_coalesced_mmio = unsafe {
-            std::ptr::read_volatile(
-                self.page
-                    .add(RING_HEADER + first as usize * ENTRY)
-                    .cast::<kvm_coalesced_mmio>(),
-            )
-        };
+        let e: kvm_coalesced_mmio = unsafe { std::ptr::read_volatile(self.entry(first)) };
         // Release: the entry is read before the kernel may reuse its slot.
         self.index(0)
             .store((first + 1) % self.entries, Ordering::Release);
@@ -412,14 +417,7 @@ mod tests {
                 ..Default::default()
             };
             // SAFETY: `last` < entries, inside the page.
-            unsafe {
-                std::ptr::write(
-                    ring.page
-                        .add(RING_HEADER + last as usize * ENTRY)
-                        .cast::<kvm_coalesced_mmio>(),
-                    e,
-                )
-            };
+            unsafe { std::ptr::write(ring.entry(last), e) };
             ring.index(4)
                 .store((last + 1) % ring.entries, Ordering::Release);
         }

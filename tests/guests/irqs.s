@@ -38,13 +38,8 @@ start:
         out     0x70, al
         mov     al, 0x42
         out     0x71, al
-        # COM1: interrupt on received data.
-        mov     dx, COM1 + 4
-        mov     al, 0x08                # MCR.OUT2
-        out     dx, al
-        mov     dx, COM1 + 1
-        mov     al, 0x01                # IER.ERBFI
-        out     dx, al
+        # COM1: interrupt on received data (IER.ERBFI).
+        com1_irq 0x01
         # ACPI: the PM timer's overflow raises the SCI.
         mov     dx, 0x602
         mov     ax, 0x0001              # PM1a_EN.TMR_EN

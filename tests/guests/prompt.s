@@ -10,13 +10,8 @@ start:
         mov     word ptr [0x0C * 4 + 2], 0xF000
         # The 8259 pair: vectors 08h and 70h; only IRQ 4 unmasked.
         init_8259s 0xEF, 0xFF
-        # COM1: interrupt on received data.
-        mov     dx, COM1 + 4
-        mov     al, 0x08                # MCR.OUT2
-        out     dx, al
-        mov     dx, COM1 + 1
-        mov     al, 0x01                # IER.ERBFI
-        out     dx, al
+        # COM1: interrupt on received data (IER.ERBFI).
+        com1_irq 0x01
         mov     si, offset ready
         call    print
 1:      sti

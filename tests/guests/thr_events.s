@@ -44,12 +44,8 @@ start:
         mov     word ptr [0x0C * 4 + 2], 0xF000
         # The 8259 pair: vectors 08h and 70h; only IRQ 4 unmasked.
         init_8259s 0xEF, 0xFF
-        mov     dx, COM1 + 4
-        mov     al, 0x08                # MCR.OUT2
-        out     dx, al
-        mov     dx, COM1 + 1
-        mov     al, 0x02                # IER.ETBEI: THR empty raises IRQ 4 at once
-        out     dx, al
+        # IER.ETBEI: THR empty raises IRQ 4 at once.
+        com1_irq 0x02
 2:      sti
         hlt
         cli
