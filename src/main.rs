@@ -234,8 +234,15 @@ fn prepare(cfg: &VmConfig) -> Prepared {
         boot::BootPlan::new(cfg, &layout).unwrap_or_else(|e| config_error(&e.to_string())),
     );
     let _ = stats::BOOT.set(boot.describe());
-    let serial_out =
-        vm::open_serial_out(&cfg.serial).unwrap_or_else(|e| config_error(&e.to_string()));
+    let serial_out = match vm::open_serial_out(&cfg.serial, cfg.timeout) {
+        Ok(s) => s,
+        // The user's time ran out before the VM could start: as `--timeout` says.
+        Err(e @ vm::VmError::SerialNoReader { .. }) => {
+            eprintln!("minipc: {e} (exit code {})", code::TIMEOUT);
+            std::process::exit(code::TIMEOUT);
+        }
+        Err(e) => config_error(&e.to_string()),
+    };
     Prepared {
         rom,
         boot,

@@ -443,3 +443,48 @@ fn a_terminal_nobody_reads_without_proc_does_not_stop_the_timeout() {
         start.elapsed()
     );
 }
+
+/// `--serial file:` on a FIFO nobody reads yet: minipc waits for its reader (opening it
+/// would otherwise block before the VM and its `--timeout` start), within `--timeout`, and
+/// runs the guest once a reader comes.
+#[test]
+fn a_fifo_without_a_reader_is_waited_for_within_the_timeout() {
+    if !kvm_available() {
+        return;
+    }
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("no-reader-{}.fifo", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let c = std::ffi::CString::new(path_str(&path)).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    let serial = format!("file:{}", path_str(&path));
+
+    // Nobody reads: the timeout ends it (it used to wait in open(2) forever).
+    let start = Instant::now();
+    let child = spawn_to(&["--serial", &serial, "--timeout", "1"], Stdio::null());
+    let (code, err) = wait_within(child, Duration::from_secs(10), "no reader");
+    assert_eq!(code, 124, "{err}");
+    assert!(
+        err.contains(path_str(&path)) && err.contains("no reader"),
+        "{err}"
+    );
+    assert!(start.elapsed() >= Duration::from_secs(1), "{err}");
+
+    // A reader that comes 300 ms later gets the demo's output.
+    let reader_path = path.clone();
+    let reader = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        let mut out = String::new();
+        File::open(&reader_path)
+            .and_then(|mut f| f.read_to_string(&mut out))
+            .expect("read the FIFO");
+        out
+    });
+    let child = spawn_to(&["--serial", &serial, "--timeout", "20"], Stdio::null());
+    let (code, err) = wait_within(child, Duration::from_secs(30), "late reader");
+    let out = reader.join().expect("reader");
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("demo done"), "{out}");
+}

@@ -1,7 +1,10 @@
 //! The machine's devices: the interrupt controllers and their routing, the port and MMIO
 //! devices, the PCI bus, fw_cfg, and the serial output they write to.
 
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use kvm_bindings::{
     kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
@@ -35,23 +38,64 @@ use crate::shadow::{Shadow, ShadowMmio, SHADOW_LEN, SHADOW_START};
 
 use super::{kvm_err, VmError};
 
-/// Opens the serial output before anything else is built, so a bad path is a config error.
-pub fn open_serial_out(mode: &SerialMode) -> Result<SerialOut, VmError> {
+/// Opens the serial output before anything else is built, so a bad path is a config error;
+/// a FIFO waits for its reader at most `timeout` (`open_serial_file`).
+pub fn open_serial_out(mode: &SerialMode, timeout: Option<Duration>) -> Result<SerialOut, VmError> {
     Ok(SerialOut::new(match mode {
         SerialMode::Stdio => Sink::Stdout,
         SerialMode::None => Sink::Null,
-        SerialMode::File(p) => Sink::File(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .write(true)
-                .truncate(true)
-                .open(p)
-                .map_err(|err| VmError::SerialFile {
+        SerialMode::File(p) => Sink::File(open_serial_file(p, timeout)?),
+    }))
+}
+
+/// How often a FIFO without a reader is tried again.
+const FIFO_RETRY: Duration = Duration::from_millis(10);
+/// After this long without a reader, the user is told what minipc waits for.
+const FIFO_NOTICE: Duration = Duration::from_secs(1);
+
+/// `--serial file:PATH`, opened for writing (created and truncated if it is a file), without
+/// waiting: a FIFO nobody reads yet would otherwise hold `open` until a reader comes, before
+/// the VM and its `--timeout` even start. Such a FIFO is tried again every 10 ms: within
+/// `timeout` when there is one (then `SerialNoReader`), with a notice on stderr after a
+/// second. The descriptor keeps O_NONBLOCK, as the output sets it on anything that is not a
+/// file (devices/serial.rs).
+fn open_serial_file(p: &Path, timeout: Option<Duration>) -> Result<std::fs::File, VmError> {
+    let start = Instant::now();
+    let mut told = false;
+    loop {
+        let opened = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(p);
+        match opened {
+            Ok(f) => return Ok(f),
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                let waited = start.elapsed();
+                if let Some(t) = timeout.filter(|t| waited >= *t) {
+                    return Err(VmError::SerialNoReader {
+                        path: p.display().to_string(),
+                        timeout: t,
+                    });
+                }
+                if !told && waited >= FIFO_NOTICE {
+                    eprintln!(
+                        "minipc: {}: a FIFO nobody reads yet; waiting for its reader",
+                        p.display()
+                    );
+                    told = true;
+                }
+                std::thread::sleep(FIFO_RETRY);
+            }
+            Err(err) => {
+                return Err(VmError::SerialFile {
                     path: p.display().to_string(),
                     err,
-                })?,
-        ),
-    }))
+                })
+            }
+        }
+    }
 }
 
 /// The in-kernel PICs and IOAPIC (irqfds need the irqchip), with the ISA interrupts routed

@@ -57,6 +57,11 @@ pub enum VmError {
     Boot(String),
     #[error("{path}: cannot open serial output: {err}")]
     SerialFile { path: String, err: std::io::Error },
+    #[error("{path}: no reader opened this FIFO within --timeout ({timeout:?})")]
+    SerialNoReader {
+        path: String,
+        timeout: std::time::Duration,
+    },
 }
 
 /// Everything the running machine is made of. The VM, its memory and the ROM are held here
@@ -599,7 +604,7 @@ mod tests {
 
     #[test]
     fn serial_file_errors_name_the_path() {
-        let e = open_serial_out(&SerialMode::File("/nonexistent/dir/x".into()))
+        let e = open_serial_out(&SerialMode::File("/nonexistent/dir/x".into()), None)
             .err()
             .unwrap()
             .to_string();
