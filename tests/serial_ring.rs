@@ -147,3 +147,53 @@ fn a_guest_that_prints_then_idles_is_shown_while_it_runs() {
     }
     shown_while_it_runs(&[("IDLE", 1)]);
 }
+
+#[test]
+fn rep_outsb_bursts_come_through_complete_and_in_order() {
+    if !kvm_available() {
+        return;
+    }
+    // 128 KiB without a poll: KVM fills the ring (170 bytes), exits with the rest of the
+    // string, and the VMM takes the ring first, then the exit's bytes.
+    const REPEAT: u64 = 32;
+    let g = guest("rep_outsb", &[("REPEAT", REPEAT)]);
+    let rom = std::fs::read(&g).expect("the guest image");
+    let mut child = Command::new(MINIPC)
+        .args(["--firmware", path_str(&g), "--timeout", "60", "--stats"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start minipc");
+    let mut out = Vec::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_end(&mut out)
+        .expect("read stdout");
+    let status = child.wait().expect("wait");
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("read stderr");
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert_eq!(out.len(), rom.len() * REPEAT as usize, "{err}");
+    assert!(
+        out.chunks(rom.len()).all(|c| c == rom.as_slice()),
+        "the bytes differ from the ROM's, or are out of order"
+    );
+    let stats = err
+        .lines()
+        .find(|l| l.starts_with("{\"exit_reason\""))
+        .unwrap_or_else(|| panic!("no --stats line: {err}"));
+    let ring = stat_value(stats, "coalesced_writes").expect("coalesced_writes");
+    assert!(
+        ring > out.len() as u64 / 2,
+        "{ring} of {} bytes through the ring",
+        out.len()
+    );
+}
