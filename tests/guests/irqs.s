@@ -93,20 +93,7 @@ pit_isr:
         iret
 
 com_isr:
-        push    ax
-        push    dx
-        push    ds
-        xor     ax, ax
-        mov     ds, ax
-        mov     dx, COM1
-        in      al, dx                  # take the byte
-        inc     word ptr [COM_COUNT]
-        mov     al, 0x20
-        out     0x20, al
-        pop     ds
-        pop     dx
-        pop     ax
-        iret
+        com1_rx_isr inc word ptr [COM_COUNT]
 
 rtc_isr:
         push    ax

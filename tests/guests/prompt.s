@@ -35,20 +35,7 @@ start:
 2:      exit    0x71
 
 com_isr:
-        push    ax
-        push    dx
-        push    ds
-        xor     ax, ax
-        mov     ds, ax
-        mov     dx, COM1
-        in      al, dx
-        mov     [RX_BYTE], al
-        mov     al, 0x20
-        out     0x20, al
-        pop     ds
-        pop     dx
-        pop     ax
-        iret
+        com1_rx_isr mov [RX_BYTE], al
 
         .set    echo, 0x502
 ready:  .asciz  "ready\r\n> "
