@@ -489,20 +489,9 @@ mod tests {
 
     /// A real-mode guest in KVM (no irqchip, so its HLT comes back to user space): `code` at
     /// 0x1000, run until it halts.
-    /// What the test does with the zone before the guest runs.
-    #[derive(PartialEq)]
-    enum Zone {
-        None,
-        Live,
-        Parked,
-        Stopped,
-    }
-
-    /// Runs `code` with COM1's data port as `zone`: the writes the bus saw.
-    fn run_guest(code: &[u8], zone: Zone) -> Option<(Option<Arc<CoalescedIo>>, Bus, Writes)> {
-        if !crate::testing::precondition(std::path::Path::new("/dev/kvm").exists(), "no /dev/kvm") {
-            return None;
-        }
+    /// A VM with 64 KiB of RAM, `code` at 0x1000 and its one vCPU about to run it in real
+    /// mode.
+    fn real_mode_vm(code: &[u8]) -> (Arc<VmFd>, VcpuFd) {
         let kvm = kvm_ioctls::Kvm::new().unwrap();
         let vm = Arc::new(kvm.create_vm().unwrap());
         // SAFETY: a fresh anonymous mapping, leaked with the VM (KVM needs it page-aligned).
@@ -529,7 +518,7 @@ mod tests {
             .unwrap();
             std::ptr::copy_nonoverlapping(code.as_ptr(), host.cast::<u8>().add(0x1000), code.len());
         }
-        let mut vcpu = vm.create_vcpu(0).unwrap();
+        let vcpu = vm.create_vcpu(0).unwrap();
         let mut sregs = vcpu.get_sregs().unwrap();
         sregs.cs.base = 0;
         sregs.cs.selector = 0;
@@ -538,6 +527,24 @@ mod tests {
         regs.rip = 0x1000;
         regs.rflags = 2;
         vcpu.set_regs(&regs).unwrap();
+        (vm, vcpu)
+    }
+
+    /// What the test does with the zone before the guest runs.
+    #[derive(PartialEq)]
+    enum Zone {
+        None,
+        Live,
+        Parked,
+        Stopped,
+    }
+
+    /// Runs `code` with COM1's data port as `zone`: the writes the bus saw.
+    fn run_guest(code: &[u8], zone: Zone) -> Option<(Option<Arc<CoalescedIo>>, Bus, Writes)> {
+        if !crate::testing::precondition(std::path::Path::new("/dev/kvm").exists(), "no /dev/kvm") {
+            return None;
+        }
+        let (vm, mut vcpu) = real_mode_vm(code);
         let coalesced = if zone != Zone::None {
             let c = CoalescedIo::new(vm.clone(), &vcpu, 0x3F8, 1);
             if !crate::testing::precondition(c.is_some(), "KVM without KVM_CAP_COALESCED_PIO") {
