@@ -2,7 +2,9 @@
 //! blob (`$OUT_DIR/firmware.bin`), which `src/firmware.rs` embeds, and the offsets of the
 //! firmware symbols the BIOS services need (`$OUT_DIR/firmware_symbols.rs`, for src/bios/).
 //! Compiles the seccomp filters of src/seccomp/lists.rs (`$OUT_DIR/seccomp_filters.rs`), so
-//! that the VMM does not compile them at every start.
+//! that the VMM does not compile them at every start, and encodes the DSDT's `_PRT` package of
+//! src/pci_routing.rs (`$OUT_DIR/pci_prt.aml`), which the VMM would otherwise encode at every
+//! start.
 
 use std::env;
 use std::fs;
@@ -17,6 +19,20 @@ mod lists;
 #[allow(dead_code)]
 #[path = "src/seccomp/tree.rs"]
 mod tree;
+
+// The PCI interrupt routing, as the VMM has it (src/pci_routing.rs).
+#[allow(dead_code)]
+#[path = "src/pci_routing.rs"]
+mod pci_routing;
+
+/// Writes `pci_prt.aml`: the `_PRT` package's AML (acpi.rs puts it in the DSDT).
+fn pci_prt(out: &Path) {
+    use acpi_tables::Aml;
+    println!("cargo:rerun-if-changed=src/pci_routing.rs");
+    let mut aml = Vec::new();
+    pci_routing::routing_table().to_aml_bytes(&mut aml);
+    fs::write(out.join("pci_prt.aml"), aml).expect("write pci_prt.aml");
+}
 
 /// Writes `seccomp_filters.rs`: every thread kind's filter, with and without `--reboot`, and
 /// the spawn guard, as (code, jt, jf, k) instructions.
@@ -156,6 +172,7 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     syscall_names(&out);
     seccomp_filters(&out);
+    pci_prt(&out);
 
     let version = env::var("CARGO_PKG_VERSION").expect("CARGO_PKG_VERSION");
     fs::write(out.join("version.inc"), format!(".ascii \"{version}\"\n"))

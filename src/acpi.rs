@@ -22,11 +22,12 @@
 //! | PCI                    | mechanism #1 at 0xCF8/0xCFC; bus 0 only                         |
 //!
 //! PCI interrupt routing: the four PIRQ lines are wired straight to I/O APIC pins,
-//! PIRQA = GSI 10, PIRQB = GSI 10, PIRQC = GSI 11, PIRQD = GSI 11 (see [`PIRQ_GSI`]).
+//! PIRQA = GSI 10, PIRQB = GSI 10, PIRQC = GSI 11, PIRQD = GSI 11 (`pci_routing::PIRQ_GSI`).
 //! Interrupt pin P (0 = INTA# .. 3 = INTD#) of the device in slot N drives PIRQ (N + P) mod 4,
-//! so its GSI is `PIRQ_GSI[(N + P) % 4]` ([`pci_gsi`]). The DSDT's `_PRT` lists that mapping
-//! for every slot 0-31 and pin, with GSI numbers directly (no link devices); an OS treats
-//! these GSIs as PCI interrupts: level-triggered, active-low, shareable.
+//! so its GSI is `PIRQ_GSI[(N + P) % 4]` (`pci_routing::pci_gsi`). The DSDT's `_PRT` lists
+//! that mapping for every slot 0-31 and pin, with GSI numbers directly (no link devices); an
+//! OS treats these GSIs as PCI interrupts: level-triggered, active-low, shareable. The wiring
+//! and the `_PRT` are in pci_routing.rs, from which build.rs encodes the `_PRT`.
 //!
 //! Layout of the table area (offsets from [`TABLES_BASE`]): the RSDP at 0 (where the OS
 //! finds it by scanning 0xE0000-0xFFFFF), the FACS at 0x40 (64-byte aligned), then the RSDT,
@@ -38,7 +39,7 @@
 use crate::devices::{acpi_pm, i8042, pci, port92, rtc, serial};
 use acpi_tables::aml::{
     self, AddressSpace, AddressSpaceCacheable, Device, EISAName, Interrupt, Name, Package,
-    PackageBuilder, ResourceTemplate, Scope, IO,
+    ResourceTemplate, Scope, IO,
 };
 use acpi_tables::facs::FACS;
 use acpi_tables::fadt::{FADTBuilder, PmProfile};
@@ -91,8 +92,6 @@ pub const RTC_CENTURY_REG: u8 = rtc::REG_CENTURY;
 /// PCI configuration mechanism #1.
 pub const PCI_CONFIG_PORT: u16 = pci::PCI_CONFIG_PORT as u16;
 pub const PCI_CONFIG_LEN: u8 = pci::PCI_CONFIG_LEN as u8;
-/// The I/O APIC pin (GSI) of PIRQA..PIRQD.
-pub const PIRQ_GSI: [u32; 4] = [10, 10, 11, 11];
 /// The top of the 32-bit PCI memory window: the I/O APIC and everything above it are not PCI.
 pub const PCI_MMIO32_END: u64 = 0xFEBF_FFFF;
 /// The 64-bit PCI memory window starts at the first GiB boundary above RAM, spans at least
@@ -100,11 +99,8 @@ pub const PCI_MMIO32_END: u64 = 0xFEBF_FFFF;
 pub const PCI_MMIO64_MIN_SIZE: u64 = 32 * GIB;
 pub const PCI_MMIO64_MIN_END: u64 = 64 * GIB;
 
-/// The GSI that interrupt pin `pin` (0 = INTA# .. 3 = INTD#) of the device in PCI slot `slot`
-/// raises.
-pub fn pci_gsi(slot: u8, pin: u8) -> u32 {
-    PIRQ_GSI[(usize::from(slot) + usize::from(pin)) % 4]
-}
+/// The `_PRT` package (`pci_routing::routing_table`), encoded by build.rs.
+static PRT_AML: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/pci_prt.aml"));
 
 const COM1_IO: u16 = serial::COM1_PORT as u16;
 const COM1_IO_LEN: u8 = serial::COM1_LEN as u8;
@@ -461,6 +457,15 @@ impl Aml for Encoded {
     }
 }
 
+/// AML that the build encoded.
+struct Prebuilt(&'static [u8]);
+
+impl Aml for Prebuilt {
+    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
+        sink.vec(self.0);
+    }
+}
+
 fn encode(aml: &dyn Aml) -> Encoded {
     let mut b = Vec::new();
     aml.to_aml_bytes(&mut b);
@@ -482,19 +487,6 @@ fn isa_device(name: &str, hid: &str, uid: u8, resources: &[&dyn Aml]) -> Encoded
 /// An ISA interrupt: edge-triggered, active-high, exclusive.
 fn isa_irq(irq: u32) -> Interrupt {
     Interrupt::new(true, true, false, false, irq)
-}
-
-/// The `_PRT` package: every slot and pin of bus 0 to its GSI.
-fn pci_routing_table() -> PackageBuilder {
-    let mut prt = PackageBuilder::new();
-    for slot in 0u8..32 {
-        for pin in 0u8..4 {
-            let address: u32 = (u32::from(slot) << 16) | 0xFFFF;
-            let gsi = pci_gsi(slot, pin);
-            prt.add_element(&Package::new(vec![&address, &pin, &aml::ZERO, &gsi]));
-        }
-    }
-    prt
 }
 
 /// The DSDT: `\_S5` and the PCI host bridge with its routing table and the ISA devices.
@@ -550,7 +542,7 @@ fn dsdt(layout: &MemoryLayout) -> Result<Vec<u8>, AcpiError> {
         ],
     ));
 
-    let prt = pci_routing_table();
+    let prt = Prebuilt(PRT_AML);
     let pci0 = encode(&Device::new(
         "PCI0".into(),
         vec![
@@ -857,6 +849,7 @@ mod tests {
 
     #[test]
     fn pci_routing_follows_the_pirq_wiring() {
+        use crate::pci_routing::pci_gsi;
         assert_eq!(pci_gsi(0, 0), 10);
         assert_eq!(pci_gsi(0, 1), 10);
         assert_eq!(pci_gsi(0, 2), 11);
@@ -865,10 +858,15 @@ mod tests {
         assert_eq!(pci_gsi(1, 1), 11);
         assert_eq!(pci_gsi(3, 1), 10);
         assert_eq!(pci_gsi(31, 3), 11);
-        assert!(PIRQ_GSI.iter().all(|&gsi| gsi < IOAPIC_PINS));
-        // The _PRT: 128 entries of {slot << 16 | 0xFFFF, pin, 0, gsi}.
-        let mut b = Vec::new();
-        pci_routing_table().to_aml_bytes(&mut b);
+        assert!(crate::pci_routing::PIRQ_GSI
+            .iter()
+            .all(|&gsi| gsi < IOAPIC_PINS));
+        // The _PRT: 128 entries of {slot << 16 | 0xFFFF, pin, 0, gsi}, as the build encoded
+        // it, and as the routing table encodes now.
+        let b = PRT_AML.to_vec();
+        let mut now = Vec::new();
+        crate::pci_routing::routing_table().to_aml_bytes(&mut now);
+        assert_eq!(b, now, "the prebuilt _PRT is the routing table's encoding");
         assert_eq!(b[0], 0x12, "PackageOp");
         // PkgLength takes two bytes here; the element count follows.
         assert_eq!(b[1] >> 6, 1);

@@ -23,6 +23,7 @@ mod memory;
 mod monitor;
 mod mptable;
 mod pause;
+mod pci_routing;
 mod ram_gate;
 mod seccomp;
 mod shadow;

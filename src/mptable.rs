@@ -8,7 +8,7 @@
 //! - the I/O APIC at 0xFEC00000 with ID = number of vCPUs;
 //! - ISA IRQs 0-15 on the I/O APIC's pins, IRQ 0 on pin 2 and the others on the pin of their
 //!   number (IRQ 2, the cascade, has no entry), all conforming to the ISA bus (edge, high);
-//! - every PCI slot and interrupt pin of bus 0 on the pin of its PIRQ line (`acpi::pci_gsi`),
+//! - every PCI slot and interrupt pin of bus 0 on the pin of its PIRQ line (`pci_routing::pci_gsi`),
 //!   level-triggered, active-low;
 //! - ExtINT (the 8259) on LINT0 and NMI on LINT1 of every local APIC.
 //!
@@ -17,7 +17,8 @@
 //! not 0xE0000. A table built at an address outside those ranges also needs a copy of its
 //! floating pointer ([`floating_pointer`]) in one of them, such as `memory::EBDA_START`.
 
-use crate::acpi::{ioapic_id, pci_gsi, IOAPIC_ADDR, LAPIC_ADDR, MAX_CPUS, TABLES_SIZE};
+use crate::acpi::{ioapic_id, IOAPIC_ADDR, LAPIC_ADDR, MAX_CPUS, TABLES_SIZE};
+use crate::pci_routing::pci_gsi;
 
 const FLOATING_POINTER_LEN: usize = 16;
 const HEADER_LEN: usize = 44;
