@@ -1,5 +1,5 @@
-//! The seccomp lists, one per thread kind, as data, and their compilation into BPF (laid out
-//! by tree.rs). build.rs compiles every filter from this file at build time (it includes it
+//! The seccomp lists, one per thread kind, as data, and their compilation into BPF (by
+//! tree.rs). build.rs compiles every filter from this file at build time (it includes it
 //! with tree.rs), so that the VMM only copies them at start (mod.rs, `compile`); the unit
 //! tests check that both compilations agree.
 
@@ -445,15 +445,26 @@ pub fn rules_for(a: &Allowed) -> Result<Vec<SeccompRule>, String> {
 
 /// Compiles the filter of a thread kind.
 pub fn compile_list(kind: ThreadKind, reboot: bool, libc: Libc) -> Result<BpfProgram, String> {
-    // Listed syscalls whose rules match are allowed; anything else traps.
-    to_bpf(
-        rules(kind, reboot, libc)?,
+    // Listed syscalls whose arguments match are allowed; anything else traps.
+    super::tree::build(
+        alternatives(&allowed(kind, reboot, libc)),
         SeccompAction::Trap,
         SeccompAction::Allow,
     )
 }
 
-/// The rules of a thread kind's filter, by syscall number.
+/// What a list allows, by syscall number: the argument checks of each entry for that number,
+/// any one of which allows it (`Args::Any` among them: whatever the arguments).
+pub fn alternatives(list: &[Allowed]) -> BTreeMap<i64, Vec<Args>> {
+    let mut map: BTreeMap<i64, Vec<Args>> = BTreeMap::new();
+    for a in list {
+        map.entry(a.nr).or_default().push(a.args);
+    }
+    map
+}
+
+/// The rules of a thread kind's filter, by syscall number, as seccompiler takes them: the
+/// reference the unit tests hold the compiled filters to.
 pub fn rules(
     kind: ThreadKind,
     reboot: bool,
@@ -476,32 +487,22 @@ pub fn rules(
     Ok(map)
 }
 
-/// Builds a filter of `kind` from its rules: `mismatch` for syscalls (or arguments) the rules
-/// do not match, `matched` for those they do. The filter is a search tree over the syscall
-/// numbers (tree.rs), which the kernel caches quickly at install.
-pub fn to_bpf(
-    rules: BTreeMap<i64, Vec<SeccompRule>>,
-    mismatch: SeccompAction,
-    matched: SeccompAction,
-) -> Result<BpfProgram, String> {
-    super::tree::build(rules, mismatch, matched)
-}
-
 /// The spawn guard, stacked on the vCPU spawner's filter in every vCPU thread: it traps the
 /// `spawn_list` syscalls and lets the rest through to the filter below, so what remains is the
 /// vCPU list. It is short, hence cheap to install (the kernel's cost grows with a filter's
 /// length and with how far syscall numbers go into it), and the spawner's filter is
 /// inherited, not installed again, by each new thread.
 pub fn spawn_guard(libc: Libc) -> Result<BpfProgram, String> {
-    to_bpf(
-        spawn_guard_rules(libc)?,
+    super::tree::build(
+        alternatives(&spawn_list(libc)),
         SeccompAction::Allow,
         SeccompAction::Trap,
     )
 }
 
-/// The spawn guard's rules: what `spawn_list` adds, with its arguments (an ioctl traps only
-/// for the requests listed, not for the vCPU list's).
+/// The spawn guard's rules, as seccompiler takes them (the unit tests' reference): what
+/// `spawn_list` adds, with its arguments (an ioctl traps only for the requests listed, not
+/// for the vCPU list's).
 pub fn spawn_guard_rules(libc: Libc) -> Result<BTreeMap<i64, Vec<SeccompRule>>, String> {
     let mut map: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for a in &spawn_list(libc) {
