@@ -25,6 +25,7 @@ mod mptable;
 mod pause;
 mod pci_routing;
 mod ram_gate;
+mod rendezvous;
 mod seccomp;
 mod shadow;
 mod stats;

@@ -9,7 +9,7 @@ pub use signals::{block_stop_signals, STOP_SIGNALS};
 
 use std::io;
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kvm_ioctls::VcpuFd;
@@ -20,6 +20,7 @@ use crate::coalesced_io::{CoalescedIo, STOPPING_POLL};
 use crate::exit::ExitReason;
 use crate::halt::{self, Backoff, BlockingStat, FALLBACK_PERIOD};
 use crate::log;
+use crate::rendezvous::Rendezvous;
 use crate::seccomp::{self, ThreadKind};
 use crate::vcpu::{self, VcpuHandle, VcpuMsg};
 use crate::vm::Machine;
@@ -148,7 +149,7 @@ fn start_threads(
     let cpuids = std::mem::take(&mut machine.pending_cpuid);
     let deferred = machine.deferred.take();
     // This thread and vCPU 0's: the APs run as soon as each is set up (vcpu/threads.rs).
-    let start = Arc::new(Barrier::new(2));
+    let start = Arc::new(Rendezvous::new(2));
     let vcpus = vcpu_setups(machine, &opts, fds, cpuids, &tx, wake, &start)?;
     let handles: Vec<VcpuHandle> = opts.vcpu_threads.start(vcpus)?;
     drop(tx);
@@ -183,7 +184,7 @@ fn vcpu_setups(
     cpuids: Vec<Option<kvm_bindings::CpuId>>,
     tx: &Sender<VcpuMsg>,
     wake: &Arc<EventFd>,
-    start: &Arc<Barrier>,
+    start: &Arc<Rendezvous>,
 ) -> io::Result<Vec<(VcpuFd, vcpu::Setup)>> {
     let last = fds.len().saturating_sub(1);
     let mut vcpus = Vec::new();

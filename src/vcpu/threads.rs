@@ -25,7 +25,7 @@
 //! so its first `KVM_RUN` returns at once to serve it.
 
 use std::sync::mpsc::{sync_channel, Receiver, Sender, SyncSender};
-use std::sync::{Arc, Barrier, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use kvm_bindings::{kvm_run, CpuId, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS};
 use kvm_ioctls::VcpuFd;
@@ -40,6 +40,7 @@ use crate::coalesced_io::CoalescedIo;
 use crate::exit::ExitReason;
 use crate::pause::Pause;
 use crate::ram_gate::RamGate;
+use crate::rendezvous::Rendezvous;
 use crate::seccomp::{self, ThreadKind};
 use std::time::Duration;
 
@@ -52,7 +53,7 @@ pub struct Setup {
     pub wake: Arc<EventFd>,
     /// vCPU 0's: released once its filter and the monitor's are in place. None for an AP,
     /// which runs as soon as its own filter is.
-    pub start: Option<Arc<Barrier>>,
+    pub start: Option<Arc<Rendezvous>>,
     /// The CPUID the thread sets before the vCPU first runs (an AP's); None if set.
     pub cpuid: Option<CpuId>,
     /// Test builds: make a forbidden syscall after the filter is on.
@@ -88,7 +89,7 @@ struct Prepared {
     /// The CPUID this thread sets before the vCPU first runs; None when the build set it.
     cpuid: Option<CpuId>,
     /// vCPU 0's start, common with the monitor; None for an AP.
-    start: Option<Arc<Barrier>>,
+    start: Option<Arc<Rendezvous>>,
     test_forbidden: bool,
     ap_delay: Duration,
     /// Where this thread makes itself known to the monitor's handle.
