@@ -1,12 +1,13 @@
 //! A one-shot meeting point for a fixed number of threads: each `wait` returns once all of
-//! them have arrived.
+//! them have arrived; `arrive` counts a thread in without waiting.
 //!
-//! It does what `std::sync::Barrier` does for the single meeting of vCPU 0 and the monitor
-//! at start (monitor/mod.rs), without its mutex: the std barrier's last thread wakes the
-//! others while it holds the mutex, so a woken thread blocks on the mutex once more. On this
-//! host every such wake-up is a cross-CPU wake (a context switch and an interrupt, tens of
-//! µs). Here the count is one atomic, the last thread wakes the waiters with one futex call,
-//! and a waiter sleeps on the count itself.
+//! The monitor waits at start until vCPU 0's thread has taken its vCPU, which arrives and
+//! runs on (monitor/mod.rs, vcpu/threads.rs). This does what `std::sync::Barrier` would,
+//! without its mutex: the std barrier's last thread wakes the others while it holds the
+//! mutex, so a woken thread blocks on the mutex once more. On this host every such wake-up
+//! is a cross-CPU wake (a context switch and an interrupt, tens of µs). Here the count is
+//! one atomic, the last thread wakes the waiters with one futex call, and a waiter sleeps on
+//! the count itself.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -23,17 +24,23 @@ impl Rendezvous {
         }
     }
 
-    /// Returns once `parties` threads have called it (at once for the last of them). For
-    /// one meeting only: calls after that return at once.
-    pub fn wait(&self) {
+    /// Counts the caller in without waiting for the others; wakes those waiting when the
+    /// caller is the last. Returns whether everybody has arrived.
+    pub fn arrive(&self) -> bool {
         let n = self
             .arrived
             .fetch_add(1, Ordering::AcqRel)
             .saturating_add(1);
-        if n >= self.parties {
-            if n == self.parties {
-                futex_wake_all(&self.arrived);
-            }
+        if n == self.parties {
+            futex_wake_all(&self.arrived);
+        }
+        n >= self.parties
+    }
+
+    /// Counts the caller in and returns once `parties` threads have arrived (at once for
+    /// the last of them). For one meeting only: calls after that return at once.
+    pub fn wait(&self) {
+        if self.arrive() {
             return;
         }
         loop {
@@ -108,6 +115,25 @@ mod tests {
             // Once met, it stays open.
             r.wait();
         }
+    }
+
+    #[test]
+    fn arriving_does_not_wait_but_lets_the_waiter_go() {
+        let r = Arc::new(Rendezvous::new(2));
+        let r2 = r.clone();
+        let t = std::thread::spawn(move || {
+            let at = std::time::Instant::now();
+            r2.wait();
+            at.elapsed()
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(r.arrive(), "the second of two completes the meeting");
+        let waited = t.join().unwrap();
+        assert!(waited >= Duration::from_millis(90), "{waited:?}");
+        // The first of two to arrive does not complete it, and returns at once.
+        let lone = Rendezvous::new(2);
+        assert!(!lone.arrive());
+        assert!(lone.arrive());
     }
 
     #[test]

@@ -141,22 +141,18 @@ fn start_threads(
     tx: Sender<VcpuMsg>,
     wake: &Arc<EventFd>,
 ) -> io::Result<Vec<VcpuHandle>> {
-    // vCPU 0's thread has its filter (vcpu/threads.rs) and waits until this thread lets it
-    // run; this thread installs its own right after that, before it reads anything the
-    // vCPUs (or the guest) send, so its install does not delay the guest's first
-    // instruction. Each AP's thread has its filter before its AP first runs.
+    // vCPU 0's thread has its filter (vcpu/threads.rs) and runs its vCPU as soon as it has
+    // it: whatever must exist before the guest's first instruction (the RAM registrar) is
+    // started before the hand-over. This thread installs its own filter right after the
+    // hand-over, while the guest starts, and before it reads anything the vCPUs (or the
+    // guest) send; then it waits until vCPU 0's thread has taken its vCPU. Each AP's thread
+    // has its filter before its AP first runs.
     let fds = std::mem::take(&mut machine.vcpus);
     let cpuids = std::mem::take(&mut machine.pending_cpuid);
-    let deferred = machine.deferred.take();
-    // This thread and vCPU 0's: the APs run as soon as each is set up (vcpu/threads.rs).
-    let start = Arc::new(Rendezvous::new(2));
-    let vcpus = vcpu_setups(machine, &opts, fds, cpuids, &tx, wake, &start)?;
-    let handles: Vec<VcpuHandle> = opts.vcpu_threads.start(vcpus)?;
-    drop(tx);
     // Not joined, and not waited for: it touches no guest input and may still be
     // registering at exit, which must not delay the exit status.
     // Its filter is compiled only here: most guests defer no RAM.
-    if let Some(d) = deferred {
+    if let Some(d) = machine.deferred.take() {
         let filter = match &opts.filters {
             Some(_) => Some(Arc::new(
                 seccomp::compile(ThreadKind::RamRegistrar, opts.reboot)
@@ -168,10 +164,15 @@ fn start_threads(
             io::Error::other(format!("cannot start the RAM registering thread: {e}"))
         })?;
     }
-    start.wait();
+    // This thread and vCPU 0's: the APs run as soon as each is set up (vcpu/threads.rs).
+    let start = Arc::new(Rendezvous::new(2));
+    let vcpus = vcpu_setups(machine, &opts, fds, cpuids, &tx, wake, &start)?;
+    let handles: Vec<VcpuHandle> = opts.vcpu_threads.start(vcpus)?;
+    drop(tx);
     if let Some(f) = &opts.filters {
         seccomp::install(ThreadKind::Vmm, &f.vmm).map_err(io::Error::other)?;
     }
+    start.wait();
     Ok(handles)
 }
 

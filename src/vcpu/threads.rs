@@ -252,8 +252,8 @@ fn install(kind: ThreadKind, f: &BpfProgram) -> Result<(), String> {
     seccomp::install(kind, f).map_err(|e| e.to_string())
 }
 
-/// Ends the VM from this vCPU: a host error, reported once vCPU 0 and the monitor have
-/// started (an AP waits for no one).
+/// Ends the VM from this vCPU: a host error, reported to the monitor, which vCPU 0 lets go
+/// on (an AP is not waited for).
 fn fail(p: Prepared, why: String) -> ! {
     p.vcpu.send(VcpuMsg::Exit {
         id: p.vcpu.id,
@@ -261,13 +261,14 @@ fn fail(p: Prepared, why: String) -> ! {
         dump: None,
     });
     if let Some(start) = &p.start {
-        start.wait();
+        start.arrive();
     }
     p.vcpu.park_forever()
 }
 
 /// A filtered vCPU thread's life (`filtered`: its filter is in place): the monitor's handle
-/// and the pause learn the thread, vCPU 0 starts with the monitor, the run loop.
+/// and the pause learn the thread, vCPU 0 tells the monitor (and does not wait for it), the
+/// run loop.
 fn run(p: Prepared, filtered: Result<(), String>) {
     if let Err(e) = filtered {
         fail(p, e);
@@ -282,7 +283,7 @@ fn run(p: Prepared, filtered: Result<(), String>) {
     } = p;
     vcpu.pause.register(vcpu.id as usize, vcpu.run);
     if let Some(start) = start {
-        start.wait();
+        start.arrive();
     }
     if test_forbidden {
         // SAFETY: no arguments and no effect; each is simply not allowed to a vCPU thread.
