@@ -117,8 +117,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn arriving_does_not_wait_but_lets_the_waiter_go() {
+    /// How long a thread that waits first is kept, when the second party comes 100 ms later
+    /// and calls `last`.
+    fn first_waits_for(last: impl FnOnce(&Rendezvous)) -> Duration {
         let r = Arc::new(Rendezvous::new(2));
         let r2 = r.clone();
         let t = std::thread::spawn(move || {
@@ -127,27 +128,23 @@ mod tests {
             at.elapsed()
         });
         std::thread::sleep(Duration::from_millis(100));
-        assert!(r.arrive(), "the second of two completes the meeting");
-        let waited = t.join().unwrap();
+        last(&r);
+        t.join().unwrap()
+    }
+
+    #[test]
+    fn a_waiter_sleeps_until_the_last_arrives() {
+        let waited = first_waits_for(|r| r.wait());
+        assert!(waited >= Duration::from_millis(90), "{waited:?}");
+    }
+
+    #[test]
+    fn arriving_does_not_wait_but_lets_the_waiter_go() {
+        let waited = first_waits_for(|r| assert!(r.arrive(), "the second of two completes it"));
         assert!(waited >= Duration::from_millis(90), "{waited:?}");
         // The first of two to arrive does not complete it, and returns at once.
         let lone = Rendezvous::new(2);
         assert!(!lone.arrive());
         assert!(lone.arrive());
-    }
-
-    #[test]
-    fn a_waiter_sleeps_until_the_last_arrives() {
-        let r = Arc::new(Rendezvous::new(2));
-        let r2 = r.clone();
-        let t = std::thread::spawn(move || {
-            let at = std::time::Instant::now();
-            r2.wait();
-            at.elapsed()
-        });
-        std::thread::sleep(Duration::from_millis(100));
-        r.wait();
-        let waited = t.join().unwrap();
-        assert!(waited >= Duration::from_millis(90), "{waited:?}");
     }
 }
