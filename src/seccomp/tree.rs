@@ -243,16 +243,8 @@ pub fn build(
     Ok(prog)
 }
 
-/// The code after the architecture check: the number's load, the tree, the shared returns,
-/// then the blocks. Fails when a conditional jump would reach too far.
-fn lay_out(
-    nrs: &[u32],
-    targets: &[Target],
-    blocks: &[Vec<Insn>],
-    mismatch: u32,
-    matched: u32,
-    direct: bool,
-) -> Result<Vec<sock_filter>, String> {
+/// The number's load, the check against the highest listed number, and the search tree.
+fn tree(nrs: &[u32], targets: &[Target], direct: bool) -> Result<Tree, String> {
     let mut tree = Tree {
         insns: vec![load(NR)],
         subtrees: Vec::new(),
@@ -269,7 +261,24 @@ fn lay_out(
         tree.insns.push(always(Target::Mismatch));
     }
     tree.search(nrs, targets);
-    let mut code = tree.insns;
+    Ok(tree)
+}
+
+/// The code after the architecture check: the tree, the shared returns, then the blocks.
+/// Fails when a conditional jump would reach too far.
+fn lay_out(
+    nrs: &[u32],
+    targets: &[Target],
+    blocks: &[Vec<Insn>],
+    mismatch: u32,
+    matched: u32,
+    direct: bool,
+) -> Result<Vec<sock_filter>, String> {
+    let Tree {
+        insns: mut code,
+        subtrees,
+        ..
+    } = tree(nrs, targets, direct)?;
     let mismatch_at = code.len();
     code.push(ret(mismatch));
     let matched_at = code.len();
@@ -278,54 +287,81 @@ fn lay_out(
     for b in blocks {
         let start = code.len();
         block_at.push(start);
-        code.extend(b.iter().map(|i| {
-            let local = |t| match t {
-                Target::Local(n) => Target::At(start + n),
-                t => t,
-            };
-            Insn {
-                jt: local(i.jt),
-                jf: local(i.jf),
-                ..*i
-            }
+        let local = |t| match t {
+            Target::Local(n) => Target::At(start + n),
+            t => t,
+        };
+        code.extend(b.iter().map(|i| Insn {
+            jt: local(i.jt),
+            jf: local(i.jf),
+            ..*i
         }));
     }
-    let resolve = |at: usize, t: Target| -> Result<usize, String> {
+    Layout {
+        code,
+        subtrees,
+        blocks: block_at,
+        mismatch: mismatch_at,
+        matched: matched_at,
+    }
+    .encode()
+}
+
+/// Laid-out code whose jumps are still symbolic, and where each target landed.
+struct Layout {
+    code: Vec<Insn>,
+    subtrees: Vec<usize>,
+    blocks: Vec<usize>,
+    mismatch: usize,
+    matched: usize,
+}
+
+impl Layout {
+    /// How far ahead of the instruction after `at` the target `t` lies.
+    fn offset(&self, at: usize, t: Target) -> Result<usize, String> {
         let to = match t {
             Target::Skip(n) => at + 1 + n,
-            Target::Block(b) => block_at[b],
-            Target::Matched => matched_at,
-            Target::Mismatch => mismatch_at,
-            Target::Subtree(s) => tree.subtrees[s],
+            Target::Block(b) => self.blocks[b],
+            Target::Matched => self.matched,
+            Target::Mismatch => self.mismatch,
+            Target::Subtree(s) => self.subtrees[s],
             Target::At(n) => n,
             Target::Local(_) => return Err("a block's jump left unresolved".into()),
         };
         // Every jump goes forward.
         to.checked_sub(at + 1)
             .ok_or_else(|| format!("a jump back from {at} to {to}"))
-    };
-    code.iter()
-        .enumerate()
-        .map(|(at, i)| {
-            if i.code == libc::BPF_JMP | libc::BPF_JA {
-                let k = u32::try_from(resolve(at, i.jt)?).map_err(|e| e.to_string())?;
-                return Ok(sock_filter {
+    }
+
+    /// The instructions with their jumps resolved: an unconditional jump's 32-bit offset, a
+    /// comparison's two 8-bit ones.
+    fn encode(&self) -> Result<Vec<sock_filter>, String> {
+        self.code
+            .iter()
+            .enumerate()
+            .map(|(at, i)| {
+                if i.code == libc::BPF_JMP | libc::BPF_JA {
+                    let k = u32::try_from(self.offset(at, i.jt)?).map_err(|e| e.to_string())?;
+                    return Ok(sock_filter {
+                        code: i.code as u16,
+                        jt: 0,
+                        jf: 0,
+                        k,
+                    });
+                }
+                let short = |t| {
+                    u8::try_from(self.offset(at, t)?)
+                        .map_err(|_| format!("a jump from {at} too far"))
+                };
+                Ok(sock_filter {
                     code: i.code as u16,
-                    jt: 0,
-                    jf: 0,
-                    k,
-                });
-            }
-            let short =
-                |t| u8::try_from(resolve(at, t)?).map_err(|_| format!("a jump from {at} too far"));
-            Ok(sock_filter {
-                code: i.code as u16,
-                jt: short(i.jt)?,
-                jf: short(i.jf)?,
-                k: i.k,
+                    jt: short(i.jt)?,
+                    jf: short(i.jf)?,
+                    k: i.k,
+                })
             })
-        })
-        .collect()
+            .collect()
+    }
 }
 
 #[cfg(test)]
