@@ -8,8 +8,8 @@
 //! - the I/O APIC at 0xFEC00000 with ID = number of vCPUs;
 //! - ISA IRQs 0-15 on the I/O APIC's pins, IRQ 0 on pin 2 and the others on the pin of their
 //!   number (IRQ 2, the cascade, has no entry), all conforming to the ISA bus (edge, high);
-//! - every PCI slot and interrupt pin of bus 0 on the pin of its PIRQ line (`pci_routing::pci_gsi`),
-//!   level-triggered, active-low;
+//! - every PCI slot and interrupt pin of bus 0 on the pin of its PIRQ line
+//!   (`pci_routing::pci_gsi`), level-triggered, active-low;
 //! - ExtINT (the 8259) on LINT0 and NMI on LINT1 of every local APIC.
 //!
 //! Where the OS looks: Linux scans only 0x0-0x3FF, 0x9FC00-0x9FFFF (the last KiB of base

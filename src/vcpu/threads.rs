@@ -51,8 +51,8 @@ pub struct Setup {
     pub mmio: Arc<Bus>,
     pub tx: Sender<VcpuMsg>,
     pub wake: Arc<EventFd>,
-    /// vCPU 0's: released once its filter and the monitor's are in place. None for an AP,
-    /// which runs as soon as its own filter is.
+    /// vCPU 0's: where its thread tells the monitor it has its vCPU (and runs it without
+    /// waiting). None for an AP, which runs as soon as its own filter is in place.
     pub start: Option<Arc<Rendezvous>>,
     /// The CPUID the thread sets before the vCPU first runs (an AP's); None if set.
     pub cpuid: Option<CpuId>,
@@ -302,7 +302,8 @@ fn run(p: Prepared, filtered: Result<(), String>) {
 
 impl Prestarted {
     /// Hands the vCPUs (in id order, as many as `prestart` was told) to the first thread,
-    /// which runs vCPU 0 once it passes its `start` barrier and has the APs' threads started.
+    /// which starts the first AP's thread (that one starts the others), arrives at its
+    /// `start` rendezvous and runs vCPU 0.
     /// The handles are returned at once: an AP's thread makes itself known to its handle
     /// when it starts.
     pub fn start(self, vcpus: Vec<(VcpuFd, Setup)>) -> std::io::Result<Vec<VcpuHandle>> {
