@@ -147,9 +147,14 @@ pub(super) struct Devices {
     pub(super) pio: Bus,
     pub(super) mmio: Bus,
     pub(super) serial: Arc<Mutex<Serial>>,
-    pub(super) rtc: Arc<Mutex<Timed<Rtc>>>,
-    pub(super) timers: Vec<Arc<Mutex<dyn Expire>>>,
+    pub(super) rtc: SharedRtc,
+    pub(super) timers: Timers,
 }
+
+/// The RTC, shared by the port bus, its timer and the BIOS services (the CMOS clock).
+type SharedRtc = Arc<Mutex<Timed<Rtc>>>;
+/// The devices a timer drives.
+type Timers = Vec<Arc<Mutex<dyn Expire>>>;
 
 pub(super) fn platform_devices(
     vm: &VmFd,
@@ -165,15 +170,38 @@ pub(super) fn platform_devices(
         SHADOW_LEN,
         Arc::new(Mutex::new(ShadowMmio(shadow.clone()))),
     )
-    .map_err(|e| VmError::Device(e.to_string()))?;
-    let dev_err = |e: crate::bus::BusError| VmError::Device(e.to_string());
-
-    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Device(e.to_string()))?;
-    vm.register_irqfd(&irq, COM1_IRQ)
-        .map_err(kvm_err("register serial irqfd"))?;
+    .map_err(dev_err)?;
+    let irq = irqfd(vm, COM1_IRQ, "register serial irqfd")?;
     let serial = Arc::new(Mutex::new(Serial::new(irq, serial_out)));
     pio.insert(COM1_PORT, COM1_LEN, serial.clone())
         .map_err(dev_err)?;
+    fixed_ports(&mut pio)?;
+    let (rtc, timers) = interrupting_devices(vm, cfg, layout, &mut pio)?;
+    let pci = pci_bus(shadow)?;
+    pio.insert(PCI_CONFIG_PORT, PCI_CONFIG_LEN, Arc::new(Mutex::new(pci)))
+        .map_err(dev_err)?;
+    Ok(Devices {
+        pio,
+        mmio,
+        serial,
+        rtc,
+        timers,
+    })
+}
+
+fn dev_err(e: crate::bus::BusError) -> VmError {
+    VmError::Device(e.to_string())
+}
+
+/// An eventfd that raises `gsi` through the in-kernel irqchip.
+fn irqfd(vm: &VmFd, gsi: u32, what: &'static str) -> Result<EventFd, VmError> {
+    let e = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Device(e.to_string()))?;
+    vm.register_irqfd(&e, gsi).map_err(kvm_err(what))?;
+    Ok(e)
+}
+
+/// The ports with no interrupt and no timer: debug-exit, the POST code, port 0x92.
+fn fixed_ports(pio: &mut Bus) -> Result<(), VmError> {
     pio.insert(
         DEBUG_EXIT_PORT,
         DEBUG_EXIT_LEN,
@@ -191,35 +219,39 @@ pub(super) fn platform_devices(
         crate::devices::port92::PORT92_LEN,
         Arc::new(Mutex::new(crate::devices::port92::Port92::new())),
     )
-    .map_err(dev_err)?;
+    .map_err(dev_err)
+}
 
-    let irqfd = |gsi: u32, what: &'static str| -> Result<EventFd, VmError> {
-        let e = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Device(e.to_string()))?;
-        vm.register_irqfd(&e, gsi).map_err(kvm_err(what))?;
-        Ok(e)
-    };
-    let mut timers: Vec<Arc<Mutex<dyn Expire>>> = Vec::new();
+/// The RTC, the i8042, the PIT and the ACPI PM block, each with its irqfd (in this order),
+/// on the port bus; returns the RTC and the devices driven by a timer.
+fn interrupting_devices(
+    vm: &VmFd,
+    cfg: &VmConfig,
+    layout: &MemoryLayout,
+    pio: &mut Bus,
+) -> Result<(SharedRtc, Timers), VmError> {
+    let mut timers: Timers = Vec::new();
     let timer_err = |e: std::io::Error| VmError::Device(format!("timer: {e}"));
 
     let rtc = Rtc::new(
         layout,
         cfg.cpus,
         cfg.rtc_localtime,
-        Some(irqfd(RTC_IRQ, "register RTC irqfd")?),
+        Some(irqfd(vm, RTC_IRQ, "register RTC irqfd")?),
     );
     let rtc = Arc::new(Mutex::new(Timed::new(rtc).map_err(timer_err)?));
     pio.insert(RTC_PORT, RTC_LEN, rtc.clone())
         .map_err(dev_err)?;
     timers.push(rtc.clone());
 
-    let i8042 = I8042::new(Some(irqfd(KEYBOARD_IRQ, "register keyboard irqfd")?));
+    let i8042 = I8042::new(Some(irqfd(vm, KEYBOARD_IRQ, "register keyboard irqfd")?));
     let i8042 = Arc::new(Mutex::new(i8042));
     pio.insert(I8042_PORT, I8042_LEN, i8042.clone())
         .map_err(dev_err)?;
     pio.insert_at_offset(I8042_COMMAND_PORT, I8042_LEN, I8042_COMMAND_OFFSET, i8042)
         .map_err(dev_err)?;
 
-    let pit = Pit::new(Some(irqfd(PIT_IRQ, "register PIT irqfd")?));
+    let pit = Pit::new(Some(irqfd(vm, PIT_IRQ, "register PIT irqfd")?));
     let pit = Arc::new(Mutex::new(Timed::new(pit).map_err(timer_err)?));
     pio.insert(PIT_PORT, PIT_LEN, pit.clone())
         .map_err(dev_err)?;
@@ -227,22 +259,12 @@ pub(super) fn platform_devices(
         .map_err(dev_err)?;
     timers.push(pit);
 
-    let pm = AcpiPm::new(Some(irqfd(SCI_IRQ, "register SCI irqfd")?));
+    let pm = AcpiPm::new(Some(irqfd(vm, SCI_IRQ, "register SCI irqfd")?));
     let pm = Arc::new(Mutex::new(Timed::new(pm).map_err(timer_err)?));
     pio.insert(PM_BASE as u64, PM_LEN, pm.clone())
         .map_err(dev_err)?;
     timers.push(pm);
-
-    let pci = pci_bus(shadow)?;
-    pio.insert(PCI_CONFIG_PORT, PCI_CONFIG_LEN, Arc::new(Mutex::new(pci)))
-        .map_err(dev_err)?;
-    Ok(Devices {
-        pio,
-        mmio,
-        serial,
-        rtc,
-        timers,
-    })
+    Ok((rtc, timers))
 }
 
 /// PCI bus 0: the i440fx host bridge, the PIIX3 ISA bridge and its ACPI function.
