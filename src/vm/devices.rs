@@ -189,7 +189,8 @@ pub(super) fn platform_devices(
     })
 }
 
-fn dev_err(e: crate::bus::BusError) -> VmError {
+/// A device that could not be placed on a bus.
+pub(super) fn dev_err(e: crate::bus::BusError) -> VmError {
     VmError::Device(e.to_string())
 }
 

@@ -371,7 +371,7 @@ fn load_boot(
     let mut fw_cfg = firmware_config(cfg, layout, &mem.guest_mem, e820, descriptor, boot)?;
     fw_cfg.set_shadow(mem.shadow.clone());
     pio.insert(FW_CFG_PORT, FW_CFG_LEN, Arc::new(Mutex::new(fw_cfg)))
-        .map_err(|e| VmError::Device(e.to_string()))
+        .map_err(dev_err)
 }
 
 /// What a reboot restores (`Machine::reset_platform`): the interrupt controllers as
