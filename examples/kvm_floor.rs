@@ -9,7 +9,8 @@
 //! - four memory slots, registered before the irqchip: RAM below 640 KiB, RAM from 1 MiB
 //!   up, the ROM read-only below 4 GiB, and the 128 KiB BIOS region read-only at 0xE0000;
 //! - the in-kernel irqchip, its GSI routes and five irqfds;
-//! - the vCPUs (one by default), all created before the first instruction; vCPU 0 with the
+//! - the vCPUs (one by default), all created before the first instruction, by two threads
+//!   when there are several (as minipc creates them, src/vm/vcpus.rs); vCPU 0 with the
 //!   host's supported CPUID (cached in a file per host boot, as minipc caches it) and its
 //!   registers in `kvm_run`;
 //! - COM1's data port as a coalesced zone, its ring read before each exit is handled
@@ -142,9 +143,7 @@ fn run(rom: &[u8], cpus: u64, report: libc::c_int) -> ! {
         })
         .collect();
 
-    let mut vcpus: Vec<_> = (0..cpus)
-        .map(|id| check("KVM_CREATE_VCPU", vm.create_vcpu(id)))
-        .collect();
+    let mut vcpus = create_vcpus(&vm, cpus);
     let vcpu = &mut vcpus[0];
     check("KVM_SET_CPUID2", vcpu.set_cpuid2(&cpuid));
     vcpu.set_sync_valid_reg(SyncReg::Register);
@@ -170,6 +169,38 @@ fn run(rom: &[u8], cpus: u64, report: libc::c_int) -> ! {
     drop(irqfds);
     // SAFETY: leaving without destructors; the kernel tears the VM down.
     unsafe { libc::_exit(code) }
+}
+
+/// vCPUs 0 to `cpus - 1`, in id order. With more than one, a second thread creates them
+/// too, both taking the next id from one counter.
+fn create_vcpus(vm: &VmFd, cpus: u64) -> Vec<VcpuFd> {
+    let next = std::sync::atomic::AtomicU64::new(0);
+    let create = || {
+        let mut made = Vec::new();
+        loop {
+            let id = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if id >= cpus {
+                return made;
+            }
+            made.push((id, check("KVM_CREATE_VCPU", vm.create_vcpu(id))));
+        }
+    };
+    let mut made = if cpus > 1 {
+        std::thread::scope(|s| {
+            let other = s.spawn(create);
+            let mut own = create();
+            own.extend(
+                other
+                    .join()
+                    .unwrap_or_else(|_| fail("the vCPU creating thread panicked")),
+            );
+            own
+        })
+    } else {
+        create()
+    };
+    made.sort_unstable_by_key(|m| m.0);
+    made.into_iter().map(|m| m.1).collect()
 }
 
 /// The four memory slots, as minipc registers them for a ROM, before the irqchip.

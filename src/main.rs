@@ -277,7 +277,8 @@ fn run(cfg: &VmConfig, start: Instant, filters: Option<Filters>) -> (i32, Option
                 return (code::HOST_ERROR, None);
             }
         };
-    let mut machine = match vm::build(cfg, &rom, boot, serial_out, &mut phases) {
+    let lend = |job| vcpu_threads.lend(job);
+    let mut machine = match vm::build(cfg, &rom, boot, serial_out, &mut phases, &lend) {
         Ok(m) => m,
         Err(e @ vm::VmError::Boot(_)) => config_error(&e.to_string()),
         Err(e) => {

@@ -53,6 +53,8 @@ pub const KVM_SET_VCPU_EVENTS: u64 =
     iow(0xA0, std::mem::size_of::<kvm_bindings::kvm_vcpu_events>());
 /// An AP's CPUID, set by the thread that sets the APs up (vcpu/threads.rs).
 pub const KVM_SET_CPUID2: u64 = iow(0x90, std::mem::size_of::<kvm_bindings::kvm_cpuid2>());
+/// vCPUs the first vCPU thread creates while the machine is built (vm/vcpus.rs).
+pub const KVM_CREATE_VCPU: u64 = io(0x41);
 pub const KVM_SET_IRQCHIP: u64 = ior(0x63, std::mem::size_of::<kvm_bindings::kvm_irqchip>());
 /// PAM changes (shadow.rs) remap the BIOS shadow segments from the vCPU that wrote them.
 pub const KVM_SET_USER_MEMORY_REGION: u64 = iow(
@@ -234,14 +236,16 @@ pub const VCPU: &[Allowed] = &[
 /// What creating a thread takes beyond the vCPU list: in the creating thread the C library's
 /// thread creation (`thread_start`; its stack's `mmap`/`mprotect` are common), in the new
 /// thread Rust's start (the thread's name, `sched_getaffinity`, `gettid`), and stacking the
-/// guard (`no_new_privs`, `seccomp`: a filter can only add restrictions); and an AP's CPUID,
-/// which the thread that sets the APs up sets before the AP's thread starts. Allowed to the
-/// vCPU spawner only, forbidden again by the spawn guard.
+/// guard (`no_new_privs`, `seccomp`: a filter can only add restrictions); an AP's CPUID,
+/// which the thread that sets the APs up sets before the AP's thread starts; and creating
+/// vCPUs, which the first vCPU thread does beside the building thread before it has any
+/// vCPU of its own (its `kvm_run` mapping is a common `mmap`). Allowed to the vCPU spawner
+/// only, forbidden again by the spawn guard.
 const SPAWN: &[Allowed] = &[
     Allowed {
         nr: libc::SYS_ioctl,
         name: "ioctl",
-        args: Args::Ioctl(&[KVM_SET_CPUID2]),
+        args: Args::Ioctl(&[KVM_SET_CPUID2, KVM_CREATE_VCPU]),
     },
     any(libc::SYS_seccomp, "seccomp"),
     Allowed {

@@ -16,7 +16,7 @@ mod lists;
 #[cfg_attr(not(test), allow(dead_code))]
 mod tree;
 
-pub use lists::{Allowed, Libc, ThreadKind};
+pub use lists::{Allowed, Libc, ThreadKind, KVM_CREATE_VCPU};
 
 /// The C library this build links with (build.rs, from the build target).
 pub const LIBC: Libc = BUILT_FOR;
@@ -377,6 +377,13 @@ mod tests {
         assert!(!ioctls(ThreadKind::Vcpu, true).contains(&KVM_SET_CPUID2));
         assert!(ioctls(ThreadKind::VcpuSpawner, false).contains(&KVM_SET_CPUID2));
         assert_eq!(KVM_SET_CPUID2, 0x4008_AE90);
+        // So is creating vCPUs (the first vCPU thread's share of the build, vm/vcpus.rs).
+        for reboot in [false, true] {
+            assert!(!ioctls(ThreadKind::Vcpu, reboot).contains(&KVM_CREATE_VCPU));
+            assert!(!ioctls(ThreadKind::Vmm, reboot).contains(&KVM_CREATE_VCPU));
+            assert!(ioctls(ThreadKind::VcpuSpawner, reboot).contains(&KVM_CREATE_VCPU));
+        }
+        assert_eq!(KVM_CREATE_VCPU, 0xAE41);
         // Short, so that each vCPU thread installs it cheaply.
         assert!(guard.len() < 80, "{} instructions", guard.len());
         assert!(guard.len() * 2 < compile(ThreadKind::Vcpu, false).unwrap().len());

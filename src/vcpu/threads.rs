@@ -16,6 +16,10 @@
 //! which forbids those additions again: each ends with exactly the vCPU list, before its
 //! vCPU first runs. A single vCPU installs the vCPU filter itself.
 //!
+//! While it waits for the vCPUs, the first thread can run jobs the build lends it
+//! (`Prestarted::lend`): it creates vCPUs beside the building thread (vm/vcpus.rs), under the
+//! spawner's filter, which allows that until the guard.
+//!
 //! The APs do not hold vCPU 0 back. Every vCPU exists in KVM before vCPU 0 runs (an INIT or
 //! SIPI the guest sends waits in the AP's LAPIC until the AP runs), but an AP's thread start,
 //! its CPUID (about 0.2 ms of KVM's time each here, see `vm::create_vcpus`) and its spawn
@@ -96,9 +100,17 @@ struct Prepared {
     thread: Arc<OnceLock<ThreadRef>>,
 }
 
+/// What the first vCPU thread is given while it waits.
+enum ToFirst {
+    /// Work for the build, run under the thread's filter (`Prestarted::lend`).
+    Job(Box<dyn FnOnce() + Send>),
+    /// The vCPUs, in id order.
+    Vcpus(Vec<Prepared>),
+}
+
 /// The first vCPU thread, filtered, waiting for the vCPUs.
 pub struct Prestarted {
-    to: SyncSender<Vec<Prepared>>,
+    to: SyncSender<ToFirst>,
     count: usize,
 }
 
@@ -106,7 +118,7 @@ pub struct Prestarted {
 /// receives the vCPUs. Call it while the calling thread is the process's only one.
 pub fn prestart(cpus: usize, filters: Option<Arc<VcpuFilters>>) -> std::io::Result<Prestarted> {
     size_fd_table(cpus);
-    let (to, rx) = sync_channel::<Vec<Prepared>>(1);
+    let (to, rx) = sync_channel::<ToFirst>(1);
     std::thread::Builder::new()
         .name("vcpu0".into())
         .stack_size(STACK)
@@ -141,9 +153,9 @@ fn size_fd_table(cpus: usize) {
     }
 }
 
-/// The first vCPU thread: its filter, then, once the vCPUs come, the first AP's thread (which
-/// starts the others), the spawn guard and vCPU 0.
-fn first_thread(rx: Receiver<Vec<Prepared>>, filters: Option<Arc<VcpuFilters>>, cpus: usize) {
+/// The first vCPU thread: its filter, the jobs the build lends it, then, once the vCPUs come,
+/// the first AP's thread (which starts the others), the spawn guard and vCPU 0.
+fn first_thread(rx: Receiver<ToFirst>, filters: Option<Arc<VcpuFilters>>, cpus: usize) {
     let spawn = filters
         .as_deref()
         .and_then(|f| f.spawn.as_ref())
@@ -153,14 +165,23 @@ fn first_thread(rx: Receiver<Vec<Prepared>>, filters: Option<Arc<VcpuFilters>>, 
         (Some(_), Some((spawner, _))) => install(ThreadKind::VcpuSpawner, spawner),
         (Some(f), None) => install(ThreadKind::Vcpu, &f.vcpu),
     };
-    let mut vcpus = match rx.recv() {
-        Ok(v) if !v.is_empty() => v,
-        // The machine was not built: the process is about to exit. The thread waits for
-        // that exit rather than ending: a thread's end makes calls of its own (glibc's),
-        // which its filter need not allow.
-        _ => loop {
-            std::thread::park();
-        },
+    let mut vcpus = loop {
+        match rx.recv() {
+            // Without its filter the thread runs nothing: the job is dropped, which its
+            // lender sees.
+            Ok(ToFirst::Job(job)) => {
+                if filtered.is_ok() {
+                    job()
+                }
+            }
+            Ok(ToFirst::Vcpus(v)) if !v.is_empty() => break v,
+            // The machine was not built: the process is about to exit. The thread waits for
+            // that exit rather than ending: a thread's end makes calls of its own (glibc's),
+            // which its filter need not allow.
+            _ => loop {
+                std::thread::park();
+            },
+        }
     };
     let own = vcpus.remove(0);
     if let Err(e) = filtered {
@@ -301,6 +322,13 @@ fn run(p: Prepared, filtered: Result<(), String>) {
 }
 
 impl Prestarted {
+    /// Gives the first vCPU thread `job` to run while it waits for the vCPUs (under its filter:
+    /// with more than one vCPU, the spawner's, which allows creating vCPUs). False when the
+    /// thread is gone; the job is then dropped.
+    pub fn lend(&self, job: Box<dyn FnOnce() + Send>) -> bool {
+        self.to.send(ToFirst::Job(job)).is_ok()
+    }
+
     /// Hands the vCPUs (in id order, as many as `prestart` was told) to the first thread,
     /// which starts the first AP's thread (that one starts the others), arrives at its
     /// `start` rendezvous and runs vCPU 0.
@@ -355,7 +383,7 @@ impl Prestarted {
                 thread,
             });
         }
-        if self.to.send(prepared).is_err() {
+        if self.to.send(ToFirst::Vcpus(prepared)).is_err() {
             return Err(std::io::Error::other("the first vCPU thread ended early"));
         }
         Ok(handles)

@@ -1,11 +1,13 @@
 //! Builds the machine, in the order that keeps KVM fast: VM -> memory slots -> irqchip ->
-//! devices -> vCPUs (registering memory after the irqchip exists costs milliseconds). The PIT
+//! devices and vCPUs (registering memory after the irqchip exists costs milliseconds; the
+//! vCPUs need the irqchip, and another thread starts creating them beside the devices). The PIT
 //! is a device like the others (`devices/pit/`): KVM's in-kernel PIT starts a kernel thread
 //! that costs milliseconds to create and to tear down.
 
 mod devices;
 mod slots;
 mod teardown;
+mod vcpus;
 
 pub use teardown::Teardown;
 
@@ -13,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kvm_bindings::CpuId;
-use kvm_ioctls::{Cap, Kvm, SyncReg, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
 
 use crate::bus::Bus;
@@ -33,6 +35,8 @@ pub use devices::open_serial_out;
 use devices::*;
 use slots::*;
 pub use slots::{DeferredRam, RomMapping};
+pub use vcpus::Lend;
+use vcpus::NewVcpus;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -181,13 +185,15 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 }
 
 /// Builds the machine, stage by stage; each stage returns what the next needs. `phases`
-/// records how long opening KVM and the memory, device and vCPU stages took (`--stats`).
+/// records how long opening KVM and the memory, device and vCPU stages took (`--stats`);
+/// `lend` gives another thread a share of creating the vCPUs (`vcpus.rs`).
 pub fn build(
     cfg: &VmConfig,
     rom: &Rom,
     boot: Arc<crate::boot::BootPlan>,
     serial_out: SerialOut,
     phases: &mut Phases,
+    lend: Lend,
 ) -> Result<Machine, VmError> {
     let layout =
         MemoryLayout::new(cfg.mem_size).map_err(|e| VmError::GuestMemory(e.to_string()))?;
@@ -195,8 +201,16 @@ pub fn build(
     let mem = timed(&mut phases.memory, || {
         memory_stage(vm, cfg, rom, &layout, &boot)
     })?;
-    let dev = timed(&mut phases.devices, || {
-        device_stage(&mem, cfg, rom, layout, &boot, serial_out)
+    let (dev, creation) = timed(&mut phases.devices, || {
+        create_interrupt_controllers(&mem.vm)?;
+        // Each vCPU needs the irqchip; another thread starts creating them beside the devices.
+        // With `--reboot`, each vCPU's reset state is read before the guest runs (monitor/),
+        // and the state KVM reports depends on the CPUID: so every vCPU has it before.
+        let creation = vcpus::start(&mem.vm, cfg.cpus, !cfg.reboot, lend);
+        Ok((
+            device_stage(&mem, cfg, rom, layout, &boot, serial_out)?,
+            creation,
+        ))
     })?;
     // With `--reboot`, what a reboot restores; not one of the timed phases.
     let (chips_at_reset, boot_at_reset) = if cfg.reboot {
@@ -205,7 +219,9 @@ pub fn build(
         None
     }
     .unzip();
-    let (vcpus, pending_cpuid) = timed(&mut phases.vcpus, || vcpu_stage(&mem.vm, &cpuid, cfg))?;
+    let (vcpus, pending_cpuid) = timed(&mut phases.vcpus, || {
+        vcpu_stage(creation, &mem.vm, &cpuid, cfg)
+    })?;
     let coalesced = coalesce_serial(&mem.vm, &vcpus, &dev.serial);
 
     Ok(Machine {
@@ -310,7 +326,7 @@ struct Platform {
     e820: Vec<memory::E820Entry>,
 }
 
-/// The interrupt controllers, the devices, the boot payload and fw_cfg, and the BIOS
+/// The devices (the interrupt controllers exist), the boot payload and fw_cfg, and the BIOS
 /// services. For the embedded firmware, the PIT is programmed through the port bus as that
 /// firmware's POST leaves it (`bios::pit`).
 fn device_stage(
@@ -321,7 +337,6 @@ fn device_stage(
     boot: &crate::boot::BootPlan,
     serial_out: SerialOut,
 ) -> Result<Platform, VmError> {
-    create_interrupt_controllers(&mem.vm)?;
     let mut devices = platform_devices(&mem.vm, cfg, &layout, mem.shadow.clone(), serial_out)?;
     devices.pio.set_ram_gate(mem.ram.clone());
     let e820 = layout.e820(rom.size());
@@ -394,12 +409,15 @@ fn reset_state(
     Ok((capture_chips(vm)?, boot))
 }
 
-/// The vCPUs, and the CPUID each one's thread sets; with `--x-count-instructions`, vCPU 0
-/// single-steps.
-fn vcpu_stage(vm: &VmFd, cpuid: &CpuId, cfg: &VmConfig) -> Result<NewVcpus, VmError> {
-    // With `--reboot`, each vCPU's reset state is read before the guest runs (monitor/),
-    // and the state KVM reports depends on the CPUID: so every vCPU has it before.
-    let (vcpus, pending) = create_vcpus(vm, cpuid, cfg.cpus, !cfg.reboot)?;
+/// The vCPUs (`creation` finished), and the CPUID each one's thread sets; with
+/// `--x-count-instructions`, vCPU 0 single-steps.
+fn vcpu_stage(
+    creation: vcpus::Creation,
+    vm: &VmFd,
+    cpuid: &CpuId,
+    cfg: &VmConfig,
+) -> Result<NewVcpus, VmError> {
+    let (vcpus, pending) = creation.finish(vm, cpuid)?;
     if cfg.count_instructions {
         // Every instruction of vCPU 0 exits (KVM_EXIT_DEBUG); the vCPU thread counts them.
         let dbg = kvm_bindings::kvm_guest_debug {
@@ -425,9 +443,6 @@ fn coalesce_serial(
     crate::bus::lock(serial).on_thr_events(Box::new(move || stop.stop()));
     Some(c)
 }
-
-/// The vCPUs, and by vCPU id the CPUID left for its thread to set.
-type NewVcpus = (Vec<VcpuFd>, Vec<Option<CpuId>>);
 
 /// KVM and the VM: the capabilities minipc needs, the TSS and identity map, the CPUID the
 /// host supports.
@@ -474,125 +489,10 @@ fn no_halt_polling(vm: &VmFd) {
     }
 }
 
-/// The registers KVM keeps in kvm_run for user space.
-const SYNC_REGS: u32 = kvm_bindings::KVM_SYNC_X86_REGS | kvm_bindings::KVM_SYNC_X86_SREGS;
-
-/// The vCPUs at the architectural reset state; the in-kernel LAPIC holds the APs until
-/// SIPI. With `aps_later`, only vCPU 0 gets its CPUID here: each AP's is returned for its own
-/// thread to set before that AP first runs (vcpu/threads.rs). Setting a CPUID costs KVM about
-/// 0.2 ms per vCPU here, more than creating the vCPU, and nothing needs it before the vCPU
-/// runs: an INIT or SIPI the guest sends meanwhile waits in the AP's LAPIC, which must exist
-/// (and does) before vCPU 0 runs.
-fn create_vcpus(vm: &VmFd, cpuid: &CpuId, cpus: u32, aps_later: bool) -> Result<NewVcpus, VmError> {
-    let mut vcpus = Vec::with_capacity(cpus as usize);
-    let mut pending = Vec::with_capacity(cpus as usize);
-    // KVM copies the registers into kvm_run at each exit and takes them back from there:
-    // a BIOS service call then needs no register ioctl (vcpu/mod.rs, `bios_call`).
-    let sync = SYNC_REGS as i32;
-    let sync_regs = vm.check_extension_int(Cap::SyncRegs) & sync == sync;
-    for id in 0..cpus {
-        let mut vcpu = vm.create_vcpu(id as u64).map_err(kvm_err("create vCPU"))?;
-        if sync_regs {
-            vcpu.set_sync_valid_reg(SyncReg::Register);
-            vcpu.set_sync_valid_reg(SyncReg::SystemRegister);
-        }
-        let mut c = cpuid.clone();
-        set_topology(&mut c, id, cpus);
-        if id > 0 && aps_later {
-            pending.push(Some(c));
-        } else {
-            vcpu.set_cpuid2(&c).map_err(kvm_err("set CPUID"))?;
-            pending.push(None);
-        }
-        vcpus.push(vcpu);
-    }
-    Ok((vcpus, pending))
-}
-
-/// Fills in the topology the guest sees in CPUID, consistent with the MADT: one package of
-/// `cpus` cores, one thread each, APIC ID = vCPU index.
-fn set_topology(cpuid: &mut CpuId, apic_id: u32, cpus: u32) {
-    // Bits of the APIC ID that number the cores.
-    let core_bits = 32 - (cpus.max(1) - 1).leading_zeros();
-    for e in cpuid.as_mut_slice() {
-        match e.function {
-            1 => {
-                e.ebx = (e.ebx & 0x0000_FFFF) | (apic_id << 24) | (cpus.min(255) << 16);
-                if cpus > 1 {
-                    e.edx |= 1 << 28; // HTT: more than one logical processor
-                }
-            }
-            4 => {
-                // Cores per package - 1, for every cache level.
-                e.eax = (e.eax & 0x03FF_FFFF) | ((cpus - 1).min(63) << 26);
-            }
-            0xB | 0x1F => {
-                e.edx = apic_id;
-                match e.index {
-                    0 => {
-                        // SMT level: one thread per core.
-                        e.eax = 0;
-                        e.ebx = 1;
-                        e.ecx = 1 << 8;
-                    }
-                    1 => {
-                        // Core level: every vCPU.
-                        e.eax = core_bits;
-                        e.ebx = cpus;
-                        e.ecx = 1 | 2 << 8;
-                    }
-                    i => {
-                        e.eax = 0;
-                        e.ebx = 0;
-                        e.ecx = i;
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::SerialMode;
-    use kvm_bindings::kvm_cpuid_entry2;
-
-    #[test]
-    fn topology_sets_apic_ids() {
-        let mut c = CpuId::from_entries(&[
-            kvm_cpuid_entry2 {
-                function: 1,
-                ebx: 0xFFFF_0801,
-                ..Default::default()
-            },
-            kvm_cpuid_entry2 {
-                function: 0xB,
-                ..Default::default()
-            },
-            kvm_cpuid_entry2 {
-                function: 0xB,
-                index: 1,
-                ..Default::default()
-            },
-            kvm_cpuid_entry2 {
-                function: 4,
-                eax: 0xFC00_4121,
-                ..Default::default()
-            },
-        ])
-        .unwrap();
-        set_topology(&mut c, 3, 6);
-        let s = c.as_slice();
-        assert_eq!(s[0].ebx, 0x0306_0801);
-        assert_ne!(s[0].edx & (1 << 28), 0);
-        assert_eq!((s[1].edx, s[1].ebx, s[1].ecx), (3, 1, 0x100));
-        // Six cores need three bits of the APIC ID.
-        assert_eq!((s[2].eax, s[2].ebx, s[2].ecx), (3, 6, 0x201));
-        assert_eq!(s[3].eax >> 26, 5);
-        assert_eq!(s[3].eax & 0x03FF_FFFF, 0x0000_4121);
-    }
 
     #[test]
     fn kvm_errors_name_the_call_and_the_errno() {
