@@ -186,6 +186,7 @@ fn create_vcpus(vm: &VmFd, cpus: u64) -> Vec<VcpuFd> {
         }
     };
     let mut made = if cpus > 1 {
+        size_fd_table(cpus);
         std::thread::scope(|s| {
             let other = s.spawn(create);
             let mut own = create();
@@ -201,6 +202,21 @@ fn create_vcpus(vm: &VmFd, cpus: u64) -> Vec<VcpuFd> {
     };
     made.sort_unstable_by_key(|m| m.0);
     made.into_iter().map(|m| m.1).collect()
+}
+
+/// Grows the descriptor table for every vCPU while this thread is the process's only one,
+/// as minipc does (src/vcpu/threads.rs, `size_fd_table`): growing it while threads share it
+/// waits for an RCU grace period each time.
+fn size_fd_table(cpus: u64) {
+    let want = (cpus as usize + 64).next_power_of_two() as libc::c_int;
+    // SAFETY: a descriptor duplicated to the lowest free number at or above `want - 1`,
+    // then closed; only this process's descriptor table changes.
+    unsafe {
+        let high = libc::fcntl(0, libc::F_DUPFD_CLOEXEC, want - 1);
+        if high >= 0 {
+            libc::close(high);
+        }
+    }
 }
 
 /// The four memory slots, as minipc registers them for a ROM, before the irqchip.
