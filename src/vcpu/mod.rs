@@ -284,7 +284,7 @@ struct Vcpu {
     /// The ring of buffered port writes (coalesced_io.rs): emptied before each exit is
     /// handled, so that the exit sees every write the guest made before it.
     coalesced: Option<Arc<CoalescedIo>>,
-    /// KVM keeps the registers in kvm_run (vm/mod.rs, `create_vcpus`).
+    /// KVM keeps the registers in kvm_run (vm/vcpus.rs, `Plan::set_up`).
     sync_regs: bool,
     /// The VM's only vCPU.
     alone: bool,

@@ -22,7 +22,7 @@
 //!
 //! The APs do not hold vCPU 0 back. Every vCPU exists in KVM before vCPU 0 runs (an INIT or
 //! SIPI the guest sends waits in the AP's LAPIC until the AP runs), but an AP's thread start,
-//! its CPUID (about 0.2 ms of KVM's time each here, see `vm::create_vcpus`) and its spawn
+//! its CPUID (about 0.2 ms of KVM's time each here, see vm/vcpus.rs) and its spawn
 //! guard come after: the first thread starts one AP thread and runs vCPU 0; that AP thread
 //! starts the others, and each sets its own AP up and runs it. A monitor's request posted
 //! before an AP's thread runs is not lost: `immediate_exit` is already set in its `kvm_run`,
