@@ -323,10 +323,10 @@ fn run(p: Prepared, filtered: Result<(), String>) {
 
 impl Prestarted {
     /// Gives the first vCPU thread `job` to run while it waits for the vCPUs (under its filter:
-    /// with more than one vCPU, the spawner's, which allows creating vCPUs). False when the
-    /// thread is gone; the job is then dropped.
-    pub fn lend(&self, job: Box<dyn FnOnce() + Send>) -> bool {
-        self.to.send(ToFirst::Job(job)).is_ok()
+    /// with more than one vCPU, the spawner's, which allows creating vCPUs). When the thread
+    /// is gone, the job is dropped.
+    pub fn lend(&self, job: Box<dyn FnOnce() + Send>) {
+        let _ = self.to.send(ToFirst::Job(job));
     }
 
     /// Hands the vCPUs (in id order, as many as `prestart` was told) to the first thread,

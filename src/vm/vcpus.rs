@@ -11,7 +11,7 @@
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 
 use kvm_bindings::CpuId;
@@ -55,16 +55,15 @@ pub(super) fn start(vm: &Arc<VmFd>, cpus: u32, aps_later: bool, lend: Lend) -> C
     };
     let next = Arc::new(AtomicU32::new(0));
     let (tx, rx) = std::sync::mpsc::channel();
-    let lent = cpus >= TWO_THREADS_MIN && {
+    if cpus >= TWO_THREADS_MIN {
         let (vm, next) = (vm.clone(), next.clone());
-        lend(Box::new(move || {
-            let _ = tx.send(plan.create_fds(&next, &vm));
-        }))
-    };
+        // When the job is refused, or dropped unrun, `tx` goes with it and `rx` ends empty.
+        lend(Box::new(move || plan.create_fds(&next, &vm, &tx)));
+    }
     Creation {
         plan,
         next,
-        other: lent.then_some(rx),
+        other: rx,
     }
 }
 
@@ -72,39 +71,55 @@ pub(super) fn start(vm: &Arc<VmFd>, cpus: u32, aps_later: bool, lend: Lend) -> C
 pub(super) struct Creation {
     plan: Plan,
     next: Arc<AtomicU32>,
-    /// Where that thread sends its descriptors; None when no thread took the job.
-    other: Option<Receiver<BareVcpus>>,
+    /// That thread's vCPU descriptors, by id, not mapped yet, or the error that stopped it;
+    /// closed when it is done.
+    other: Receiver<BareVcpu>,
 }
 
-/// vCPU descriptors by id, not mapped yet, and the error that stopped their creation.
-type BareVcpus = (Vec<(u32, RawFd)>, Option<VmError>);
+/// A vCPU descriptor from `Plan::create_fds`, or why it could not be made.
+type BareVcpu = Result<(u32, RawFd), VmError>;
 
 impl Creation {
-    /// Creates the vCPUs left, sets up the other thread's, and returns all in id order.
+    /// Creates the vCPUs left, setting up the other thread's as they come, and returns all
+    /// in id order.
     pub(super) fn finish(self, vm: &VmFd, cpuid: &CpuId) -> Result<NewVcpus, VmError> {
-        let mut made = Vec::with_capacity(self.plan.cpus as usize);
-        let own = self.plan.create(&self.next, vm, cpuid, &mut made);
-        // Err: the job was dropped unrun, and this thread took every id.
-        if let Some(Ok((fds, failed))) = self.other.map(|rx| rx.recv()) {
-            for (id, fd) in fds {
-                // SAFETY: `fd` is a vCPU descriptor KVM_CREATE_VCPU returned, owned by
-                // nothing else: the other thread handed it over and forgot it.
-                let fd = unsafe { vm.create_vcpu_from_rawfd(fd) };
-                made.push(
-                    self.plan
-                        .set_up(fd.map_err(kvm_err("map vCPU"))?, cpuid, id)?,
-                );
+        let plan = self.plan;
+        let mut made = Vec::with_capacity(plan.cpus as usize);
+        let mut failed = None;
+        // Whether `vcpu` was made; the first error is the one returned.
+        let mut keep = |vcpu: Result<NewVcpu, VmError>| match vcpu {
+            Ok(v) => {
+                made.push(v);
+                true
             }
-            failed.map_or(Ok(()), Err)?;
+            Err(e) => {
+                failed.get_or_insert(e);
+                false
+            }
+        };
+        while let Some(id) = plan.next_id(&self.next) {
+            while let Ok(bare) = self.other.try_recv() {
+                keep(plan.adopt(vm, cpuid, bare));
+            }
+            let own = vm.create_vcpu(id as u64).map_err(kvm_err("create vCPU"));
+            if !keep(own.and_then(|fd| plan.set_up(fd, cpuid, id))) {
+                break;
+            }
         }
-        own?;
+        // The rest of the other thread's, until it is done.
+        for bare in self.other.iter() {
+            keep(plan.adopt(vm, cpuid, bare));
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
         made.sort_unstable_by_key(|m| m.id);
         Ok(made.into_iter().map(|m| (m.fd, m.cpuid)).unzip())
     }
 }
 
-/// Hands a job to another thread; false when no thread takes it (the job is dropped).
-pub type Lend<'a> = &'a dyn Fn(Box<dyn FnOnce() + Send>) -> bool;
+/// Hands a job to another thread, or drops it when no thread can take it.
+pub type Lend<'a> = &'a dyn Fn(Box<dyn FnOnce() + Send>);
 
 /// What every vCPU is created with.
 #[derive(Clone, Copy)]
@@ -116,25 +131,9 @@ struct Plan {
 }
 
 impl Plan {
-    /// vCPUs into `made`, one after the other, each with the next id from `next`, until none
-    /// is left.
-    fn create(
-        &self,
-        next: &AtomicU32,
-        vm: &VmFd,
-        cpuid: &CpuId,
-        made: &mut Vec<NewVcpu>,
-    ) -> Result<(), VmError> {
-        while let Some(id) = self.next_id(next) {
-            let fd = vm.create_vcpu(id as u64).map_err(kvm_err("create vCPU"))?;
-            made.push(self.set_up(fd, cpuid, id)?);
-        }
-        Ok(())
-    }
-
-    /// Bare vCPU descriptors, as `create` would make them, without mapping or setting them.
-    fn create_fds(&self, next: &AtomicU32, vm: &VmFd) -> BareVcpus {
-        let mut fds = Vec::new();
+    /// Bare vCPU descriptors, each with the next id from `next`, sent to `to` until none is
+    /// left or KVM refuses one; not mapped or set up (`Creation::finish` does that).
+    fn create_fds(&self, next: &AtomicU32, vm: &VmFd, to: &Sender<BareVcpu>) {
         while let Some(id) = self.next_id(next) {
             // SAFETY: KVM_CREATE_VCPU takes the id by value and returns a new descriptor or
             // -1; nothing in this process's memory changes.
@@ -142,11 +141,22 @@ impl Plan {
                 unsafe { vmm_sys_util::ioctl::ioctl_with_val(vm, KVM_CREATE_VCPU as _, id as _) };
             if fd < 0 {
                 let e = kvm_ioctls::Error::last();
-                return (fds, Some(VmError::Kvm("create vCPU", e)));
+                let _ = to.send(Err(VmError::Kvm("create vCPU", e)));
+                return;
             }
-            fds.push((id, fd));
+            // Sent even when nobody receives any more: the descriptor then stays open until
+            // the process exits, rather than being closed here.
+            let _ = to.send(Ok((id, fd)));
         }
-        (fds, None)
+    }
+
+    /// A descriptor from `create_fds`, mapped and set up.
+    fn adopt(&self, vm: &VmFd, cpuid: &CpuId, bare: BareVcpu) -> Result<NewVcpu, VmError> {
+        let (id, fd) = bare?;
+        // SAFETY: `fd` is a vCPU descriptor KVM_CREATE_VCPU returned, owned by nothing else:
+        // the thread that made it handed it over and forgot it.
+        let fd = unsafe { vm.create_vcpu_from_rawfd(fd) }.map_err(kvm_err("map vCPU"))?;
+        self.set_up(fd, cpuid, id)
     }
 
     fn next_id(&self, next: &AtomicU32) -> Option<u32> {
@@ -297,15 +307,13 @@ mod tests {
     }
 
     /// Runs a lent job on a thread of its own.
-    fn on_a_thread(job: Box<dyn FnOnce() + Send>) -> bool {
+    fn on_a_thread(job: Box<dyn FnOnce() + Send>) {
         std::thread::spawn(job);
-        true
     }
 
     /// Runs a lent job at once, before `start` returns: it takes every id.
-    fn at_once(job: Box<dyn FnOnce() + Send>) -> bool {
-        job();
-        true
+    fn at_once(job: Box<dyn FnOnce() + Send>) {
+        job()
     }
 
     #[test]
@@ -341,18 +349,10 @@ mod tests {
         let Some((_, cpuid)) = vm() else {
             return;
         };
-        // The job refused, or taken but dropped unrun.
-        let refuse = |_: Box<dyn FnOnce() + Send>| false;
-        let drop_it = |job: Box<dyn FnOnce() + Send>| {
-            drop(job);
-            true
-        };
-        let lends: [Lend; 2] = [&refuse, &drop_it];
-        for lend in lends {
-            let vm = self::vm().unwrap().0;
-            let vcpus = start(&vm, 5, true, lend).finish(&vm, &cpuid).unwrap();
-            check_order(&vcpus, 5);
-        }
+        // The job dropped unrun (no thread to take it, or one without its filter).
+        let vm = self::vm().unwrap().0;
+        let vcpus = start(&vm, 5, true, &drop).finish(&vm, &cpuid).unwrap();
+        check_order(&vcpus, 5);
     }
 
     #[test]
