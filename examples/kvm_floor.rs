@@ -21,8 +21,8 @@
 //! what they cost here is their creation: the floor under `--cpus N`.
 //!
 //! What it leaves out is minipc's: seccomp filters, threads (the vCPU runs on the main
-//! thread), the chipset, the monitor and its halt detection. Its devices are the UART's data
-//! and line-status ports and debug-exit.
+//! thread; the second one only helps create the vCPUs), the chipset, the monitor and its halt
+//! detection. Its devices are the UART's data and line-status ports and debug-exit.
 //!
 //! Usage: `kvm_floor ROM [CPUS]` (a ROM of at most 128 KiB; the guest's serial output goes to
 //! stdout, and debug-exit's value v becomes the exit code 2v+1, as minipc's). The ROM must
