@@ -9,7 +9,7 @@
 //! with `--cpus 64` launched in 0.75x the time (9.75 to 7.32 ms), with `--cpus 16` in 0.85x
 //! (30 alternating runs).
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
@@ -44,7 +44,7 @@ const SYNC_REGS: u32 = kvm_bindings::KVM_SYNC_X86_REGS | kvm_bindings::KVM_SYNC_
 /// its filter does not allow `close`, so it never owns a descriptor it could drop. A job that
 /// is not taken, or dropped without running, leaves every vCPU to `finish`. The irqchip must
 /// exist before the first vCPU.
-pub(super) fn start(vm: &Arc<VmFd>, cpus: u32, aps_later: bool, lend: Lend) -> Creation {
+pub(super) fn start(vm: &VmFd, cpus: u32, aps_later: bool, lend: Lend) -> Creation {
     // KVM copies the registers into kvm_run at each exit and takes them back from there:
     // a BIOS service call then needs no register ioctl (vcpu/mod.rs, `bios_call`).
     let sync = SYNC_REGS as i32;
@@ -56,9 +56,11 @@ pub(super) fn start(vm: &Arc<VmFd>, cpus: u32, aps_later: bool, lend: Lend) -> C
     let next = Arc::new(AtomicU32::new(0));
     let (tx, rx) = std::sync::mpsc::channel();
     if cpus >= TWO_THREADS_MIN {
-        let (vm, next) = (vm.clone(), next.clone());
+        // The VM's descriptor number, not a handle on it: if the build fails and lets the
+        // VM go while the job still runs, the job must not be the one that closes it.
+        let (vm, next) = (vm.as_raw_fd(), next.clone());
         // When the job is refused, or dropped unrun, `tx` goes with it and `rx` ends empty.
-        lend(Box::new(move || plan.create_fds(&next, &vm, &tx)));
+        lend(Box::new(move || plan.create_fds(&next, vm, &tx)));
     }
     Creation {
         plan,
@@ -133,12 +135,13 @@ struct Plan {
 impl Plan {
     /// Bare vCPU descriptors, each with the next id from `next`, sent to `to` until none is
     /// left or KVM refuses one; not mapped or set up (`Creation::finish` does that).
-    fn create_fds(&self, next: &AtomicU32, vm: &VmFd, to: &Sender<BareVcpu>) {
+    fn create_fds(&self, next: &AtomicU32, vm: RawFd, to: &Sender<BareVcpu>) {
         while let Some(id) = self.next_id(next) {
             // SAFETY: KVM_CREATE_VCPU takes the id by value and returns a new descriptor or
-            // -1; nothing in this process's memory changes.
+            // -1; nothing in this process's memory changes. Should `vm` be closed meanwhile
+            // (a failed build), the call fails, or finds no VM behind the number.
             let fd =
-                unsafe { vmm_sys_util::ioctl::ioctl_with_val(vm, KVM_CREATE_VCPU as _, id as _) };
+                unsafe { vmm_sys_util::ioctl::ioctl_with_val(&vm, KVM_CREATE_VCPU as _, id as _) };
             if fd < 0 {
                 let e = kvm_ioctls::Error::last();
                 let _ = to.send(Err(VmError::Kvm("create vCPU", e)));
