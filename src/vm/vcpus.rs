@@ -143,8 +143,8 @@ impl Plan {
             let fd =
                 unsafe { vmm_sys_util::ioctl::ioctl_with_val(&vm, KVM_CREATE_VCPU as _, id as _) };
             if fd < 0 {
-                let e = kvm_ioctls::Error::last();
-                let _ = to.send(Err(VmError::Kvm("create vCPU", e)));
+                let e = kvm_err("create vCPU")(kvm_ioctls::Error::last());
+                let _ = to.send(Err(e));
                 return;
             }
             // Sent even when nobody receives any more: the descriptor then stays open until
