@@ -109,6 +109,32 @@ impl Ring {
         self.index(0).load(Ordering::Relaxed) == self.index(4).load(Ordering::Acquire)
     }
 
+    /// How many writes the ring holds now; 0 when an index lies outside the ring (KVM never
+    /// writes one there).
+    fn len(&self) -> u32 {
+        let first = self.index(0).load(Ordering::Relaxed);
+        let last = self.index(4).load(Ordering::Acquire);
+        if first >= self.entries || last >= self.entries {
+            return 0;
+        }
+        (last + self.entries - first) % self.entries
+    }
+
+    /// Takes out the writes the ring holds when it is called, oldest first, and hands each
+    /// to `f`; returns how many. Writes that come in meanwhile stay for the next call: a
+    /// guest that refills the ring as fast as `f` empties it (each write raising the
+    /// interrupt whose handler sends the next) cannot keep the caller here.
+    fn take_present(&self, mut f: impl FnMut(Write)) -> u32 {
+        let n = self.len();
+        for taken in 0..n {
+            match self.pop() {
+                Some(w) => f(w),
+                None => return taken,
+            }
+        }
+        n
+    }
+
     /// The oldest write, taken out of the ring; None when it is empty. Indexes outside the
     /// ring (which KVM never writes) read as empty.
     fn pop(&self) -> Option<Write> {
@@ -222,21 +248,19 @@ impl CoalescedIo {
         }))
     }
 
-    /// Replays every buffered write on `pio`, oldest first; returns how many. An empty ring
-    /// costs two loads.
+    /// Replays the writes buffered when it is called on `pio`, oldest first; returns how
+    /// many. An empty ring costs two loads.
     pub fn drain(&self, pio: &Bus) -> usize {
         if self.ring.is_empty() {
             return 0;
         }
         let _reader = lock(&self.reader);
-        let mut n = 0;
-        while let Some(w) = self.ring.pop() {
+        let n = self.ring.take_present(|w| {
             // The zone's ports belong to devices that end nothing on a write (the UART).
             let _ = pio.write(w.port, &w.data[..w.len]);
-            n += 1;
-        }
-        self.carried.fetch_add(n as u64, Ordering::Relaxed);
-        n
+        });
+        self.carried.fetch_add(n.into(), Ordering::Relaxed);
+        n as usize
     }
 
     /// The monitor's wake-up, written when a stop is asked for.
@@ -450,15 +474,61 @@ mod tests {
     }
 
     #[test]
+    fn a_drain_takes_only_the_writes_present_when_it_began() {
+        let mut page = FakePage::new(4096);
+        for b in 0..3 {
+            page.push(0x3F8, b);
+        }
+        let ring = page.ring();
+        assert_eq!(ring.len(), 3);
+        // Each write handed out brings the next, as a guest's THR-empty interrupt handler
+        // does.
+        let mut seen = Vec::new();
+        let taken = ring.take_present(|w| {
+            seen.push(w.data[0]);
+            page.push(0x3F8, 100 + w.data[0]);
+        });
+        assert_eq!((taken, seen), (3, vec![0, 1, 2]));
+        assert_eq!(
+            ring.len(),
+            3,
+            "the writes that came in wait for the next drain"
+        );
+        let mut next = Vec::new();
+        assert_eq!(ring.take_present(|w| next.push(w.data[0])), 3);
+        assert_eq!(next, vec![100, 101, 102]);
+        assert!(ring.is_empty());
+    }
+
+    #[test]
+    fn a_full_ring_across_the_wrap_is_counted_whole() {
+        let mut page = FakePage::new(4096);
+        // Start near the end, so the writes wrap.
+        let ring = page.ring();
+        ring.index(0).store(160, Ordering::Relaxed);
+        ring.index(4).store(160, Ordering::Relaxed);
+        // KVM keeps one slot free: a full ring holds entries - 1 writes.
+        for b in 0..169 {
+            page.push(0x3F8, b as u8);
+        }
+        assert_eq!(ring.len(), 169);
+        let mut out = Vec::new();
+        assert_eq!(ring.take_present(|w| out.push(w.data[0])), 169);
+        assert_eq!(out, (0..169).map(|b| b as u8).collect::<Vec<_>>());
+    }
+
+    #[test]
     fn indexes_outside_the_ring_read_as_empty() {
         let mut page = FakePage::new(4096);
         let ring = page.ring();
         ring.index(0).store(170, Ordering::Relaxed);
         ring.index(4).store(3, Ordering::Relaxed);
         assert_eq!(ring.pop(), None);
+        assert_eq!(ring.len(), 0);
         ring.index(0).store(1, Ordering::Relaxed);
         ring.index(4).store(u32::MAX, Ordering::Relaxed);
         assert_eq!(ring.pop(), None);
+        assert_eq!(ring.len(), 0);
     }
 
     #[test]
@@ -487,10 +557,8 @@ mod tests {
         }
     }
 
-    /// A real-mode guest in KVM (no irqchip, so its HLT comes back to user space): `code` at
-    /// 0x1000, run until it halts.
     /// A VM with 64 KiB of RAM, `code` at 0x1000 and its one vCPU about to run it in real
-    /// mode.
+    /// mode. It has no irqchip, so the guest's HLT comes back to user space.
     fn real_mode_vm(code: &[u8]) -> (Arc<VmFd>, VcpuFd) {
         let kvm = kvm_ioctls::Kvm::new().unwrap();
         let vm = Arc::new(kvm.create_vm().unwrap());
