@@ -544,11 +544,13 @@ fn run_exit_path(path: &ExitPath, output: Output, images: &Path, guest_image: &[
         Output::Pipe => contents(&stdout),
         Output::File => std::fs::read(&serial_file).unwrap_or_default(),
     };
+    // The signal goes once the guest has printed everything and spins: its last byte
+    // ("l", no exit after it) shows while it runs (coalesced_io.rs), and what it printed
+    // must all be there after the signal. Sent at "ending ready", the signal could stop a
+    // guest slowed by the host's load in the middle of "tail".
     let send = |sig: i32| {
         let ready = within(Duration::from_secs(30), || {
-            output_so_far()
-                .windows(b"ending ready\r\n".len())
-                .any(|w| w == b"ending ready\r\n")
+            output_so_far().ends_with(b"ending ready\r\ntail")
         });
         if !ready {
             // SAFETY: killing the process group this test started.
