@@ -598,10 +598,7 @@ fn run_exit_path(path: &ExitPath, output: Output, images: &Path, guest_image: &[
     let err = String::from_utf8_lossy(&contents(&stderr)).into_owned();
 
     assert_eq!(exit_code(status), path.code, "{what}: {err}");
-    let stats = err
-        .lines()
-        .find(|l| l.starts_with("{\"exit_reason\""))
-        .unwrap_or_else(|| panic!("{what}: no --stats line: {err}"));
+    let stats = stats_line(&err).unwrap_or_else(|| panic!("{what}: no --stats line: {err}"));
     assert!(
         path.reasons.iter().any(|r| stats.starts_with(&format!(
             "{{\"exit_reason\":\"{r}\",\"exit_code\":{},",

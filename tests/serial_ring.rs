@@ -158,38 +158,19 @@ fn rep_outsb_bursts_come_through_complete_and_in_order() {
     const REPEAT: u64 = 32;
     let g = guest("rep_outsb", &[("REPEAT", REPEAT)]);
     let rom = std::fs::read(&g).expect("the guest image");
-    let mut child = Command::new(MINIPC)
+    let run = Command::new(MINIPC)
         .args(["--firmware", path_str(&g), "--timeout", "60", "--stats"])
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start minipc");
-    let mut out = Vec::new();
-    child
-        .stdout
-        .take()
-        .expect("stdout")
-        .read_to_end(&mut out)
-        .expect("read stdout");
-    let status = child.wait().expect("wait");
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut err)
-        .expect("read stderr");
-    assert_eq!(status.code(), Some(1), "{err}");
+        .output()
+        .expect("run minipc");
+    let (out, err) = (run.stdout, String::from_utf8_lossy(&run.stderr));
+    assert_eq!(run.status.code(), Some(1), "{err}");
     assert_eq!(out.len(), rom.len() * REPEAT as usize, "{err}");
     assert!(
         out.chunks(rom.len()).all(|c| c == rom.as_slice()),
         "the bytes differ from the ROM's, or are out of order"
     );
-    let stats = err
-        .lines()
-        .find(|l| l.starts_with("{\"exit_reason\""))
-        .unwrap_or_else(|| panic!("no --stats line: {err}"));
+    let stats = stats_line(&err).unwrap_or_else(|| panic!("no --stats line: {err}"));
     let ring = stat_value(stats, "coalesced_writes").expect("coalesced_writes");
     assert!(
         ring > out.len() as u64 / 2,

@@ -122,9 +122,7 @@ pub struct Run {
 impl Run {
     /// The `--stats` JSON line, if there is one.
     pub fn stats(&self) -> Option<&str> {
-        self.stderr
-            .lines()
-            .find(|l| l.starts_with("{\"exit_reason\""))
+        stats_line(&self.stderr)
     }
     /// A number in the `--stats` line.
     pub fn stat(&self, key: &str) -> Option<u64> {
@@ -135,6 +133,11 @@ impl Run {
         let rest = s.strip_prefix("{\"exit_reason\":\"")?;
         Some(rest[..rest.find('"')?].to_string())
     }
+}
+
+/// The `--stats` JSON line in minipc's standard error, if there is one.
+pub fn stats_line(stderr: &str) -> Option<&str> {
+    stderr.lines().find(|l| l.starts_with("{\"exit_reason\""))
 }
 
 /// The number after `"key":` in a `--stats` line (or text that holds one).
